@@ -1,0 +1,33 @@
+# Two commands do all the set-up: `make run` (the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+RUN_ARGS ?=
+
+.PHONY: run test setup system-deps lint bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# torch is pinned; pip takes these two from local disk on this machine kind
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+setup: $(VENV)/.installed system-deps
+
+system-deps:
+	@bash scripts/system_deps.sh
+
+run: setup
+	$(VENV)/bin/vfe run $(RUN_ARGS)
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_extraction.py
+	$(PY) benchmarks/bench_corruptions.py

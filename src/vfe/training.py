@@ -1,0 +1,180 @@
+"""The one training loop every model in vfe uses: heads, the feature VAE, the image autoencoders.
+
+Data is held as whole tensors and batched by index (no DataLoader: the feature matrices fit in
+memory and per-batch Python overhead dominates small models). The loop keeps a per-epoch
+history, stops early on a validation metric, restores the best weights, and can keep best-only
+checkpoints on disk so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vfe.checkpoint import Checkpointer
+
+# loss_fn(module, batch) -> (scalar loss to minimise, {metric name: float})
+LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. `patience=None` trains for exactly `epochs` (the reference's way)."""
+
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int | None = 10
+    min_delta: float = 0.0
+    monitor: str = "val_loss"  # a key of the epoch record; lower is better
+    schedule: str | None = None  # None | "cosine" | "plateau"
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+    desc: str = "train"
+
+
+@dataclass
+class History:
+    """Per-epoch records (`{"epoch": 1, "loss": .., "val_loss": .., ...}`) and the best epoch."""
+
+    records: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**d)
+
+    def series(self, key: str) -> list[float]:
+        return [r[key] for r in self.records if key in r]
+
+
+def _run_epoch(module: nn.Module, loss_fn: LossFn, tensors: Sequence[torch.Tensor], batch_size: int,
+               optimizer: torch.optim.Optimizer | None, generator: torch.Generator) -> dict[str, float]:
+    """One pass; trains when an optimizer is given, else evaluates. Returns sample-weighted means."""
+    n = len(tensors[0])
+    order = torch.randperm(n, generator=generator) if optimizer is not None else torch.arange(n)
+    totals: dict[str, float] = {}
+    module.train(optimizer is not None)
+    with torch.set_grad_enabled(optimizer is not None):
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            if optimizer is not None and len(idx) == 1 and n > 1:
+                continue  # BatchNorm cannot train on a batch of one
+            batch = [t[idx] for t in tensors]
+            loss, metrics = loss_fn(module, batch)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            metrics = {"loss": float(loss.detach()), **metrics}
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v * len(idx)
+    return {k: v / n for k, v in totals.items()}
+
+
+def train(module: nn.Module, loss_fn: LossFn, train_tensors: Sequence[torch.Tensor],
+          val_tensors: Sequence[torch.Tensor] | None, config: TrainConfig,
+          checkpointer: Checkpointer | None = None, parameters=None) -> History:
+    """Fit `module` by minimising `loss_fn`; early-stop on `config.monitor`, restore the best weights.
+
+    `parameters` restricts what is optimised (a frozen encoder stays frozen). With a
+    `checkpointer`, the best weights are saved as they improve and a previous run in the same
+    directory is resumed from its last checkpoint.
+    """
+    device = torch.device(config.device)
+    module.to(device)
+    train_tensors = [t.to(device) for t in train_tensors]
+    val_tensors = [t.to(device) for t in val_tensors] if val_tensors is not None else None
+    params = [p for p in (parameters if parameters is not None else module.parameters()) if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _make_scheduler(optimizer, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    history = History()
+    best_value, best_state, bad_epochs, start_epoch = math.inf, None, 0, 0
+
+    if checkpointer is not None:
+        resumed = checkpointer.resume(module, optimizer)
+        if resumed is not None:
+            history = History.from_dict(resumed["history"])
+            start_epoch = len(history.records)
+            best_value = resumed.get("best_value", math.inf)
+            bad_epochs = resumed.get("bad_epochs", 0)
+            generator.manual_seed(config.seed + start_epoch)
+            best_state = checkpointer.load_best_state()
+
+    monitor = config.monitor if val_tensors is not None else config.monitor.removeprefix("val_")
+    bar = tqdm(range(start_epoch, config.epochs), desc=config.desc, disable=not config.progress,
+               leave=False, unit="epoch")
+    for epoch in bar:
+        record = {"epoch": epoch + 1, **_run_epoch(module, loss_fn, train_tensors, config.batch_size,
+                                                   optimizer, generator)}
+        if val_tensors is not None:
+            val = _run_epoch(module, loss_fn, val_tensors, max(config.batch_size, 1024), None, generator)
+            record.update({f"val_{k}": v for k, v in val.items()})
+        record["lr"] = optimizer.param_groups[0]["lr"]
+        history.records.append(record)
+        value = record[monitor]
+        if not np.isfinite(value):
+            raise FloatingPointError(f"{config.desc}: {monitor} became {value} at epoch {epoch + 1}; "
+                                     "lower the learning rate")
+        improved = value < best_value - config.min_delta
+        if improved:
+            best_value, bad_epochs, history.best_epoch = value, 0, epoch + 1
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            bad_epochs += 1
+        if scheduler is not None:
+            scheduler.step(value) if config.schedule == "plateau" else scheduler.step()
+        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", monitor)})
+        if checkpointer is not None:
+            checkpointer.save(module, optimizer, epoch + 1, improved, {
+                "history": history.to_dict(), "best_value": best_value, "bad_epochs": bad_epochs})
+        if config.patience is not None and bad_epochs >= config.patience:
+            history.stopped_early = True
+            break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return history
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.schedule is None:
+        return None
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+    if config.schedule == "plateau":
+        patience = max(1, (config.patience or 10) // 3)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=patience)
+    raise ValueError(f"unknown schedule {config.schedule!r}; use None, 'cosine' or 'plateau'")
+
+
+def split_validation(n: int, fraction: float, seed: int, labels: np.ndarray | None = None):
+    """Index arrays (train, val); stratified by `labels` when given, so every class is in both."""
+    rng = np.random.default_rng(seed)
+    if fraction <= 0:
+        return np.arange(n), None
+    if labels is None:
+        perm = rng.permutation(n)
+        n_val = max(1, int(round(n * fraction)))
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    train_idx, val_idx = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(len(members) * fraction)) if len(members) > 1 else 0
+        val_idx.append(members[:n_val])
+        train_idx.append(members[n_val:])
+    val = np.sort(np.concatenate(val_idx))
+    return np.sort(np.concatenate(train_idx)), (val if len(val) else None)
