@@ -1,0 +1,172 @@
+"""A frozen timm backbone that owns its preprocessing: uint8 images in, pooled features out."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vfe.backbones.engine import Prefetcher, TracedFeatures, autocast_for, iter_uint8_batches
+from vfe.backbones.preprocess import preprocess_uint8, resize_normalize, resolve_data_config, to_tensor_nchw
+from vfe.backbones.registry import DEFAULT_BACKBONE, ExtractionSettings, resolve_precision, settings_for
+from vfe.backbones.weights import WeightsInfo, load_model
+
+FINGERPRINT_VERSION = 1
+
+
+class _PooledFeatures(nn.Module):
+    """timm model -> globally pooled features (the input of its classifier)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+class Backbone(nn.Module):
+    """A timm network, frozen and always in eval mode, with the preprocessing its weights expect.
+
+    Two ways in:
+      * `extract(images_uint8)` - the fast path for computing features of many images;
+      * `forward(x01)` - float images in [0, 1], N x C x H x W at any size, resized and normalised
+        inside the module in fp32 and differentiably, so attacks can work end to end in [0, 1].
+    """
+
+    def __init__(self, model: nn.Module, name: str, weights: WeightsInfo, data_config: dict[str, Any],
+                 device: torch.device, settings: ExtractionSettings):
+        super().__init__()
+        self.name = name
+        self.weights = weights
+        self.data_config = dict(data_config)
+        self.device = device
+        self.settings = settings
+        self.precision = resolve_precision(settings, device)
+        self.channels_last = settings.channels_last
+        model = model.eval().requires_grad_(False).to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        # not registered as a submodule: it wraps self.model, whose parameters are registered once
+        object.__setattr__(self, "_pooled", _PooledFeatures(model).eval())
+        self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        use_jit = settings.jit and device.type == "cpu" and self.precision == "fp32"
+        self._fast = TracedFeatures(self._pooled) if use_jit else self._pooled
+        super().train(False)
+
+    # -- identity ---------------------------------------------------------------------------------------
+
+    @property
+    def arch(self) -> str:
+        return self.weights.arch
+
+    @property
+    def image_size(self) -> int:
+        return int(self.data_config["input_size"][-1])
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.weights.has_classifier
+
+    def fingerprint(self) -> str:
+        """Stable hash of what determines the features: architecture, weights file, preprocessing, precision."""
+        spec = {"v": FINGERPRINT_VERSION, "arch": self.arch, "weights": self.weights.identity,
+                "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
+                "output": "pooled", "precision": self.precision}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary for run settings and reports."""
+        return {"name": self.name, "arch": self.arch, "weights": self.weights.source, "feature_dim": self.feature_dim,
+                "data_config": self.data_config, "device": str(self.device), "precision": self.precision,
+                "fingerprint": self.fingerprint()}
+
+    def __repr__(self) -> str:
+        c = self.data_config
+        return (f"Backbone({self.name!r}, arch={self.arch!r}, weights={self.weights.source!r}, "
+                f"input={c['input_size'][1]}x{c['input_size'][2]} {c['interpolation']}, dim={self.feature_dim}, "
+                f"device={self.device}, precision={self.precision})")
+
+    # -- frozen -----------------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """Stays in eval mode: the backbone is frozen (BatchNorm uses its running statistics)."""
+        return super().train(False)
+
+    # -- differentiable path ----------------------------------------------------------------------------
+
+    def normalise(self, x01: torch.Tensor) -> torch.Tensor:
+        """[0, 1] float images at any size -> the network's input (resized, cropped, normalised)."""
+        x = resize_normalize(x01.to(self.device), self.data_config)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        """Pooled features of float images in [0, 1] (N x C x H x W, C in 1/3, any size). fp32, differentiable."""
+        return self._pooled(self.normalise(x01))
+
+    def classifier_logits(self, x01: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits from the weights' own classifier (only when the weights came with one)."""
+        if not self.has_classifier:
+            raise ValueError(f"backbone {self.name} ({self.weights.source}) has no trained classifier head")
+        return self.model(self.normalise(x01))
+
+    # -- fast path --------------------------------------------------------------------------------------
+
+    def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 N x H x W (x C) images -> normalised float N x 3 x S x S network input on the device."""
+        return preprocess_uint8(images, self.data_config, self.device, self.channels_last)
+
+    @torch.inference_mode()
+    def extract(self, images: Any, batch_size: int | None = None, progress: bool = True,
+                desc: str | None = None) -> np.ndarray:
+        """Pooled features [N, feature_dim] float32 of uint8 images (array, ImageSet, or iterable of batches)."""
+        batches, total = iter_uint8_batches(images, int(batch_size or self.settings.batch_size))
+        cuda = self.device.type == "cuda"
+        prepare = _pin if cuda else self.preprocess
+        outs = []
+        with tqdm(total=total, unit="img", desc=desc or f"features {self.name}", disable=not progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            for x in Prefetcher(batches, prepare, enabled=self.settings.prefetch):
+                if cuda:
+                    x = self.preprocess(x)
+                with autocast_for(self.device, self.precision):
+                    f = self._fast(x)
+                outs.append(f.float())
+                bar.update(len(f))
+        if not outs:
+            return np.zeros((0, self.feature_dim), np.float32)
+        return torch.cat(outs).cpu().numpy()
+
+
+def _pin(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return to_tensor_nchw(batch).permute(0, 2, 3, 1).contiguous().pin_memory()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None or 'auto': CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike = "default",
+                    image_size: int | None = None, device: str | torch.device | None = None,
+                    crop_pct: float | None = None, **settings: Any) -> Backbone:
+    """A frozen timm backbone with its weights and preprocessing.
+
+    name: any timm model name (default efficientnet_lite0).
+    weights: 'default' (packaged ImageNet weights where vfe knows a package, else timm's), 'timm',
+        'none' (random, seeded) or the path of a .safetensors / torch state-dict file.
+    image_size: input resolution (default: the model's data config).
+    crop_pct: centre-crop fraction as in timm (default 1.0: the whole image is resized).
+    settings: overrides of ExtractionSettings (batch_size, channels_last, jit, precision, prefetch).
+    """
+    model, info = load_model(name, weights)
+    data_config = resolve_data_config(model, image_size=image_size, crop_pct=crop_pct)
+    return Backbone(model, name, info, data_config, resolve_device(device), settings_for(info.arch, **settings))
