@@ -100,7 +100,7 @@ def train(module: nn.Module, loss_fn: LossFn, train_tensors: Sequence[torch.Tens
     params = [p for p in (parameters if parameters is not None else module.parameters()) if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _make_scheduler(optimizer, config)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator()
     history = History()
     best_value, best_state, bad_epochs, start_epoch = math.inf, None, 0, 0
 
@@ -111,13 +111,13 @@ def train(module: nn.Module, loss_fn: LossFn, train_tensors: Sequence[torch.Tens
             start_epoch = len(history.records)
             best_value = resumed.get("best_value", math.inf)
             bad_epochs = resumed.get("bad_epochs", 0)
-            generator.manual_seed(config.seed + start_epoch)
             best_state = checkpointer.load_best_state()
 
     monitor = config.monitor if val_tensors is not None else config.monitor.removeprefix("val_")
     bar = tqdm(range(start_epoch, config.epochs), desc=config.desc, disable=not config.progress,
                leave=False, unit="epoch")
     for epoch in bar:
+        generator.manual_seed(config.seed * 1_000_003 + epoch)  # per-epoch order: a resumed run repeats it
         record = {"epoch": epoch + 1, **_run_epoch(module, loss_fn, train_tensors, config.batch_size,
                                                    optimizer, generator)}
         if val_tensors is not None:

@@ -42,5 +42,6 @@ class ImageSet:
     def subset(self, index: np.ndarray, tag: str | None = None) -> "ImageSet":
         """A view on some rows; `tag` must say how they were chosen, since it enters cache keys."""
         index = np.asarray(index)
+        meta = {k: v for k, v in self.meta.items() if k != "_content_hash"}  # memoised hash is the parent's
         return ImageSet(self.images[index], self.labels[index], list(self.class_names),
-                        source=f"{self.source}[{tag}]" if tag else self.source, meta=dict(self.meta))
+                        source=f"{self.source}[{tag}]" if tag else self.source, meta=meta)

@@ -1,0 +1,119 @@
+"""The Python API: the same operations as the command line, as functions.
+
+    >>> from vfe.api import fit_pipeline, evaluate_pipeline
+    >>> pipe, train_acc = fit_pipeline("digits", head="vfe", image_size=64)
+    >>> pipe.save("digits-vfe.safetensors")
+    >>> evaluate_pipeline("digits-vfe.safetensors", "digits")["accuracy"]
+
+The main job (the robustness benchmark) is `vfe.experiment.run(ExperimentConfig(...))`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vfe.backbones import create_backbone
+from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
+from vfe.heads import make_head
+from vfe.pipeline import Pipeline
+from vfe.stages.clean import probability_metrics
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _load(dataset: str, split: str, data_dir: str | None, n: int | None, seed: int):
+    from vfe.data import load_dataset
+    from vfe.experiment import stratified_subset
+
+    data = load_dataset(dataset, split=split, data_dir=data_dir)
+    return stratified_subset(data, n, seed, split)
+
+
+def extract_features(dataset: str, split: str = "train", backbone: str = "efficientnet_lite0",
+                     weights: str = "default", image_size: int | None = 112, data_dir: str | None = None,
+                     cache_dir: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, n: int | None = None,
+                     device: str = "auto", progress: bool = True) -> FeatureSet:
+    """Backbone features of a data set split, from the feature cache or computed (and cached) now."""
+    data = _load(dataset, split, data_dir, n, seed=0)
+    bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
+    return FeatureCache(cache_dir).extract(bb, data, shard_size=shard_size, progress=progress,
+                                           desc=f"extract {split}")
+
+
+def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = None,
+                 backbone: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = 112,
+                 n_train: int | None = None, seed: int = 0, data_dir: str | None = None,
+                 cache_dir: str | None = None, device: str = "auto",
+                 progress: bool = True) -> tuple[Pipeline, float]:
+    """Fit a head on (cached) backbone features of the training split; returns the pipeline and its
+    training accuracy."""
+    data = _load(dataset, "train", data_dir, n_train, seed)
+    bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
+    X = FeatureCache(cache_dir).extract(bb, data, progress=progress, desc="extract train").array()
+    model = make_head(head, **{"random_state": seed, **(head_params or {})})
+    if "device" in model.get_params():
+        model.set_params(device=str(bb.device))
+    model.fit(X, data.labels)
+    if "device" in model.get_params():
+        model.set_params(device="cpu")  # the saved pipeline predicts wherever it is loaded
+    return Pipeline(bb, model, data.class_names), float(model.score(X, data.labels))
+
+
+def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, split: str = "test",
+                      n_test: int | None = None, data_dir: str | None = None, cache_dir: str | None = None,
+                      progress: bool = True) -> dict:
+    """Accuracy, negative log-likelihood and expected calibration error on a data set split."""
+    pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline)
+    data = _load(dataset, split, data_dir, n_test, seed=0)
+    X = FeatureCache(cache_dir).extract(pipe.backbone, data, progress=progress, desc=f"extract {split}").array()
+    labels = data.labels
+    known = np.isin(labels, pipe.head.classes_)
+    if not known.all():
+        raise ValueError(f"{dataset} {split}: {int((~known).sum())} images have labels the pipeline never saw")
+    probs = pipe.head.predict_proba(X)
+    index = np.searchsorted(pipe.head.classes_, labels)  # labels -> columns of predict_proba
+    return {"n": len(labels), **probability_metrics(probs, index)}
+
+
+def image_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """The image files named, and every image file (recursively, sorted) inside folders named."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise ValueError(f"{p}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """uint8 H x W x 3 RGB; grayscale, palette and RGBA images are converted."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.PathLike],
+                  top: int = 1) -> list[tuple[str, list[tuple[str, float]]]]:
+    """[(file, [(class name, probability), ...top]), ...] for image files or folders of images."""
+    pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline)
+    results = []
+    for path in image_files(images):
+        probs = pipe.predict_proba(read_image(path)[None])[0]
+        order = np.argsort(-probs)[:max(1, top)]
+        results.append((str(path), [(pipe.class_name(pipe.head.classes_[i]), float(probs[i])) for i in order]))
+    return results
+
+
+__all__ = ["evaluate_pipeline", "extract_features", "fit_pipeline", "image_files", "predict_files", "read_image"]

@@ -1,0 +1,21 @@
+"""Shared fixtures: small real data sets that every area's tests can use."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+
+@pytest.fixture(scope="session")
+def digits_features():
+    """scikit-learn's 8x8 digits as 64-d float features in [0, 1]: (X_train, X_test, y_train, y_test)."""
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """No test writes into the user's ~/.cache/vfe: the feature cache lives in the test's tmp folder."""
+    monkeypatch.setenv("VFE_CACHE", str(tmp_path / "vfe-cache"))

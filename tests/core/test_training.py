@@ -1,0 +1,75 @@
+"""The shared training loop: early stopping restores the best epoch; checkpoints resume exactly."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from vfe.checkpoint import Checkpointer
+from vfe.heads.base import classification_loss
+from vfe.training import TrainConfig, split_validation, train
+
+
+def _mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def _tensors(X, y):
+    return torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+
+
+def test_early_stopping_restores_the_best_epoch(digits_features):
+    X_train, X_test, y_train, y_test = digits_features
+    # 40 training images and a large learning rate: the validation loss turns up after a few epochs
+    module = _mlp(0)
+    val = _tensors(X_test[:300], y_test[:300])
+    history = train(module, classification_loss, _tensors(X_train[:40], y_train[:40]), val,
+                    TrainConfig(epochs=60, batch_size=8, lr=3e-3, patience=5, seed=0))
+    val_losses = history.series("val_loss")
+    assert history.stopped_early and len(val_losses) < 60
+    assert history.best_epoch == int(np.argmin(val_losses)) + 1
+    assert history.best_epoch < len(val_losses)  # it went on past the best epoch, then went back
+    with torch.no_grad():
+        loss_now, _ = classification_loss(module.eval(), val)
+    assert float(loss_now) == np.float32(min(val_losses)) or abs(float(loss_now) - min(val_losses)) < 1e-5
+
+
+def test_resume_from_checkpoint_continues_exactly(digits_features, tmp_path):
+    X_train, X_test, y_train, y_test = digits_features
+    data, val = _tensors(X_train[:200], y_train[:200]), _tensors(X_test[:100], y_test[:100])
+    config = TrainConfig(epochs=6, batch_size=32, lr=1e-3, patience=None, seed=3)
+
+    straight = _mlp(1)
+    train(straight, classification_loss, data, val, config, checkpointer=Checkpointer(tmp_path / "a"))
+
+    interrupted = _mlp(1)
+    first = train(interrupted, classification_loss, data, val, TrainConfig(**{**config.__dict__, "epochs": 3}),
+                  checkpointer=Checkpointer(tmp_path / "b"))
+    assert len(first.records) == 3
+    resumed = _mlp(99)  # a fresh process would start from different weights: the checkpoint replaces them
+    history = train(resumed, classification_loss, data, val, config, checkpointer=Checkpointer(tmp_path / "b"))
+    assert [r["epoch"] for r in history.records] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_best_only_checkpoints_keep_n_and_restore_exactly(digits_features, tmp_path):
+    X_train, X_test, y_train, y_test = digits_features
+    module = _mlp(2)
+    ckpt = Checkpointer(tmp_path, keep=2)
+    history = train(module, classification_loss, _tensors(X_train[:300], y_train[:300]),
+                    _tensors(X_test[:100], y_test[:100]), TrainConfig(epochs=8, patience=None, seed=0),
+                    checkpointer=ckpt)
+    assert len(ckpt.best_checkpoints()) == 2
+    fresh = _mlp(5)
+    assert ckpt.restore_best(fresh) == history.best_epoch
+    for a, b in zip(module.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_split_validation_is_stratified_and_disjoint():
+    y = np.repeat(np.arange(5), 20)
+    train_idx, val_idx = split_validation(len(y), 0.2, seed=0, labels=y)
+    assert set(train_idx).isdisjoint(val_idx) and len(train_idx) + len(val_idx) == 100
+    assert np.bincount(y[val_idx]).tolist() == [4] * 5
