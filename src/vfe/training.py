@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -113,6 +114,7 @@ def train(module: nn.Module, loss_fn: LossFn, train_tensors: Sequence[torch.Tens
             bad_epochs = resumed.get("bad_epochs", 0)
             best_state = checkpointer.load_best_state()
 
+    started = time.perf_counter()
     monitor = config.monitor if val_tensors is not None else config.monitor.removeprefix("val_")
     bar = tqdm(range(start_epoch, config.epochs), desc=config.desc, disable=not config.progress,
                leave=False, unit="epoch")
@@ -124,6 +126,7 @@ def train(module: nn.Module, loss_fn: LossFn, train_tensors: Sequence[torch.Tens
             val = _run_epoch(module, loss_fn, val_tensors, max(config.batch_size, 1024), None, generator)
             record.update({f"val_{k}": v for k, v in val.items()})
         record["lr"] = optimizer.param_groups[0]["lr"]
+        record["seconds"] = round(time.perf_counter() - started, 4)  # wall time since this call started
         history.records.append(record)
         value = record[monitor]
         if not np.isfinite(value):
