@@ -1,20 +1,27 @@
 """The one in-memory form every data source returns."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from vfe.data.images import LazyImages
+
+# vfe.features.cache.content_hash memoises an ImageSet's content hash in `meta` under this key
+_CONTENT_HASH = "_content_hash"
 
 
 @dataclass
 class ImageSet:
     """Images as uint8 NHWC (C = 1 or 3), integer labels and class names.
 
-    `source` names where the data came from; it is part of the feature-cache key, so two
-    different data sets never share cached features.
+    `images` is a NumPy array, or LazyImages for image folders too big to decode at once (indexed
+    the same way; rows are decoded when read). `source` names where the data came from, for people
+    and cache listings; the feature cache keys on the content itself (images and labels).
     """
 
-    images: np.ndarray
+    images: np.ndarray | LazyImages
     labels: np.ndarray
     class_names: list[str]
     source: str = "arrays"
@@ -31,6 +38,11 @@ class ImageSet:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if len(self.images) != len(self.labels):
             raise ValueError(f"{self.source}: {len(self.images)} images but {len(self.labels)} labels")
+        if isinstance(self.images, LazyImages):
+            # keyed on the files' digests, so that computing a cache key never decodes the whole folder
+            h = hashlib.sha256(self.images.digest().encode())
+            h.update(np.ascontiguousarray(self.labels).data)
+            self.meta[_CONTENT_HASH] = h.hexdigest()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -39,9 +51,10 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def subset(self, index: np.ndarray, tag: str | None = None) -> "ImageSet":
-        """A view on some rows; `tag` must say how they were chosen, since it enters cache keys."""
+    def subset(self, index: np.ndarray, tag: str | None = None) -> ImageSet:
+        """A view on some rows; `tag` must say how they were chosen (it becomes part of `source`)."""
         index = np.asarray(index)
-        meta = {k: v for k, v in self.meta.items() if k != "_content_hash"}  # memoised hash is the parent's
-        return ImageSet(self.images[index], self.labels[index], list(self.class_names),
+        images = self.images.take(index) if isinstance(self.images, LazyImages) else self.images[index]
+        meta = {k: v for k, v in self.meta.items() if k != _CONTENT_HASH}  # the rows differ: so does the hash
+        return ImageSet(images, self.labels[index], list(self.class_names),
                         source=f"{self.source}[{tag}]" if tag else self.source, meta=meta)

@@ -1,0 +1,135 @@
+"""CIFAR python-version files (src/vfe/data/cifar.py), written in the official Python 2 pickle format."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from vfe.data import load_dataset, locate
+from vfe.data.cifar import CifarFormatError, UnsafePickleError, unpickle_batch
+
+
+@pytest.fixture
+def cifar10_archive(tmp_path, photo_crops, formats):
+    images, labels = photo_crops
+    return formats.write_tar_gz(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py",
+                                formats.cifar10_files(images, labels))
+
+
+def test_archive_is_read_in_place_with_planes_and_batches_in_order(cifar10_archive, photo_crops, formats):
+    images, labels = photo_crops
+    before = formats.tree_state(cifar10_archive.parent)
+    train = load_dataset(cifar10_archive)
+    test = load_dataset(cifar10_archive, split="test")
+    np.testing.assert_array_equal(train.images, images[:20])  # 5 batches of 4, concatenated in order
+    np.testing.assert_array_equal(train.labels, labels[:20])
+    np.testing.assert_array_equal(test.images, images[20:])
+    assert train.class_names == formats.cifar10_names
+    assert train.source == f"cifar:{cifar10_archive}:train"
+    assert formats.tree_state(cifar10_archive.parent) == before  # nothing extracted next to the archive
+
+
+def test_extracted_folder_and_its_parent_read_the_same(tmp_path, photo_crops, formats):
+    images, labels = photo_crops
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, data in formats.cifar10_files(images, labels).items():
+        (folder / name).write_bytes(data)
+    for path in (folder, tmp_path):
+        np.testing.assert_array_equal(load_dataset(path, split="test").images, images[20:])
+
+
+def test_cifar100_uses_fine_labels_and_fine_label_names(tmp_path, photo_crops, formats):
+    images, labels = photo_crops
+    fine = (labels * 7 + np.arange(len(labels))) % 100
+    names = [f"class{i:02d}" for i in range(100)]
+    files = {"train": formats.cifar_batch(images[:16], fine[:16], b"fine_labels"),
+             "test": formats.cifar_batch(images[16:], fine[16:], b"fine_labels"),
+             "meta": formats.python2_pickle({b"fine_label_names": [n.encode() for n in names],
+                                             b"coarse_label_names": [b"c"] * 20})}
+    archive = formats.write_tar_gz(tmp_path / "cifar-100-python.tar.gz", "cifar-100-python", files)
+    test = load_dataset(archive, split="test")
+    np.testing.assert_array_equal(test.labels, fine[16:])
+    np.testing.assert_array_equal(test.images, images[16:])
+    assert test.class_names == names
+
+
+def test_named_cifar10_is_found_in_data_dir(cifar10_archive, photo_crops):
+    data = load_dataset("cifar-10", split="test", data_dir=cifar10_archive.parent)
+    assert data.source == "cifar10:test"
+    np.testing.assert_array_equal(data.labels, photo_crops[1][20:])
+
+
+def test_named_cifar10_missing_says_how_to_provide_it(monkeypatch):
+    monkeypatch.setattr(locate, "SYSTEM_DATA_DIRS", ())
+    with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz into .*cache/vfe/cifar10"):
+        load_dataset("cifar10")
+
+
+class _RunsShellCommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_that_would_run_code_is_refused_before_running(tmp_path, photo_crops, formats):
+    marker = tmp_path / "pwned"
+    evil = formats.python2_pickle({b"data": _RunsShellCommand(marker), b"labels": [0]})
+    refused = r"data_batch_1: refused to load the global (posix|nt)\.system"
+    with pytest.raises(UnsafePickleError, match=refused):
+        unpickle_batch(evil, "cifar-10-batches-py/data_batch_1")
+    files = formats.cifar10_files(*photo_crops)
+    files["data_batch_3"] = evil
+    archive = formats.write_tar_gz(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", files)
+    with pytest.raises(UnsafePickleError, match="data_batch_3"):
+        load_dataset(archive)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload, refused", [
+    (pickle.dumps({"x": pickle.Unpickler}, protocol=2), r"global pickle\.Unpickler"),  # any other class
+    (pickle.dumps(np.zeros(3, np.uint8), protocol=5), "numpy._core.numeric._frombuffer"),  # not official
+    (pickle.dumps(np.array([1, "a"], object), protocol=4), "array of Python objects"),  # object data
+])
+def test_only_plain_numpy_arrays_get_through(payload, refused):
+    with pytest.raises(UnsafePickleError, match=refused):
+        unpickle_batch(payload, "batch")
+
+
+def test_malformed_batches_are_named(tmp_path, photo_crops, formats):
+    images, labels = photo_crops
+    with pytest.raises(CifarFormatError, match="b1: not a CIFAR batch"):
+        unpickle_batch(b"\x80\x02}q\x00(", "b1")  # cut off
+    with pytest.raises(CifarFormatError, match="b2: not a CIFAR batch .a list"):
+        unpickle_batch(formats.python2_pickle([1, 2]), "b2")
+    files = formats.cifar10_files(images, labels)
+    files["test_batch"] = formats.python2_pickle({b"data": images[20:].reshape(4, -1)[:, :100],
+                                                  b"labels": [0] * 4})
+    files["data_batch_2"] = formats.cifar_batch(images[4:8], np.array([0, 1, 2, 10]), b"labels")
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    wrong_shape = r"test_batch: b'data' must be a uint8 N x 3072 array, got uint8 \(4, 100\)"
+    with pytest.raises(CifarFormatError, match=wrong_shape):
+        load_dataset(folder, split="test")
+    with pytest.raises(CifarFormatError, match="data_batch_2: labels span 0..10, outside the 10 classes"):
+        load_dataset(folder)
+    (folder / "data_batch_4").unlink()
+    with pytest.raises(CifarFormatError, match="missing data_batch_4"):
+        load_dataset(folder)
+
+
+def test_an_archive_without_a_batch_or_cut_short_is_named(tmp_path, photo_crops, formats):
+    files = formats.cifar10_files(*photo_crops)
+    del files["data_batch_5"]
+    archive = formats.write_tar_gz(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", files)
+    with pytest.raises(CifarFormatError, match="lacks cifar-10-batches-py/data_batch_5"):
+        load_dataset(archive)
+    archive.write_bytes(archive.read_bytes()[:-200])
+    with pytest.raises(CifarFormatError, match=f"{archive}: unreadable archive"):
+        load_dataset(archive)
