@@ -24,11 +24,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def _load(dataset: str, split: str, data_dir: str | None, n: int | None, seed: int):
-    from vfe.data import load_dataset
+    from vfe.data import load_train_test
     from vfe.experiment import stratified_subset
 
-    data = load_dataset(dataset, split=split, data_dir=data_dir)
-    return stratified_subset(data, n, seed, split)
+    train, test = load_train_test(dataset, data_dir=data_dir)  # a class folder's test split: 20 % of it
+    return stratified_subset(train if split == "train" else test, n, seed, split)
 
 
 def extract_features(dataset: str, split: str = "train", backbone: str = "efficientnet_lite0",

@@ -88,15 +88,14 @@ def resolve_device(device: str) -> str:
 
 def load_data(config: ExperimentConfig, log=print) -> tuple[ImageSet, ImageSet, str]:
     """Train and test sets; falls back to scikit-learn digits when Fashion-MNIST is not installed."""
-    from vfe.data import available_fashion_mnist, load_dataset
+    from vfe.data import available_fashion_mnist, load_train_test
 
     name = config.dataset
     if name == "fashion-mnist" and config.data_dir is None and available_fashion_mnist() is None:
         log("[vfe] Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist, or put the four "
             "IDX .gz files in ~/.cache/vfe/fashion-mnist); falling back to scikit-learn's digits.")
         name = "digits"
-    train = load_dataset(name, split="train", data_dir=config.data_dir)
-    test = load_dataset(name, split="test", data_dir=config.data_dir)
+    train, test = load_train_test(name, data_dir=config.data_dir, seed=config.data_seed)
     return train, test, name
 
 

@@ -29,7 +29,8 @@ from vfe.data.images import LazyImages
 from vfe.data.split import check_validation_split, split_tag, validation_split_index
 from vfe.data.types import ImageSet
 
-__all__ = ["BUILTIN", "ImageSet", "LazyImages", "available_fashion_mnist", "from_arrays", "load_dataset"]
+__all__ = ["BUILTIN", "ImageSet", "LazyImages", "available_fashion_mnist", "from_arrays", "load_dataset",
+           "load_train_test"]
 
 BUILTIN = ("fashion-mnist", "mnist", "digits", "cifar10", "cifar100")
 _BUILTIN_KEYS = {re.sub(r"[-_]", "", name): name for name in BUILTIN}
@@ -92,3 +93,17 @@ def _load_builtin(name: str, split: str, data_dir, download: bool) -> ImageSet:
     if name in IDX_DATASETS:
         return load_idx_dataset(IDX_DATASETS[name], split, data_dir, download)
     return load_cifar_dataset(CIFAR_VARIANTS[name], split, data_dir, download)
+
+
+def load_train_test(name_or_path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                    test_fraction: float = 0.2, seed: int = 0, **options) -> tuple[ImageSet, ImageSet]:
+    """Train and test splits. A data set without a test split (an image folder with one sub-folder per
+    class) gives `test_fraction` of its files, chosen with `seed` as Keras does, as the test split."""
+    try:
+        test = load_dataset(name_or_path, split="test", data_dir=data_dir, **options)
+    except ValueError:
+        if _builtin_name(name_or_path) is not None or not Path(name_or_path).expanduser().is_dir():
+            raise
+        return tuple(load_dataset(name_or_path, split="train", data_dir=data_dir, validation_split=test_fraction,
+                                  subset=part, seed=seed, **options) for part in ("training", "validation"))
+    return load_dataset(name_or_path, split="train", data_dir=data_dir, **options), test
