@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vfe.data.locate import download_dir, locate, search_dirs
+from vfe.io import publish
 
 MIRROR_ENV = "VFE_DATA_MIRROR"
 DEFAULT_TIMEOUT = 60.0
@@ -73,7 +74,7 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str, timeout: float
             raise ChecksumError(f"{url}: SHA-256 {got} differs from the published {sha256}; the download was "
                                 "discarded (a proxy or mirror may serve another file: retry, or set "
                                 f"${MIRROR_ENV} to a mirror you trust)")
-        os.replace(tmp, dest)
+        publish(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

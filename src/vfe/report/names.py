@@ -1,0 +1,133 @@
+"""Readable names, units and order for the metric keys the summary stage produces.
+
+Keys: clean_accuracy, clean_nll, clean_ece, corruption_accuracy(_all), corruption_nll,
+corruption_ece, mCE, relative_mCE, adv:<attack>_<norm>_<eps>[_eot] (and adv:clean),
+ood:<score>_<statistic>_<ood set>. Unknown keys keep their raw name, so a new stage still shows.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+from vfe.stages.robust_summary import LOWER_IS_BETTER
+
+ATTACK_NAME = re.compile(r"^(?P<attack>[A-Za-z0-9-]+)_(?P<norm>linf|l\d+)_(?P<eps>[0-9.]+(?:/[0-9.]+)?)"
+                         r"(?P<eot>_eot\d*)?$", re.IGNORECASE)
+OOD_NAME = re.compile(r"^(?P<score>.+?)_(?P<stat>auroc|fpr95|aupr(?:_in|_out)?)_(?P<dataset>.+)$")
+
+NORM_LABELS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
+OOD_STAT_LABELS = {"auroc": "AUROC", "fpr95": "FPR at 95% TPR", "aupr": "AUPR", "aupr_in": "AUPR-in",
+                   "aupr_out": "AUPR-out"}
+OOD_SCORE_LABELS = {"msp": "max softmax", "energy": "energy", "entropy": "entropy",
+                    "recon": "reconstruction error", "elbo": "−ELBO", "mahalanobis": "Mahalanobis",
+                    "relative_mahalanobis": "relative Mahalanobis", "knn": "k-NN distance"}
+FIXED = {  # key: (group, label, shown in percent)
+    "clean_accuracy": ("accuracy", "clean accuracy", True),
+    "corruption_accuracy": ("accuracy", "mean corruption accuracy (benchmark set)", True),
+    "corruption_accuracy_all": ("accuracy", "mean corruption accuracy (all)", True),
+    "mCE": ("accuracy", "mCE", True),
+    "relative_mCE": ("accuracy", "relative mCE", True),
+    "clean_ece": ("calibration", "clean ECE", True),
+    "clean_nll": ("calibration", "clean NLL", False),
+    "corruption_ece": ("calibration", "ECE under corruption", True),
+    "corruption_nll": ("calibration", "NLL under corruption", False),
+}
+GROUP_ORDER = ("accuracy", "adversarial", "calibration", "ood", "other")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One adversarial setting parsed from its result key, e.g. pgd_linf_8/255_eot."""
+
+    attack: str
+    norm: str
+    eps_text: str
+    eot: bool
+
+    @property
+    def eps(self) -> float:
+        return float(Fraction(self.eps_text)) if "/" in self.eps_text else float(self.eps_text)
+
+    @property
+    def label(self) -> str:
+        eot = ", EOT" if self.eot else ""
+        return f"{self.attack.upper()} {NORM_LABELS.get(self.norm, self.norm)} ε={self.eps_text}{eot}"
+
+
+def parse_attack(name: str) -> Attack | None:
+    m = ATTACK_NAME.match(name)
+    if m is None:
+        return None
+    return Attack(m["attack"].lower(), m["norm"].lower(), m["eps"], m["eot"] is not None)
+
+
+@dataclass(frozen=True)
+class OODMetric:
+    score: str
+    stat: str
+    dataset: str
+
+    @property
+    def label(self) -> str:
+        return (f"OOD {OOD_STAT_LABELS.get(self.stat, self.stat)} vs {self.dataset}, "
+                f"{OOD_SCORE_LABELS.get(self.score, self.score)} score")
+
+
+def parse_ood(name: str) -> OODMetric | None:
+    m = OOD_NAME.match(name)
+    return OODMetric(m["score"], m["stat"], m["dataset"]) if m else None
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    group: str
+    label: str
+    percent: bool
+    sort_key: tuple
+
+    @property
+    def higher_is_better(self) -> bool:
+        return not any(t in self.key for t in LOWER_IS_BETTER)
+
+    def value(self, x: float) -> str:
+        """A value in the metric's unit (percent numbers carry no % sign; the label says it)."""
+        return f"{x * 100:.1f}" if self.percent else f"{x:.3f}"
+
+    @property
+    def unit_label(self) -> str:
+        return f"{self.label} (%)" if self.percent else self.label
+
+    @property
+    def difference_unit(self) -> str:
+        return " points" if self.percent else ""
+
+
+def describe(key: str) -> Metric:
+    """The label, unit and reading position of a summary metric key."""
+    if key in FIXED:
+        group, label, percent = FIXED[key]
+        return Metric(key, group, label, percent, (GROUP_ORDER.index(group), list(FIXED).index(key)))
+    kind, _, name = key.partition(":")
+    if kind == "adv":
+        rank = GROUP_ORDER.index("adversarial")
+        attack = parse_attack(name)
+        if name == "clean":
+            return Metric(key, "adversarial", "accuracy on the attacked images, before attack", True, (rank, 0))
+        if attack is not None:
+            return Metric(key, "adversarial", f"adversarial accuracy, {attack.label}", True,
+                          (rank, 1, attack.norm != "linf", attack.norm, attack.attack, attack.eps, attack.eot))
+        return Metric(key, "adversarial", f"adversarial accuracy, {name}", True, (rank, 2, name))
+    if kind == "ood":
+        rank = GROUP_ORDER.index("ood")
+        ood = parse_ood(name)
+        if ood is not None:
+            return Metric(key, "ood", ood.label, True, (rank, ood.dataset, ood.stat != "auroc", ood.stat, ood.score))
+        return Metric(key, "ood", f"OOD {name}", False, (rank, "~", True, name, ""))
+    return Metric(key, "other", key, False, (GROUP_ORDER.index("other"), key))
+
+
+def ordered(keys) -> list[Metric]:
+    """Metrics in reading order: accuracies, attacks (by norm, attack, eps), calibration, OOD."""
+    return sorted((describe(k) for k in keys), key=lambda m: m.sort_key)

@@ -1,0 +1,397 @@
+"""One function per report section: results (and, for some figures, the live run's objects) in,
+a `Section` of tables, figures and notes out. A stage missing from the results gives a note
+saying it was skipped, never an error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from vfe.report import figures, numbers
+from vfe.report.document import Figure, Note, Paragraph, Section, Table
+from vfe.report.names import describe, ordered, parse_ood
+from vfe.report.narrative import what_this_says
+from vfe.stages.summary import mean_std
+
+# corruption families as in ImageNet-C (the 4 extra corruptions join the family they belong to)
+FAMILIES = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
+    "weather": ("snow", "frost", "fog", "brightness", "spatter"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"),
+}
+BENCHMARK_MEAN = "mean over benchmark corruptions"
+# what the summary table shows; the rest of the metrics are in the stage sections
+SUMMARY_METRICS = ("clean_accuracy", "corruption_accuracy", "mCE", "relative_mCE", "clean_ece", "clean_nll")
+
+
+@dataclass
+class Context:
+    """What every section needs: the results, and the run's live objects when the report is written by it."""
+
+    results: dict
+    models: dict | None = None
+    test: object | None = None
+    clean_probs: dict | None = None
+    heads: list[str] = field(init=False)
+    setting_line: str = field(init=False)
+    colours: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        setting = self.results.get("setting", {})
+        self.heads = list(self.results.get("clean") or setting.get("heads") or [])
+        self.setting_line = setting_line(setting)
+        self.colours = figures.head_colours(self.heads)
+
+    @property
+    def n_seeds(self) -> int | None:
+        seeds = self.results.get("setting", {}).get("seeds")
+        return len(seeds) if seeds else None
+
+
+def setting_line(setting: dict) -> str:
+    """The one line every figure carries: what was measured, on what, how often."""
+    seeds = setting.get("seeds")
+    size = setting.get("image_size")
+    return (f"{setting.get('backbone', '?')} ({setting.get('weights', '?')} weights) at "
+            f"{f'{size} px' if size else '? px'} on {setting.get('dataset', '?')}; "
+            f"n_train={setting.get('n_train', '?')}, n_test={setting.get('n_test', '?')}; "
+            f"seeds {', '.join(map(str, seeds)) if seeds else '?'}")
+
+
+def skipped(stage: str, why: str = "it is not in the results") -> Note:
+    return Note(f"The {stage} stage was skipped: {why}.")
+
+
+def setting_section(ctx: Context) -> Section:
+    s = ctx.results.get("setting", {})
+    rows = [["dataset", s.get("dataset")], ["backbone", s.get("backbone")], ["weights", s.get("weights")],
+            ["image size", f"{s['image_size']} px" if s.get("image_size") else None],
+            ["feature dimension", s.get("feature_dim")], ["training images", s.get("n_train")],
+            ["test images", s.get("n_test")], ["heads", s.get("heads") or ctx.heads], ["seeds", s.get("seeds")],
+            ["data seed", s.get("data_seed")], ["device", s.get("device")], ["machine", s.get("machine")],
+            ["torch", s.get("torch")]]
+    for head in ctx.heads:
+        model = next((m for (h, _), m in (ctx.models or {}).items() if h == head), None)
+        if model is not None:
+            rows.append([f"parameters of one {head} head", f"{parameter_count(model):,}"])
+    blocks = [Table(["setting", "value"], [[k, numbers.general(v)] for k, v in rows])]
+    timings = ctx.results.get("timings")
+    if timings:
+        rows = [[stage, numbers.seconds(t)] for stage, t in timings.items()]
+        for head, per_seed in (ctx.results.get("fit_seconds") or {}).items():
+            stat = mean_std(per_seed)
+            rows.append([f"fit one {head} head (mean ± std over {len(per_seed)})",
+                         f"{numbers.seconds(stat['mean'])} ± {numbers.seconds(stat['std'])}"])
+        blocks.append(Table(["stage", "wall time"], rows, "Wall-clock time per stage of the run."))
+    else:
+        blocks.append(Note("No stage timings in these results."))
+    return Section("Setting", blocks)
+
+
+def parameter_count(model) -> int:
+    """Learned parameters of a fitted head: every torch module it holds, shared parameters counted once."""
+    params = {id(p): p.numel() for attr in vars(model).values() if isinstance(attr, nn.Module)
+              for p in attr.parameters()}
+    return sum(params.values())
+
+
+def narrative_section(ctx: Context) -> Section:
+    return Section("What this says", list(what_this_says(ctx.results)))
+
+
+def summary_section(ctx: Context) -> Section:
+    summary = ctx.results.get("summary")
+    if not summary or not summary.get("table"):
+        return Section("Summary", [skipped("summary", "the results hold no per-head summary")])
+    table = summary["table"]
+    keys = dict.fromkeys(k for per_head in table.values() for k in per_head)
+    metrics = [m for m in ordered(keys) if m.key in SUMMARY_METRICS or m.group == "adversarial"
+               or (m.group == "ood" and (ood := parse_ood(m.key[4:])) is not None and ood.stat == "auroc")]
+    header = ["metric", *(f"{h} (mean ± std over seeds)" for h in table), "better"]
+    rows = [[m.unit_label, *(numbers.mean_pm_std(m, table[h].get(m.key), ctx.n_seeds) for h in table),
+             "higher" if m.higher_is_better else "lower"] for m in metrics]
+    blocks = [Table(header, rows, "Mean ± sample standard deviation over seeds; n is shown where a metric "
+                                  "has fewer seeds than the run.")]
+    missing = [stage for stage in ("corruptions", "adversarial", "ood") if stage not in ctx.results]
+    if missing:
+        blocks.append(Note(f"Not run, so not in the table: {', '.join(missing)}."))
+    return Section("Summary", blocks)
+
+
+def comparison_section(ctx: Context) -> Section:
+    summary = ctx.results.get("summary") or {}
+    comparisons = summary.get("vs_baseline")
+    baseline = summary.get("baseline", "baseline")
+    if not comparisons:
+        return Section(f"Paired comparison with the {baseline} head",
+                       [skipped("paired comparison", f"there is no {baseline} head or no other head to compare")])
+    blocks = []
+    for head, per_metric in comparisons.items():
+        rows = []
+        for m in ordered(per_metric):
+            c = per_metric[m.key]
+            rows.append([m.unit_label, numbers.signed_difference(m, c), numbers.p_value(c),
+                         "yes" if c.get("exceeds_spread") else "no", c.get("verdict", numbers.MISSING)])
+        blocks.append(Table(["metric", f"{head} − {baseline} (mean ± std over paired seeds)", "paired t-test p",
+                             "exceeds seed spread", "verdict"], rows,
+                            f"{head} against {baseline}, seed by seed (same seed = same data split and "
+                            "initialisation seed). A difference counts only when the two heads' mean ± std "
+                            "intervals do not overlap."))
+    return Section(f"Paired comparison with the {baseline} head", blocks)
+
+
+def corruption_section(ctx: Context) -> Section:
+    title = "Corruptions"
+    if "corruptions" not in ctx.results:
+        return Section(title, [skipped("corruption")])
+    corr = ctx.results["corruptions"]
+    curves, severities = numbers.severity_curves(ctx.results, BENCHMARK_MEAN)
+    if not curves:
+        return Section(title, [Note("The corruption stage ran but measured no corruption.")])
+    blocks: list = [Figure("corruptions_mean", figures.severity_curves(
+        {h: {BENCHMARK_MEAN: c[BENCHMARK_MEAN]} for h, c in curves.items()}, severities, ctx.colours,
+        "Accuracy under corruption, mean over the benchmark corruptions", ctx.setting_line, n_cols=1),
+        "Mean accuracy over the benchmark corruptions at each severity (severity 0 is the clean test set); "
+        "line: mean over seeds, band: ± one standard deviation.")]
+    names = list(dict.fromkeys(n for c in curves.values() for n in c if n != BENCHMARK_MEAN))
+    for family, members in _families(names).items():
+        blocks.append(Figure(f"corruptions_{family}", figures.severity_curves(
+            {h: {n: c[n] for n in members if n in c} for h, c in curves.items()}, severities, ctx.colours,
+            f"Accuracy against severity: {family} corruptions", ctx.setting_line),
+            f"{family.capitalize()} corruptions: accuracy against severity per head (mean ± std over seeds)."))
+    blocks.append(_per_corruption_table(ctx, corr, names))
+    blocks.append(_corruption_grid(ctx, names, severities))
+    return Section(title, blocks)
+
+
+def _families(names: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name in names:
+        family = next((f for f, members in FAMILIES.items() if name in members), None)
+        if family is None:
+            family = next((f for f in ("noise", "blur") if name.endswith(f"_{f}")), "other")
+        out.setdefault(family, []).append(name)
+    return out
+
+
+def _per_corruption_table(ctx: Context, corr: dict, names: list[str]) -> Table:
+    acc_metric, ce_metric = describe("clean_accuracy"), describe("mCE")
+    per_head = corr.get("per_head", {})
+    rows = []
+    for name in names:
+        row = [name.replace("_", " ")]
+        for head in per_head:
+            seeds = per_head[head].values()
+            acc = [np.mean(list(s["accuracy"][name].values())) for s in seeds if name in s.get("accuracy", {})]
+            ce = [s["CE"][name] for s in seeds if name in s.get("CE", {})]
+            row.append(numbers.mean_pm_std(acc_metric, mean_std(acc)))
+            row.append(numbers.mean_pm_std(ce_metric, mean_std(ce)))
+        rows.append(row)
+    header = ["corruption", *(f"{h}: {col}" for h in per_head for col in ("accuracy (%)", "CE (%)"))]
+    return Table(header, rows, "Per corruption: accuracy averaged over severities, and corruption error (CE: "
+                               f"summed error over severities relative to the {corr.get('normaliser', 'baseline')} "
+                               "head with the same seed); mean ± std over seeds.")
+
+
+def _corruption_grid(ctx: Context, names: list[str], severities: list[int]) -> Figure | Note:
+    if ctx.test is None:
+        return Note("The corruption picture grid needs the test images; it is drawn when the report is "
+                    "written by the run itself.")
+    try:
+        from vfe.robustness.corruptions import corrupt
+        from vfe.robustness.corruptions.parameters import parameter_set
+    except ImportError as e:
+        return Note(f"The corruption picture grid was not drawn: vfe.robustness.corruptions is unavailable ({e}).")
+    config = ctx.results.get("config", {})
+    seed, params = config.get("data_seed", 0), config.get("corruption_params", "auto")
+    image = ctx.test.images[0]
+    table = parameter_set(params, max(image.shape[:2]))
+
+    def one(picture: np.ndarray, name: str, severity: int) -> np.ndarray:
+        return corrupt(picture[None], name, severity, seed=seed, params=params)[0]
+
+    png = figures.corruption_grid(image, names, severities, one,
+                                  "The first test image under every corruption and severity", ctx.setting_line)
+    return Figure("corruption_grid", png, f"The first test image under each corruption (rows) at each severity "
+                                          f"(columns) with the {table.name!r} severity parameters ({table.source}), "
+                                          "as the backbone receives it before resizing.")
+
+
+def adversarial_section(ctx: Context) -> Section:
+    title = "Adversarial robustness"
+    if "adversarial" not in ctx.results:
+        return Section(title, [skipped("adversarial")])
+    curves, clean = numbers.adversarial_series(ctx.results)
+    if not any(curves.values()):
+        return Section(title, [Note("The adversarial stage ran but its results name no attack this report can "
+                                    "parse (<attack>_<norm>_<eps>[_eot]).")])
+    blocks: list = []
+    facts = _attack_facts(ctx.results)
+    if facts:
+        blocks.append(Paragraph("How the attacks ran: " + "; ".join(facts) + "."))
+    blocks.append(Figure("adversarial", figures.adversarial_curves(
+        curves, clean, ctx.colours, "Accuracy under attack against the attack radius", ctx.setting_line),
+        "Accuracy under white-box attack (mean ± std over seeds); dashed: the attack as is, solid: with "
+        "expectation over transformation (EOT); a head that does not sample has only the solid curve (EOT is "
+        "the plain attack for it). ε = 0 is the accuracy on the same images before attack."))
+    blocks.append(_eot_gap_table(ctx, curves))
+    return Section(title, blocks)
+
+
+def _attack_facts(results: dict) -> list[str]:
+    """The attack settings as recorded per seed (falling back to the run's config)."""
+    per_seed = [r for per_head in results["adversarial"].values() for r in per_head.values()]
+    config = results.get("config", {})
+
+    def values(key: str) -> str:
+        found = sorted({r[key] for r in per_seed if key in r} or ({config[key]} if config.get(key) else set()))
+        return ", ".join(map(str, found))
+
+    facts = []
+    if values("n"):
+        facts.append(f"{values('n')} test images attacked per head and seed")
+    steps = values("steps") or values("attack_steps")
+    if steps:
+        facts.append(f"{steps} PGD steps")
+    if values("n_eot"):
+        facts.append(f"EOT averaged over {values('n_eot')} draws of the head's randomness per step")
+    sampling = {h: any(r.get("samples_randomly") for r in rows.values())
+                for h, rows in results["adversarial"].items()
+                if any("samples_randomly" in r for r in rows.values())}
+    if sampling:
+        facts.append("heads that sample at prediction time: " + (", ".join(h for h, v in sampling.items() if v)
+                                                                 or "none"))
+    return facts
+
+
+def _eot_gap_table(ctx: Context, curves: dict) -> Table | Note:
+    """Naive vs EOT accuracy for each attack run both ways: a gain that vanishes under EOT is obfuscation."""
+    metric = describe("clean_accuracy")
+    rows = []
+    for head, per_attack in curves.items():
+        for attack in sorted((a for a in per_attack if not a.eot), key=lambda a: (a.norm != "linf", a.attack, a.eps)):
+            twin = next((a for a in per_attack if a.eot and (a.attack, a.norm, a.eps_text)
+                         == (attack.attack, attack.norm, attack.eps_text)), None)
+            if twin is None:
+                continue
+            naive, eot = per_attack[attack], per_attack[twin]
+            rows.append([head, attack.label, numbers.mean_pm_std(metric, mean_std(list(naive))),
+                         numbers.mean_pm_std(metric, mean_std(list(eot))),
+                         numbers.mean_pm_std(metric, mean_std(list(naive - eot)))])
+    if not rows:
+        return Note("No attack was run both with and without EOT, so the EOT gap cannot be shown.")
+    return Table(["head", "attack", "accuracy, naive (%)", "accuracy, EOT (%)", "naive − EOT (points)"], rows,
+                 "Accuracy that the naive attack leaves but EOT removes is a gradient-masking artefact, not "
+                 "robustness.")
+
+
+def calibration_section(ctx: Context) -> Section:
+    title = "Calibration"
+    if ctx.clean_probs is None or ctx.test is None:
+        return Section(title, [Note("Reliability diagrams need the clean test probabilities; they are drawn when "
+                                    "the report is written by the run itself.")])
+    from vfe.robustness.calibration import reliability_curve
+
+    bins: dict[str, list] = {}
+    for (head, _seed), probs in sorted(ctx.clean_probs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        curve = reliability_curve(probs, ctx.test.labels)  # the binning of the clean stage's ECE
+        bins.setdefault(head, []).append({"edges": np.asarray(curve["bin_edges"]),
+                                          **{k: np.asarray(curve[k], dtype=float)
+                                             for k in ("accuracy", "confidence", "count")}})
+    table = (ctx.results.get("summary") or {}).get("table", {})
+    ece = {h: numbers.mean_pm_std(describe("clean_ece"), table.get(h, {}).get("clean_ece")) + " %" for h in bins}
+    png = figures.reliability_diagrams(bins, ece, ctx.colours, "Reliability on the clean test set",
+                                       ctx.setting_line)
+    return Section(title, [Figure("reliability", png, "Accuracy per confidence bin (mean ± std over seeds) with "
+                                                      "its gap to the bin's mean confidence; below, the share of "
+                                                      "test images per bin.")])
+
+
+def ood_section(ctx: Context) -> Section:
+    title = "Out-of-distribution detection"
+    ood = ctx.results.get("ood")
+    if ood is None:
+        return Section(title, [skipped("out-of-distribution")])
+    table = (ctx.results.get("summary") or {}).get("table", {})
+    keys = dict.fromkeys(k for per_head in table.values() for k in per_head if k.startswith("ood:"))
+    blocks: list = []
+    if keys:
+        rows = [[m.unit_label, *(numbers.mean_pm_std(m, table[h].get(m.key), ctx.n_seeds) for h in table),
+                 "higher" if m.higher_is_better else "lower"] for m in ordered(keys)]
+        blocks.append(Table(["metric", *table, "better"], rows, "Separating the test set from each "
+                            "out-of-distribution set by each score; mean ± std over seeds."))
+    else:
+        blocks.append(Note("The OOD stage ran but the summary holds no OOD metric."))
+    baselines = ood.get("feature_baselines")
+    if baselines:
+        rows = [[m.unit_label, m.value(baselines[m.key[4:]])] for m in ordered(f"ood:{k}" for k in baselines)
+                if numbers.is_number(baselines[m.key[4:]])]
+        blocks.append(Table(["feature-space baseline", "value"], rows, "Detectors on the backbone features alone "
+                            "(no head, so no seeds): the bar a head's own OOD score has to clear."))
+    sets = ood.get("ood_sets")
+    if sets:
+        blocks.append(Table(["OOD set", "images", "source"],
+                            [[name, numbers.general(info.get("n")), numbers.general(info.get("source"))]
+                             for name, info in sets.items()],
+                            f"Out-of-distribution sets, against {numbers.general(ood.get('n_in'))} in-distribution "
+                            "test images."))
+    if ood.get("convention"):
+        blocks.append(Paragraph(f"Convention: {ood['convention']}."))
+    return Section(title, blocks)
+
+
+def training_section(ctx: Context) -> Section:
+    title = "Training curves"
+    histories = ctx.results.get("histories")
+    if not histories:
+        return Section(title, [Note("No training histories in these results.")])
+    per_head: dict[str, dict[str, dict]] = {}
+    for name, history in histories.items():
+        head, _, seed = name.rpartition("/seed")
+        phases = numbers.history_phases(history)
+        if phases:
+            per_head.setdefault(head or name, {})[seed] = phases
+    blocks = []
+    for head, per_seed in per_head.items():
+        per_seed = {s: per_seed[s] for s in numbers.seed_keys(per_seed)}
+        blocks.append(Figure(f"training_{head}", figures.training_curves(
+            per_seed, f"Training curves of the {head} head", ctx.setting_line),
+            f"{head}: training (blue) and validation (orange) metrics per epoch."))
+    return Section(title, blocks or [Note("The training histories hold no per-epoch records.")])
+
+
+def sweep_section(ctx: Context) -> Section | None:
+    """The sweep's rows (per cell or summarised), one line each; None when the run had no sweep."""
+    rows = ctx.results.get("sweep")
+    if not rows:
+        return None
+    flat = [_sweep_row(r) for r in rows]
+    columns = list(dict.fromkeys(k for r in flat for k in r))
+    return Section("Sweep", [Table(columns, [[r.get(c, numbers.MISSING) for c in columns] for r in flat],
+                                   "Every cell of the sweep (head × parameters × training size, over seeds).")])
+
+
+def _sweep_row(row: dict) -> dict[str, str]:
+    """Parameters as 'k=v', `<m>_mean`/`<m>_std` pairs as one 'mean ± std' cell, nested metrics flattened."""
+    row = dict(row)
+    row.pop("data", None)  # the hash of the arrays the cell ran on: a cache key, not a result
+    if "train_size" in row and row["train_size"] is None:
+        row["train_size"] = "all"  # the sweep's None: the whole training set
+    out = {"head": numbers.general(row.pop("head"))} if "head" in row else {}
+    params = row.pop("params", None)
+    if params is not None:
+        out["params"] = ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+    flat = numbers.flatten(row)
+    for key, value in flat.items():
+        stem = key.removesuffix("_mean")
+        if key.endswith("_std") and f"{key.removesuffix('_std')}_mean" in flat:
+            continue
+        if key.endswith("_mean") and f"{stem}_std" in flat:
+            std = flat[f"{stem}_std"]
+            out[stem] = f"{numbers.general(value)} ± {std:.2g}" if numbers.is_number(std) else numbers.general(value)
+        else:
+            out[key] = numbers.general(value)
+    return out

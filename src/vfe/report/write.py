@@ -1,0 +1,45 @@
+"""Build the report's document from a run's results and write report.md, report.html and figures/*.png."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vfe.io import atomic_write_bytes
+from vfe.report import sections
+from vfe.report.document import Document
+from vfe.report.to_html import to_html
+from vfe.report.to_markdown import to_markdown
+
+FIGURE_DIR = "figures"
+
+
+def build_document(results: dict, models: dict | None = None, test=None, clean_probs: dict | None = None) -> Document:
+    """The report's content; figures that need live objects (test images, probabilities) are noted when absent."""
+    if not isinstance(results, dict) or "clean" not in results:
+        raise ValueError("results must be the dict of a run (vfe.experiment.run), holding at least 'clean'")
+    ctx = sections.Context(results, models=models, test=test, clean_probs=clean_probs)
+    parts = [sections.setting_section(ctx), sections.narrative_section(ctx), sections.summary_section(ctx),
+             sections.comparison_section(ctx), sections.corruption_section(ctx), sections.adversarial_section(ctx),
+             sections.calibration_section(ctx), sections.ood_section(ctx), sections.training_section(ctx),
+             sections.sweep_section(ctx)]
+    name = results.get("config", {}).get("name")
+    title = "vfe robustness report" + (f": {name}" if name else "")
+    return Document(title, ctx.setting_line, [p for p in parts if p is not None])
+
+
+def write_report(out_dir: str | Path, results: dict, models: dict | None = None, test=None,
+                 clean_probs: dict | None = None) -> dict[str, Path]:
+    """Write report.md (figures linked), report.html (self-contained) and figures/*.png into `out_dir`.
+
+    Returns {"markdown": path, "html": path, <figure name>: path, ...}.
+    """
+    out_dir = Path(out_dir)
+    doc = build_document(results, models=models, test=test, clean_probs=clean_probs)
+    paths: dict[str, Path] = {}
+    for figure in doc.figures():
+        paths[figure.name] = out_dir / FIGURE_DIR / f"{figure.name}.png"
+        atomic_write_bytes(paths[figure.name], figure.png)
+    paths["markdown"] = out_dir / "report.md"
+    atomic_write_bytes(paths["markdown"], to_markdown(doc, FIGURE_DIR).encode("utf-8"))
+    paths["html"] = out_dir / "report.html"
+    atomic_write_bytes(paths["html"], to_html(doc).encode("utf-8"))
+    return paths

@@ -1,0 +1,140 @@
+"""A realistic run's results for the report tests, built by the real stages on scikit-learn digits.
+
+Real heads (linear and VFE, 3 seeds each) are fitted on the 64-d digit features; clean metrics come
+from the clean stage; the corruption numbers come from the heads on noised features; adversarial
+and OOD numbers are per-seed values generated here. Everything then goes through the real summary
+functions (corruption_summary, summarise), as in `vfe.experiment.run`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from vfe.data.types import ImageSet
+from vfe.experiment import ExperimentConfig, config_dict
+from vfe.stages.clean import evaluate_clean, probability_metrics
+from vfe.stages.fit import fit_heads
+from vfe.stages.robust_summary import corruption_summary, summarise
+from vfe.sweep import summarise as summarise_sweep
+
+HEADS = ["linear", "vfe"]
+SEEDS = [0, 1, 2]
+HEAD_PARAMS = {"linear": {"epochs": 20, "lr": 0.01},
+               "vfe": {"encoder_units": 64, "latent_dim": 16, "decoder_units": 64, "recon_weight": 100.0,
+                       "vae_epochs": 30, "vae_lr": 0.003, "epochs": 20, "lr": 0.01, "n_samples": 4}}
+
+
+def digits_test_set() -> tuple[np.ndarray, np.ndarray, np.ndarray, ImageSet]:
+    """Digit features split 70/30, and the test images as 32x32 uint8 (the corruptions' minimum size)."""
+    X, y = load_digits(return_X_y=True)
+    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=0.3, random_state=0, stratify=y)
+    X = (X / 16.0).astype(np.float32)
+    images = np.kron(X.reshape(-1, 8, 8), np.ones((4, 4))) * 255
+    test = ImageSet(images[test_idx].round().astype(np.uint8), y[test_idx], [str(d) for d in range(10)],
+                    source="digits-32px")
+    return X[train_idx], y[train_idx], X[test_idx], test
+
+
+def _corrupted_metrics(models: dict, X: np.ndarray, y: np.ndarray, names: list[str], severities: list[int]) -> dict:
+    """{(head, seed): {corruption: {severity: metrics}}} from the real heads on noised features."""
+    table: dict = {key: {} for key in models}
+    for i, name in enumerate(names):
+        strength = 0.05 + 0.03 * (i % 5)  # families differ in how hard they are
+        for severity in severities:
+            rng = np.random.default_rng(1000 * i + severity)
+            Xc = np.clip(X + rng.normal(0, strength * severity, X.shape), 0, 1).astype(np.float32)
+            for key, model in models.items():
+                table[key].setdefault(name, {})[severity] = probability_metrics(model.predict_proba(Xc), y)
+    return table
+
+
+def _adversarial(clean: dict, rng: np.random.Generator) -> dict:
+    """Per-seed attack accuracies shaped like vfe.stages.adversarial's: the sampling VFE head keeps part of
+    its accuracy under the naive attack only (gradient masking); for the deterministic linear head EOT is
+    the plain attack, so its "_eot" numbers repeat the plain ones."""
+    out: dict = {}
+    for (head, seed), metrics in clean.items():
+        acc, samples = metrics["accuracy"], head == "vfe"
+        accuracy = {"clean": acc}
+        for norm, budgets in (("linf", (("2/255", 0.3), ("8/255", 0.85))), ("l2", (("0.25", 0.2), ("0.5", 0.6)))):
+            for eps, drop in budgets:
+                eot = acc * (1 - drop) + rng.normal(0, 0.01)
+                naive = acc * (1 - drop * (0.4 if samples else 1.0)) + rng.normal(0, 0.01)
+                if norm == "linf":
+                    accuracy[f"fgsm_linf_{eps}"] = max(naive, eot) + 0.05
+                accuracy[f"pgd_{norm}_{eps}"] = naive
+                accuracy[f"pgd_{norm}_{eps}_eot"] = eot if samples else naive
+        out.setdefault(head, {})[str(seed)] = {"accuracy": {k: float(np.clip(v, 0, 1)) for k, v in accuracy.items()},
+                                               "n": 64, "samples_randomly": samples, "steps": 5, "n_eot": 8}
+    return out
+
+
+def _fpr_at_95_tpr(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    threshold = np.quantile(in_scores, 0.05)  # 95 % of in-distribution images score above it
+    return float((out_scores >= threshold).mean())
+
+
+def _ood(models: dict, clean_probs: dict, X_test: np.ndarray) -> dict:
+    """Real OOD scores of the heads: test digits against the same digits with shuffled pixels."""
+    rng = np.random.default_rng(0)
+    X_ood = np.stack([rng.permutation(x) for x in X_test]).astype(np.float32)
+    per_head: dict = {}
+    for (head, seed), model in models.items():
+        msp_in, msp_out = clean_probs[(head, seed)].max(1), model.predict_proba(X_ood).max(1)
+        labels = np.r_[np.ones(len(msp_in)), np.zeros(len(msp_out))]
+        row = {"msp_auroc_shuffled": float(roc_auc_score(labels, np.r_[msp_in, msp_out])),
+               "msp_fpr95_shuffled": _fpr_at_95_tpr(msp_in, msp_out)}
+        if head == "vfe":
+            err_in, err_out = model.reconstruction_error(X_test), model.reconstruction_error(X_ood)
+            row["recon_auroc_shuffled"] = float(roc_auc_score(labels, -np.r_[err_in, err_out]))
+        per_head.setdefault(head, {})[str(seed)] = row
+    return {"per_head": per_head}
+
+
+@pytest.fixture(scope="session")
+def report_run():
+    """(results, models, test ImageSet, clean_probs) of a small but complete run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: extra threads only contend on a shared machine
+    try:
+        return _build_run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_run():
+    from vfe.robustness.corruptions import BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
+
+    X_train, y_train, X_test, test = digits_test_set()
+    config = ExperimentConfig(name="report-test", dataset="digits", backbone="identity", heads=HEADS,
+                              seeds=SEEDS, n_train=len(y_train), n_test=len(test), n_attack=64, n_eot=8,
+                              attack_steps=5, progress=False)
+    models, fit_seconds = fit_heads(HEADS, SEEDS, X_train, y_train, HEAD_PARAMS, progress=False)
+    clean, clean_probs = evaluate_clean(models, X_test, test.labels)
+    names = list(BENCHMARK_CORRUPTIONS) + list(EXTRA_CORRUPTIONS)
+    per_model = _corrupted_metrics(models, X_test, test.labels, names, config.severities)
+    results = {
+        "setting": {"dataset": "digits", "backbone": "identity", "weights": "none", "image_size": 32,
+                    "feature_dim": X_train.shape[1], "n_train": len(y_train), "n_test": len(test), "seeds": SEEDS,
+                    "heads": HEADS, "data_seed": 0, "torch": "2.14.1", "machine": "x86_64, 1 threads",
+                    "device": "cpu"},
+        "config": config_dict(config),
+        "clean": {h: {str(s): clean[(h, s)] for s in SEEDS} for h in HEADS},
+        "fit_seconds": fit_seconds,
+        "histories": {f"{h}/seed{s}": m.history_ for (h, s), m in models.items()},
+        "corruptions": corruption_summary(per_model, clean, config),
+        "corruption_seconds": {n: 0.5 for n in names},
+        "adversarial": _adversarial(clean, np.random.default_rng(7)),
+        "ood": _ood(models, clean_probs, X_test),
+    }
+    results["summary"] = summarise(results, config)
+    results["sweep"] = summarise_sweep([
+        {"head": h, "params": HEAD_PARAMS[h], "train_size": None, "n_train": len(y_train), "seed": s,
+         "fit_seconds": fit_seconds[h][SEEDS.index(s)], "metrics": clean[(h, s)]} for h, s in models])
+    results["timings"] = {"load data": 0.2, "fit heads": float(sum(map(sum, fit_seconds.values()))),
+                          "corruptions (19 x 5 severities)": 190.0, "total": 412.5}
+    return results, models, test, clean_probs
