@@ -6,13 +6,14 @@ safetensors + JSON and nothing else.
 """
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import nn
 
 from vfe.training import History, TrainConfig, split_validation, train
@@ -21,14 +22,35 @@ from vfe.training import History, TrainConfig, split_validation, train
 class Head(ClassifierMixin, BaseEstimator):
     """Base of all heads. Subclasses implement `_fit`, `_predict_proba`, `_get_state`, `_set_state`."""
 
-    def fit(self, X, y) -> "Head":
+    inputs = "features"  # what fit/predict take: "features" (N x D floats) or "images" (uint8 N x H x W x C)
+
+    def fit(self, X, y, X_aug=None) -> Head:
+        """Fit on features X and labels y.
+
+        X_aug (optional, heads whose `_fit` takes it): features of the same training images under a
+        random corruption, row-aligned with X (X_aug[i] is a corrupted view of the image behind X[i]).
+        It is training data only: the early-stopping split stays clean, and a denoising head can use
+        the (X_aug[i], X[i]) pairs.
+        """
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
         check_classification_targets(y)
         self.classes_, y_index = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__}: need at least 2 classes in y, got {len(self.classes_)}")
-        self._fit(X, y_index.astype(np.int64))
+        if X_aug is None:
+            self._fit(X, y_index.astype(np.int64))
+        else:
+            self._fit(X, y_index.astype(np.int64), X_aug=self._check_augmented(X_aug, X))
         return self
+
+    def _check_augmented(self, X_aug, X: np.ndarray) -> np.ndarray:
+        if "X_aug" not in inspect.signature(self._fit).parameters:
+            raise TypeError(f"{type(self).__name__} does not train on augmented features (X_aug)")
+        X_aug = check_array(X_aug, dtype=np.float32)
+        if X_aug.shape != X.shape:
+            raise ValueError(f"X_aug must be row-aligned with X (one corrupted view per training image): "
+                             f"shape {X_aug.shape} != X's {X.shape}")
+        return X_aug
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "classes_")
@@ -36,7 +58,8 @@ class Head(ClassifierMixin, BaseEstimator):
         return self._predict_proba(X)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        probs = self.predict_proba(X)  # first: an unfitted head raises NotFittedError, not AttributeError
+        return self.classes_[np.argmax(probs, axis=1)]
 
     @abstractmethod
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None: ...
@@ -59,7 +82,7 @@ class Head(ClassifierMixin, BaseEstimator):
         return self._get_state(), meta
 
     @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict) -> "Head":
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict) -> Head:
         head = cls(**meta["params"])
         head.classes_ = np.asarray(meta["classes"])
         head.n_features_in_ = meta["n_features_in"]
@@ -67,6 +90,15 @@ class Head(ClassifierMixin, BaseEstimator):
             head.history_ = meta["history"]
         head._set_state(tensors, meta["n_features_in"])
         return head
+
+
+class FeatureTransformer(TransformerMixin):
+    """For heads with a `transform` (their code): fit_transform = fit(X, y).transform(X), in float32."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
 
 
 class TorchHead(Head):
@@ -84,16 +116,24 @@ class TorchHead(Head):
         self.module_.eval()
 
     def _train_config(self, **overrides) -> TrainConfig:
-        base = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-                    seed=self.random_state, device=self.device, progress=getattr(self, "verbose", False))
+        base = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "patience": self.patience,
+                "seed": self.random_state, "device": self.device, "progress": getattr(self, "verbose", False)}
         return TrainConfig(**{**base, **overrides})
 
-    def _split(self, X: np.ndarray, y: np.ndarray):
-        """Held-out part for early stopping; none when the data is too small to spare it."""
-        train_idx, val_idx = split_validation(len(X), self.validation_fraction, self.random_state, y)
+    def _validation_indices(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(train, held-out) row indices for early stopping; no held-out part when the data is too small."""
+        train_idx, val_idx = split_validation(len(y), self.validation_fraction, self.random_state, y)
         if val_idx is None or len(val_idx) < 2:
-            return (X, y), None
-        return (X[train_idx], y[train_idx]), (X[val_idx], y[val_idx])
+            return np.arange(len(y)), None
+        return train_idx, val_idx
+
+    def _split(self, X: np.ndarray, y: np.ndarray, X_aug: np.ndarray | None = None):
+        """(X_train, y_train), held-out (X_val, y_val) or None. Augmented views join the training part only."""
+        train_idx, val_idx = self._validation_indices(y)
+        train = (X, y) if val_idx is None else (X[train_idx], y[train_idx])
+        if X_aug is not None:
+            train = (np.concatenate([train[0], X_aug[train_idx]]), np.concatenate([train[1], y[train_idx]]))
+        return train, (None if val_idx is None else (X[val_idx], y[val_idx]))
 
 
 def classification_loss(module: nn.Module, batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -112,6 +152,17 @@ def fit_classifier(module: nn.Module, X: np.ndarray, y: np.ndarray, val, config:
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         return train(module, classification_loss, tensors, val_tensors, config, parameters=parameters)
+
+
+class SoftmaxOutput(nn.Module):
+    """Logits module -> class probabilities: a head's `probability_module()` for end-to-end attacks."""
+
+    def __init__(self, logits_module: nn.Module):
+        super().__init__()
+        self.logits_module = logits_module
+
+    def forward(self, features: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
+        return torch.softmax(self.logits_module(features), 1)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vfe.heads.base import TorchHead, batched_numpy, fit_classifier
+from vfe.heads.base import FeatureTransformer, TorchHead, batched_numpy, fit_classifier
 from vfe.training import TrainConfig, train
 from vfe.vae import gaussian_kl, reparameterise
 
@@ -35,12 +35,18 @@ class FeatureEncoder(nn.Module):
         return self.z_mean(h), self.z_log_var(h)
 
 
+def feature_decoder(latent_dim: int, decoder_units: int, n_features: int) -> nn.Sequential:
+    """Dense(decoder_units, relu) -> BatchNorm -> Dense(n_features, relu): the reference decoder (pooled
+    features are non-negative, hence the final ReLU)."""
+    return nn.Sequential(nn.Linear(latent_dim, decoder_units), nn.ReLU(), nn.BatchNorm1d(decoder_units),
+                         nn.Linear(decoder_units, n_features), nn.ReLU())
+
+
 class FeatureVAE(nn.Module):
     def __init__(self, n_features: int, encoder_units: int, latent_dim: int, decoder_units: int):
         super().__init__()
         self.encoder = FeatureEncoder(n_features, encoder_units, latent_dim)
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, decoder_units), nn.ReLU(), nn.BatchNorm1d(decoder_units),
-                                     nn.Linear(decoder_units, n_features), nn.ReLU())
+        self.decoder = feature_decoder(latent_dim, decoder_units, n_features)
 
     def forward(self, x: torch.Tensor):
         mu, log_var = self.encoder(x)
@@ -59,19 +65,26 @@ def vae_loss(recon_weight: float, beta: float):
 
 
 class LatentClassifier(nn.Module):
-    """Frozen encoder -> z (sampled or mean) -> Dropout -> Dense. Returns logits, or log mean-probs."""
+    """Encoder -> z (sampled or mean) -> Dropout -> Dense. Returns logits, or log mean-probs.
 
-    def __init__(self, encoder: FeatureEncoder, n_classes: int, dropout: float, classifier_input: str):
+    The VFE freezes its encoder here (`freeze_encoder=True`); the VIB trains both together.
+    """
+
+    def __init__(self, encoder: FeatureEncoder, n_classes: int, dropout: float, classifier_input: str,
+                 freeze_encoder: bool = True):
         super().__init__()
         self.encoder = encoder
         self.classifier_input = classifier_input
+        self.freeze_encoder = freeze_encoder
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.z_mean.out_features, n_classes))
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
+        if freeze_encoder:
+            for p in self.encoder.parameters():
+                p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "LatentClassifier":
+    def train(self, mode: bool = True) -> LatentClassifier:
         super().train(mode)
-        self.encoder.eval()  # frozen: BatchNorm keeps its running statistics
+        if self.freeze_encoder:
+            self.encoder.eval()  # frozen: BatchNorm keeps its running statistics
         return self
 
     def forward(self, x: torch.Tensor, mode: str | None = None, n_samples: int = 1) -> torch.Tensor:
@@ -87,7 +100,7 @@ class LatentClassifier(nn.Module):
         return probs.clamp_min(1e-12).log()
 
 
-class VFEHead(TorchHead):
+class VFEHead(FeatureTransformer, TorchHead):
     """Variational feature encoder + latent classifier. Defaults are the reference's numbers.
 
     The reference trains the VAE for a fixed 2000 epochs; here `vae_epochs` is a cap and training
@@ -124,6 +137,11 @@ class VFEHead(TorchHead):
         self.device = device
         self.verbose = verbose
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.predict_mode != "mean"  # sampled z: a row's draw depends on its position
+        return tags
+
     def _build(self, n_features: int, n_classes: int) -> nn.Module:
         """A fresh VAE (`vae_`) and the classifier on its encoder; the encoder is frozen in the latter."""
         if self.classifier_input not in ("sample", "mean"):
@@ -133,8 +151,8 @@ class VFEHead(TorchHead):
         self.vae_ = FeatureVAE(n_features, self.encoder_units, self.latent_dim, self.decoder_units)
         return LatentClassifier(self.vae_.encoder, n_classes, self.dropout, self.classifier_input)
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        (X_train, y_train), val = self._split(X, y)
+    def _fit(self, X: np.ndarray, y: np.ndarray, X_aug: np.ndarray | None = None) -> None:
+        (X_train, y_train), val = self._split(X, y, X_aug)  # augmented views train both stages
         with torch.random.fork_rng():
             torch.manual_seed(self.random_state)
             self.module_ = self._build(X.shape[1], len(self.classes_))
@@ -169,11 +187,7 @@ class VFEHead(TorchHead):
         self.module_.eval()
 
     def _predict_proba(self, X: np.ndarray) -> np.ndarray:
-        self.module_.eval()
-        with torch.random.fork_rng():
-            torch.manual_seed(self.random_state)  # a sampled prediction is repeatable for a given seed
-            logits = batched_numpy(lambda x: self.module_(x, self.predict_mode, self.n_samples), X)
-        return torch.softmax(torch.from_numpy(logits), 1).numpy()
+        return latent_predict_proba(self.module_, X, self.predict_mode, self.n_samples, self.random_state)
 
     def transform(self, X) -> np.ndarray:
         """The latent code z_mean (the VFE's compact representation of each feature vector)."""
@@ -208,10 +222,20 @@ class VFEHead(TorchHead):
 
     def probability_module(self) -> nn.Module:
         """Features -> class probabilities through the path a user runs (sampling included), for attacks."""
-        return _LatentProbabilities(self.module_, self.predict_mode, self.n_samples)
+        return LatentProbabilities(self.module_, self.predict_mode, self.n_samples)
 
 
-class _LatentProbabilities(nn.Module):
+def latent_predict_proba(classifier: LatentClassifier, X: np.ndarray, mode: str, n_samples: int,
+                         seed: int) -> np.ndarray:
+    """Class probabilities from z_mean ("mean"), one draw ("sample") or `n_samples` draws averaged."""
+    classifier.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # a sampled prediction is repeatable for a given seed
+        logits = batched_numpy(lambda x: classifier(x, mode, n_samples), X)
+    return torch.softmax(torch.from_numpy(logits), 1).numpy()
+
+
+class LatentProbabilities(nn.Module):
     def __init__(self, classifier: LatentClassifier, mode: str, n_samples: int):
         super().__init__()
         self.classifier, self.mode, self.n_samples = classifier, mode, n_samples

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vfe.lab.common import LabSettings
+from vfe.lab.common import COMPRESS_EPOCHS, LabSettings
 from vfe.lab.models import ACTIVATIONS, DECODERS, PRESETS, RECON_LOSSES
 
 EXAMPLES = {
@@ -34,56 +34,63 @@ def _epilog(text: str) -> str:
     return "example:\n  " + text.replace("\n", "\n  ")
 
 
-def _add_common(p: argparse.ArgumentParser, name: str) -> None:
+def add_data_and_training_args(p: argparse.ArgumentParser, default_out: str, epochs: int | None = None) -> None:
+    """The data, training and output options every training command shares (lab and `vfe viz small-cnn`);
+    `epochs` replaces the usual default for a command whose models are cheap to train."""
     d = LabSettings()
     g = p.add_argument_group("data and training")
     g.add_argument("--dataset", default=d.dataset,
                    help="'fashion-mnist', 'digits', an IDX folder or an image folder (default: %(default)s)")
     g.add_argument("--data-dir", help="where to look for named data sets first")
-    g.add_argument("--n-train", type=int, default=d.n_train, help="training images, a random subset (default: "
-                   "%(default)s; 0 = all)")
+    g.add_argument("--image-size", type=int, help="resize an image folder's images to this side (e.g. 32)")
+    g.add_argument("--n-train", type=int, default=d.n_train,
+                   help="training images, a seeded random subset (default: %(default)s; 0 = all)")
     g.add_argument("--n-test", type=int, default=d.n_test, help="test images (default: %(default)s; 0 = all)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=epochs or d.epochs, help="most epochs (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
     g.add_argument("--patience", type=int, default=d.patience,
-                   help="early stopping: epochs without a better validation loss (default: %(default)s; "
-                        "0 = never stop early)")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="(default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+                   help="early stopping: epochs without a better validation loss before stopping; the best "
+                        "epoch's weights are restored (default: %(default)s; 0 = never stop early)")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="training images held out for validation (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="data subsets, weights, noise (default: %(default)s)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     o = p.add_argument_group("output")
-    o.add_argument("--out", help=f"run folder (default: runs/lab/{name})")
+    o.add_argument("--out", help=f"run folder (default: {default_out})")
     o.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
 
 
-def _add_model_args(p: argparse.ArgumentParser, default: str, *, with_preset: bool = True) -> None:
-    g = p.add_argument_group("model")
-    if with_preset:
-        g.add_argument("--model", default=default, choices=list(PRESETS), help="preset (default: %(default)s)")
-    g.add_argument("--latent-dim", type=int, help="code size (default: the preset's)")
-    g.add_argument("--hidden", type=int, nargs="+", help="dense layer sizes of a dense model, e.g. 128 64")
-    g.add_argument("--filters", type=int, nargs="+", help="strided conv filters of a conv model, e.g. 32 64")
-    g.add_argument("--activation", choices=list(ACTIVATIONS), help="hidden activation (default: relu)")
-    g.add_argument("--decoder", choices=list(DECODERS), help="conv decoder: transposed convs or upsample + conv")
-    g.add_argument("--recon-loss", choices=list(RECON_LOSSES), help="reconstruction loss (default: mse)")
-    g.add_argument("--beta", type=float, help="KL weight of a VAE (beta-VAE when > 1)")
-
-
-def _settings(args) -> LabSettings:
-    return LabSettings(dataset=args.dataset, data_dir=args.data_dir, n_train=args.n_train or None,
-                       n_test=args.n_test or None, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       patience=args.patience or None, val_fraction=args.val_fraction, seed=args.seed,
+def settings_from_args(args) -> LabSettings:
+    """The `LabSettings` the options of `add_data_and_training_args` describe."""
+    return LabSettings(dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+                       n_train=args.n_train or None, n_test=args.n_test or None, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, patience=args.patience or None,
+                       val_fraction=args.val_fraction, seed=args.seed,
                        keep=getattr(args, "keep", LabSettings.keep), progress=not args.no_progress)
 
 
+def _add_model_args(p: argparse.ArgumentParser, default: str, latent: bool = True) -> None:
+    g = p.add_argument_group("model (a preset, with any of its fields changed)")
+    g.add_argument("--model", default=default, choices=list(PRESETS), metavar="PRESET",
+                   help=f"one of {', '.join(PRESETS)} (default: %(default)s)")
+    if latent:
+        g.add_argument("--latent-dim", type=int, help="code size (default: the preset's)")
+    g.add_argument("--hidden", type=int, nargs="+", help="dense layer sizes of a dense model, e.g. 128 64")
+    g.add_argument("--filters", type=int, nargs="+", help="strided 3x3 conv filters of a conv model, e.g. 32 64")
+    g.add_argument("--activation", choices=list(ACTIVATIONS), metavar="NAME",
+                   help=f"hidden activation: {', '.join(ACTIVATIONS)} (default: relu)")
+    g.add_argument("--decoder", choices=list(DECODERS), help="conv decoder: transposed convs or upsample + conv")
+    g.add_argument("--recon-loss", choices=list(RECON_LOSSES),
+                   help="reconstruction loss (default: mse; see docs/lab.md for the reductions)")
+    g.add_argument("--beta", type=float, help="KL weight of a VAE (beta-VAE when > 1)")
+
+
 def _overrides(args) -> dict:
-    names = ("latent_dim", "hidden", "filters", "activation", "decoder", "recon_loss", "beta")
+    names = ("latent_dim", "hidden", "filters", "activation", "decoder", "recon_loss", "beta", "noise_factor",
+             "mask_size")
     out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    for n in ("hidden", "filters"):
-        if n in out:
-            out[n] = tuple(out[n])
-    return out
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
 def _done(run) -> int:
@@ -94,52 +101,53 @@ def _done(run) -> int:
 def cmd_train(args) -> int:
     from vfe.lab.train import run_train
 
-    overrides = _overrides(args)
-    for n in ("noise_factor", "mask_size"):
-        if getattr(args, n) is not None:
-            overrides[n] = getattr(args, n)
-    return _done(run_train(args.model, _settings(args), args.out, args.overwrite, args.resume, args.projection,
-                           tuple(args.dims), **overrides))
+    return _done(run_train(args.model, settings_from_args(args), args.out, overwrite=args.overwrite,
+                           resume=args.resume, projection=args.projection, dims=tuple(args.dims), **_overrides(args)))
 
 
 def cmd_compress(args) -> int:
     from vfe.lab.compression import run_compress
 
-    return _done(run_compress(_settings(args), args.out, args.overwrite, args.model, args.code_sizes,
-                              args.code_dtype))
+    return _done(run_compress(settings_from_args(args), args.out, args.overwrite, model=args.model,
+                              code_sizes=args.code_sizes, code_dtype=args.code_dtype, **_overrides(args)))
 
 
 def cmd_features(args) -> int:
     from vfe.lab.features import run_features
 
-    return _done(run_features(_settings(args), args.out, args.overwrite, args.model, args.latent_dim,
-                              args.projection))
+    return _done(run_features(settings_from_args(args), args.out, args.overwrite, model=args.model,
+                              projection=args.projection, **_overrides(args)))
 
 
 def cmd_denoise(args) -> int:
     from vfe.lab.denoising import run_denoise
 
-    return _done(run_denoise(_settings(args), args.out, args.overwrite, args.model, args.noise_factor))
+    overrides = _overrides(args)
+    return _done(run_denoise(settings_from_args(args), args.out, args.overwrite, model=args.model,
+                             noise_factor=overrides.pop("noise_factor"), **overrides))
 
 
 def cmd_inpaint(args) -> int:
     from vfe.lab.inpainting import run_inpaint
 
-    return _done(run_inpaint(_settings(args), args.out, args.overwrite, args.model, args.mask_size))
+    overrides = _overrides(args)
+    return _done(run_inpaint(settings_from_args(args), args.out, args.overwrite, model=args.model,
+                             mask_size=overrides.pop("mask_size"), **overrides))
 
 
 def cmd_pretrain(args) -> int:
     from vfe.lab.pretraining import run_pretrain
 
-    return _done(run_pretrain(_settings(args), args.out, args.overwrite, args.model, args.label_counts,
-                              args.seeds, args.steps, args.classifier_lr))
+    return _done(run_pretrain(settings_from_args(args), args.out, args.overwrite, model=args.model,
+                              label_counts=args.label_counts, seeds=args.seeds, steps=args.steps,
+                              classifier_lr=args.classifier_lr, **_overrides(args)))
 
 
 def cmd_traverse(args) -> int:
     from vfe.lab.traverse import run_traverse
 
-    return _done(run_traverse(args.model_dir, args.out, args.overwrite, tuple(args.dims), args.n, args.span,
-                              args.dataset, data_dir=args.data_dir))
+    return _done(run_traverse(args.model_dir, args.out, args.overwrite, dims=tuple(args.dims), n=args.n,
+                              span=args.span, dataset=args.dataset, data_dir=args.data_dir))
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -167,44 +175,49 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="2-D projection of codes larger than 2 (default: %(default)s)")
     p.add_argument("--keep", type=int, default=LabSettings.keep, help="best checkpoints kept (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    _add_common(p, "<model>")
+    add_data_and_training_args(p, "runs/lab/<model>")
     p.set_defaults(func=cmd_train)
 
-    p = add("compress", "Compression: code size vs reconstruction error, and bytes saved per image.")
-    p.add_argument("--model", default="dense-ae", choices=list(PRESETS), help="preset (default: %(default)s)")
-    p.add_argument("--code-sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
+    p = add("compress", "Compression: code size vs reconstruction error, and the bytes saved per image.")
+    _add_model_args(p, "dense-ae", latent=False)
+    p.add_argument("--code-sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64],
+                   help="one model is trained per code size (default: %(default)s)")
     p.add_argument("--code-dtype", choices=["float32", "float16", "bfloat16"], default="float16",
                    help="how codes are stored (default: %(default)s)")
-    _add_common(p, "compress")
+    add_data_and_training_args(p, "runs/lab/compress", epochs=COMPRESS_EPOCHS)
     p.set_defaults(func=cmd_compress)
 
-    p = add("features", "Features for a classifier: logistic regression on the code vs raw pixels vs PCA.")
-    p.add_argument("--model", default="conv-ae", choices=list(PRESETS), help="preset (default: %(default)s)")
-    p.add_argument("--latent-dim", type=int, help="code size (default: the preset's)")
-    p.add_argument("--projection", choices=["pca", "tsne"], default="pca")
-    _add_common(p, "features")
+    p = add("features", "Features for a classifier: logistic regression on the encoder's code vs on raw pixels "
+                        "(and on PCA of the pixels to the code's size).")
+    _add_model_args(p, "conv-ae")
+    p.add_argument("--projection", choices=["pca", "tsne"], default="pca",
+                   help="2-D projection of the codes in latent.png (default: %(default)s)")
+    add_data_and_training_args(p, "runs/lab/features")
     p.set_defaults(func=cmd_features)
 
     p = add("denoise", "Denoising: train on noisy inputs, report PSNR noisy vs denoised (and a blur baseline).")
-    p.add_argument("--model", default="denoising-ae", choices=list(PRESETS), help="preset (default: %(default)s)")
-    p.add_argument("--noise-factor", type=float, default=0.4, help="(default: %(default)s)")
-    _add_common(p, "denoise")
+    _add_model_args(p, "denoising-ae")
+    p.add_argument("--noise-factor", type=float, default=0.4,
+                   help="input = clip(x + factor * N(0, 1), 0, 1) (default: %(default)s)")
+    add_data_and_training_args(p, "runs/lab/denoise")
     p.set_defaults(func=cmd_denoise)
 
     p = add("inpaint", "In-painting: restore a masked square, PSNR inside the square before and after.")
-    p.add_argument("--model", default="inpainting-ae", choices=list(PRESETS), help="preset (default: %(default)s)")
+    _add_model_args(p, "inpainting-ae")
     p.add_argument("--mask-size", type=int, default=10, help="side of the square in pixels (default: %(default)s)")
-    _add_common(p, "inpaint")
+    add_data_and_training_args(p, "runs/lab/inpaint")
     p.set_defaults(func=cmd_inpaint)
 
     p = add("pretrain", "Pre-training: a classifier initialised from the encoder vs from random weights, "
                         "at small label counts.")
-    p.add_argument("--model", default="conv-ae", choices=list(PRESETS), help="preset (default: %(default)s)")
-    p.add_argument("--label-counts", type=int, nargs="+", default=[50, 200, 1000])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="classifier seeds (default: 0 1)")
+    _add_model_args(p, "conv-ae")
+    p.add_argument("--label-counts", type=int, nargs="+", default=[50, 200, 1000],
+                   help="labelled training images per comparison (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                   help="label subsets and classifier seeds (default: %(default)s)")
     p.add_argument("--steps", type=int, default=300, help="gradient steps per classifier (default: %(default)s)")
-    p.add_argument("--classifier-lr", type=float, default=1e-3)
-    _add_common(p, "pretrain")
+    p.add_argument("--classifier-lr", type=float, default=1e-3, help="(default: %(default)s)")
+    add_data_and_training_args(p, "runs/lab/pretrain")
     p.set_defaults(func=cmd_pretrain)
 
     p = add("traverse", "A 2-D latent traversal grid of a trained model (25 x 25 over [-2.5, 2.5]).")

@@ -7,10 +7,13 @@ from pathlib import Path
 import torch
 
 from vfe.data.types import ImageSet
-from vfe.lab.data import describe, load_images, to_tensor
+from vfe.lab.data import describe, load_train_test, to_tensor
 from vfe.lab.fit import fit_autoencoder
 from vfe.lab.models import AEConfig, ImageAutoencoder, build_model, preset
 from vfe.training import History, TrainConfig
+
+COMPRESS_EPOCHS = 40  # `vfe lab compress` trains one small dense model per code size: cheap epochs,
+                      # and the usual 15 leave them under-trained (the error curve flattens too early)
 
 
 @dataclass
@@ -19,6 +22,7 @@ class LabSettings:
 
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
+    image_size: int | None = None  # resize an image folder's images to this side
     n_train: int | None = 10000
     n_test: int | None = 2000
     epochs: int = 15
@@ -55,8 +59,8 @@ class LabData:
 
 def load_data(settings: LabSettings) -> LabData:
     """The train and test splits of `settings.dataset`, subsets drawn with the settings' seed."""
-    train = load_images(settings.dataset, "train", settings.n_train, settings.seed, settings.data_dir)
-    test = load_images(settings.dataset, "test", settings.n_test, settings.seed, settings.data_dir)
+    train, test = load_train_test(settings.dataset, settings.n_train, settings.n_test, settings.seed,
+                                  settings.data_dir, settings.image_size)
     return LabData(train, test, to_tensor(train), to_tensor(test))
 
 

@@ -13,12 +13,23 @@ from vfe.data.types import ImageSet
 
 def load_images(dataset: str, split: str = "train", n: int | None = None, seed: int = 0,
                 data_dir: str | None = None) -> ImageSet:
-    """`dataset` (a name or a path) from the core data layer; at most `n` images, drawn with `seed`."""
+    """One split of `dataset` (a name or a path) from the core data layer; at most `n` images, drawn with `seed`."""
     from vfe.data import load_dataset
 
-    kwargs = {"data_dir": data_dir} if data_dir else {}
-    images = load_dataset(dataset, split=split, **kwargs)
-    return subset(images, n, seed)
+    return subset(load_dataset(dataset, split=split, data_dir=data_dir), n, seed)
+
+
+def load_train_test(dataset: str, n_train: int | None = None, n_test: int | None = None, seed: int = 0,
+                    data_dir: str | None = None, image_size: int | None = None) -> tuple[ImageSet, ImageSet]:
+    """Train and test splits of `dataset` (a name or a path), at most `n_train` / `n_test` images each.
+
+    An image folder without a test split gives a seeded fifth of its files as the test split
+    (`vfe.data.load_train_test`); `image_size` resizes an image folder's images.
+    """
+    from vfe.data import load_train_test as load_splits
+
+    train, test = load_splits(dataset, data_dir=data_dir, seed=seed, **({"image_size": image_size} if image_size else {}))
+    return subset(train, n_train, seed), subset(test, n_test, seed)
 
 
 def subset(images: ImageSet, n: int | None, seed: int) -> ImageSet:

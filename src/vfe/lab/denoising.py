@@ -22,12 +22,16 @@ def _summary(values: torch.Tensor) -> dict[str, float]:
 
 
 def run_denoise(settings: LabSettings | None = None, out: str | Path | None = None, overwrite: bool = False,
-                model: str = "denoising-ae", noise_factor: float = 0.4) -> Run:
+                model: str = "denoising-ae", noise_factor: float = 0.4, **overrides) -> Run:
+    """Train `model` to map clip(x + noise_factor * N(0, 1), 0, 1) back to x; score it on noisy test images."""
+    if noise_factor <= 0:
+        raise ValueError(f"noise_factor must be > 0, got {noise_factor}")
     settings = settings or LabSettings()
     data = load_data(settings)
-    config = make_config(model, data.input_shape, noise_factor=noise_factor)
+    config = make_config(model, data.input_shape, **{**overrides, "noise_factor": noise_factor})
     run = Run(out or Path("runs/lab/denoise"), "vfe lab denoise: PSNR of noisy vs denoised images",
-              overwrite=overwrite, settings={"model": model, "noise_factor": noise_factor, **settings.to_dict()})
+              overwrite=overwrite, settings={"model": model, "noise_factor": noise_factor, **settings.to_dict(),
+                                             **overrides})
     ae, history = train_model(config, data, settings, desc=f"{model} (noise {noise_factor})")
     clean = data.x_test
     noisy = add_noise(clean, noise_factor, torch.Generator().manual_seed(settings.seed + 1000))

@@ -18,12 +18,16 @@ from vfe.viz.run import Run
 
 
 def run_inpaint(settings: LabSettings | None = None, out: str | Path | None = None, overwrite: bool = False,
-                model: str = "inpainting-ae", mask_size: int = 10) -> Run:
+                model: str = "inpainting-ae", mask_size: int = 10, **overrides) -> Run:
+    """Train `model` to fill a random `mask_size` square blanked out of each image; score it inside the square."""
+    if mask_size < 1:
+        raise ValueError(f"mask_size must be >= 1, got {mask_size}")
     settings = settings or LabSettings()
     data = load_data(settings)
-    config = make_config(model, data.input_shape, mask_size=mask_size)
+    config = make_config(model, data.input_shape, **{**overrides, "mask_size": mask_size})
     run = Run(out or Path("runs/lab/inpaint"), "vfe lab inpaint: restoring a masked square",
-              overwrite=overwrite, settings={"model": model, "mask_size": mask_size, **settings.to_dict()})
+              overwrite=overwrite, settings={"model": model, "mask_size": mask_size, **settings.to_dict(),
+                                             **overrides})
     ae, history = train_model(config, data, settings, desc=f"{model} (mask {mask_size})")
     clean = data.x_test
     _, _, h, w = clean.shape

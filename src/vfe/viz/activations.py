@@ -1,59 +1,16 @@
-"""Feature maps of named layers, captured with forward hooks, drawn as grids of their first channels."""
+"""Feature maps of named layers for one image, drawn as grids of their first channels."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from vfe.viz import figures
+from vfe.viz.hooks import run_until
 from vfe.viz.images import load_image
 from vfe.viz.network import Network, load_network
 from vfe.viz.run import Run
-
-
-class StopForward(Exception):
-    """Raised by a hook once every wanted layer has fired: the rest of the network is not computed."""
-
-
-@contextmanager
-def capture(module: nn.Module, layers: Sequence[str], stop_early: bool = False):
-    """Within the block, `store[name]` holds the output of each named layer after a forward pass."""
-    modules = dict(module.named_modules())
-    missing = [n for n in layers if n not in modules or not n]
-    if missing:
-        raise ValueError(f"no layer named {', '.join(map(repr, missing))}; see `--list-layers`")
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(name: str) -> Callable:
-        def hook(_mod, _inp, out):
-            store[name] = out[0] if isinstance(out, (tuple, list)) else out
-            if stop_early and len(store) == len(layers):
-                raise StopForward
-        return hook
-
-    for name in layers:
-        handles.append(modules[name].register_forward_hook(hook_for(name)))
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def run_until(network: Network, x01: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Outputs of `layers` for images `x01`, stopping the forward pass after the last of them."""
-    with capture(network.module, layers, stop_early=True) as store:
-        try:
-            network.forward(x01)
-        except StopForward:
-            pass
-    if len(store) != len(layers):
-        raise ValueError(f"layers {sorted(set(layers) - set(store))} did not run in {network.name}'s forward pass")
-    return dict(store)
 
 
 @torch.no_grad()

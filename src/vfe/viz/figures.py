@@ -31,7 +31,18 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
 
 
 def _wrap(title: str | None, width: int = 100) -> str | None:
-    return textwrap.fill(title, width) if title else title
+    """Long titles wrapped at `width`, keeping the line breaks they already have."""
+    return "\n".join(textwrap.fill(line, width) for line in title.splitlines()) if title else title
+
+
+def _plain_log_ticks(axis, values: Sequence[float] | None = None) -> None:
+    """Numbers like 2, 50, 0.03 on a log axis instead of 2x10^0; ticks at `values` when given."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    if values is not None:
+        axis.set_ticks(list(values))
+        axis.set_minor_formatter(NullFormatter())
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def _as_tensor(images) -> torch.Tensor:
@@ -99,7 +110,8 @@ def image_grid(images, path: str | Path, nrow: int, title: str | None = None, no
 
 def traversal_figure(images, values: np.ndarray, dims: tuple[int, int], path: str | Path,
                      title: str | None = None) -> Path:
-    """A k x k grid of decoded images; columns vary latent `dims[0]`, rows `dims[1]` over `values`."""
+    """A k x k grid of decoded images; columns vary latent `dims[0]`, rows `dims[1]` over `values`
+    (top row = largest value), drawn at about 1.6 screen pixels per image pixel."""
     k = len(values)
     t = _as_tensor(images)
     h = t.shape[-2] + 1
@@ -107,15 +119,14 @@ def traversal_figure(images, values: np.ndarray, dims: tuple[int, int], path: st
     fig, ax = plt.subplots(figsize=(9, 9))
     ax.imshow(arr, interpolation="antialiased")
     centres = np.arange(k) * h + h / 2
-    step = max(1, k // 6)
-    ticks = list(range(0, k, step))
-    ax.set_xticks(centres[ticks], [f"{values[i]:.1f}" for i in ticks])
-    ax.set_yticks(centres[ticks], [f"{values[::-1][i]:.1f}" for i in ticks])
+    ticks = np.unique(np.linspace(0, k - 1, min(k, 5)).round().astype(int))
+    ax.set_xticks(centres[ticks], [f"{values[i]:g}" for i in ticks])
+    ax.set_yticks(centres[ticks], [f"{values[::-1][i]:g}" for i in ticks])
     ax.set_xlabel(f"z[{dims[0]}]")
     ax.set_ylabel(f"z[{dims[1]}]")
     if title:
         ax.set_title(_wrap(title, 80), fontsize=10)
-    return save_figure(fig, path, dpi=max(110, int(1.3 * arr.shape[0] / 9)))
+    return save_figure(fig, path, dpi=max(110, int(1.6 * arr.shape[0] / (9 * 0.78))))
 
 
 def scatter_classes(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | Path,
@@ -141,7 +152,7 @@ def history_figure(records: Sequence[dict], path: str | Path, keys: Sequence[str
     if not records:
         raise ValueError("no history records to plot")
     if keys is None:
-        keys = [k for k in records[0] if k not in ("epoch", "lr") and not k.startswith("val_")]
+        keys = [k for k in records[0] if k not in ("epoch", "lr", "seconds") and not k.startswith("val_")]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.3), squeeze=False)
     epochs = [r["epoch"] for r in records]
     for ax, key in zip(axes[0], keys):
@@ -173,8 +184,11 @@ def line_figure(x: Sequence[float], series: dict[str, Sequence[float]], path: st
         ax.axhline(level, color=f"C{len(series) + i}", ls="--", lw=1, label=name)
     if logy:
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+        ax.yaxis.set_minor_formatter(ax.yaxis.get_major_formatter())
     if logx:
         ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis, x)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -44,4 +44,4 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
     arr = arr[..., :3]
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None].float() / 255.0
+    return torch.tensor(arr.transpose(2, 0, 1), dtype=torch.float32)[None] / 255.0

@@ -16,15 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
-from vfe.viz import figures
-from vfe.viz.activations import run_until
+from vfe.viz.hooks import run_until
 from vfe.viz.network import Network, load_network
-from vfe.viz.run import Run
+
+if TYPE_CHECKING:
+    from vfe.viz.run import Run
 
 
 @dataclass
@@ -45,8 +46,10 @@ def maximize_channels(network: Network, layer: str, channels: Sequence[int], con
 
     Returns the images, the channels' mean activation at the start, and at the end of the ascent.
     """
+    from torchvision.transforms.functional import gaussian_blur  # imported here: torchvision takes seconds
+
     config = config or AscentConfig()
-    c, h, w = network.input_shape
+    c, h, _ = network.input_shape
     size = config.size or h
     n = len(channels)
     idx = torch.as_tensor(list(channels))
@@ -87,6 +90,9 @@ def run_maximize(model: str = "efficientnet_lite0", layer: str | None = None, ch
                  n_channels: int = 16, config: AscentConfig | None = None, out: str | Path | None = None,
                  overwrite: bool = False, weights: str = "default", progress: bool = True) -> Run:
     """A grid of the images that maximise each channel (default: the first `n_channels`) of `layer`."""
+    from vfe.viz import figures
+    from vfe.viz.run import Run
+
     config = config or AscentConfig()
     network = load_network(model, weights, config.size)
     layer = layer or (network.default_layers[len(network.default_layers) // 2] if network.default_layers else None)

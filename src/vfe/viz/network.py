@@ -5,6 +5,7 @@ preprocessing its inputs need, so the viz tools work on float images in [0, 1] w
 """
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ class Network:
     def layer(self, name: str) -> nn.Module:
         modules = dict(self.module.named_modules())
         if name not in modules or not name:
-            close = [n for n in modules if n and (name in n or n in name)][:10]
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=8, cutoff=0.6)
             raise ValueError(f"{self.name} has no layer {name!r}; "
                              + (f"close: {', '.join(close)}. " if close else "")
                              + "list them with `vfe viz activations --model ... --list-layers`")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from vfe.io import atomic_write_bytes, write_json
 
+RUN_MARKERS = ("run.json", "metrics.json", "index.html", "checkpoints")  # what only a run folder holds
+
 
 class Run:
     """Collects what a command writes and renders `index.html` listing it, in order."""
@@ -22,6 +24,9 @@ class Run:
                  settings: dict | None = None):
         self.dir = Path(out)
         if self.dir.exists() and any(self.dir.iterdir()):
+            if overwrite and not any((self.dir / m).exists() for m in RUN_MARKERS):
+                raise FileExistsError(f"{self.dir} is not empty and holds no earlier run; --overwrite only "
+                                      "replaces run folders: choose another --out")
             if overwrite:
                 shutil.rmtree(self.dir)
             elif not resume:
@@ -56,8 +61,9 @@ class Run:
     def finish(self) -> Path:
         """Write run.json (settings, command line, duration) and index.html; returns the page's path."""
         seconds = round(time.time() - self.started, 1)
+        command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # `vfe lab ...`, not the venv's path
         write_json(self.dir / "run.json", {"title": self.title, "settings": self.settings,
-                                           "command": " ".join(sys.argv), "seconds": seconds})
+                                           "command": command, "seconds": seconds})
         write_json(self.dir / "metrics.json", self.metrics)
         page = self.dir / "index.html"
         atomic_write_bytes(page, render_page(self.title, self.settings, self.items, seconds).encode())

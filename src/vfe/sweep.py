@@ -1,0 +1,199 @@
+"""Sweeps: heads x hyperparameters x training-set sizes x seeds on cached features, resumable.
+
+Each finished cell is written atomically as one JSON file under `out_dir` (e.g. runs/<name>/sweep/),
+named by a hash of everything that produced it (head, parameters, training size, seed and the
+data), so a re-run skips finished cells and a changed setting never reuses a stale one.
+
+    grid = {"heads": {"linear": {}, "vfe": {"beta": [0.1, 1.0, 10.0], "latent_dim": 64}},
+            "seeds": [0, 1, 2], "train_sizes": [100, 1000, None]}      # None: the whole training set
+    cells = run_sweep(grid, X_train, y_train, X_test, y_test, "runs/demo/sweep")
+    print(markdown_table(summarise(cells)))
+
+`train_size_sweep` asks where transfer features beat learning from raw pixels as labels grow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import ParameterGrid, train_test_split
+from tqdm.auto import tqdm
+
+from vfe.heads import is_augmented, make_head, registered_class
+from vfe.io import read_json, write_json
+
+GRID_KEYS = ("heads", "seeds", "train_sizes")
+METRICS = ("accuracy", "nll", "ece")
+
+
+def expand_grid(grid: dict) -> list[dict]:
+    """Every cell of a grid: {"head", "params", "train_size", "seed"}; scalar parameters count as one value."""
+    unknown = set(grid) - set(GRID_KEYS)
+    if unknown or "heads" not in grid:
+        raise ValueError(f"sweep grid: keys must be among {GRID_KEYS} with 'heads' required, got {sorted(grid)}")
+    heads = grid["heads"]
+    if isinstance(heads, (list, tuple)):
+        heads = {name: {} for name in heads}
+    cells = []
+    for head, space in heads.items():
+        if registered_class(head).inputs != "features":  # also raises on an unknown name, before any work
+            raise ValueError(f"sweep grid: head {head!r} takes images; sweeps run on cached features")
+        space = {k: v if isinstance(v, (list, tuple)) else [v] for k, v in (space or {}).items()}
+        for params in ParameterGrid(space):
+            for train_size in grid.get("train_sizes", [None]):
+                for seed in grid.get("seeds", [0]):
+                    cells.append({"head": head, "params": dict(sorted(params.items())), "train_size": train_size,
+                                  "seed": int(seed)})
+    return cells
+
+
+def data_key(*arrays: np.ndarray) -> str:
+    """Hash of the arrays a sweep runs on: cells computed on other data are never reused."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.data)
+    return h.hexdigest()[:16]
+
+
+def cell_file(cell: dict, key: str) -> str:
+    spec = json.dumps({**cell, "data": key}, sort_keys=True, default=str)
+    size = "all" if cell["train_size"] is None else cell["train_size"]
+    return f"{cell['head']}-n{size}-seed{cell['seed']}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.json"
+
+
+def stratified_indices(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a class-stratified random subset of n rows (all rows when n is None)."""
+    if n is None:
+        return np.arange(len(y))
+    n_classes = len(np.unique(y))
+    if not n_classes <= n <= len(y):
+        raise ValueError(f"train size {n} must be between the number of classes ({n_classes}) and the "
+                         f"training set's size ({len(y)})")
+    if n == len(y):
+        return np.arange(len(y))
+    index, _ = train_test_split(np.arange(len(y)), train_size=n, stratify=y, random_state=seed)
+    return np.sort(index)
+
+
+def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
+              out_dir: str | Path, X_aug: np.ndarray | None = None, device: str = "cpu",
+              progress: bool = True) -> list[dict]:
+    """Fit and evaluate every cell of `grid`; finished cells are read back, not recomputed.
+
+    The seed sets both the head's random_state and which training subset a `train_size` draws, so
+    the spread over seeds includes the luck of the labelled sample. `X_aug` (row-aligned with
+    X_train) feeds the heads that train on corrupted-image features (e.g. `vfe-aug`).
+    Returns one record per cell: head, params, train_size, n_train, seed, metrics, fit_seconds.
+    """
+    from vfe.stages.clean import probability_metrics
+
+    out_dir = Path(out_dir)
+    cells = expand_grid(grid)
+    needs_aug = sorted({c["head"] for c in cells if is_augmented(c["head"])})
+    if needs_aug and X_aug is None:
+        raise ValueError(f"heads {needs_aug} train on corrupted-image features: pass X_aug (see vfe.stages.augment)")
+    key = data_key(X_train, y_train, X_test, y_test, *([X_aug] if needs_aug else []))
+    records = []
+    for cell in tqdm(cells, desc="sweep", unit="cell", disable=not progress):
+        path = out_dir / cell_file(cell, key)
+        if path.exists():
+            records.append(read_json(path))
+            continue
+        index = stratified_indices(y_train, cell["train_size"], cell["seed"])
+        head = make_head(cell["head"], **{"random_state": cell["seed"], **cell["params"]})
+        if "device" in head.get_params():
+            head.set_params(device=device)
+        aug = {"X_aug": X_aug[index]} if is_augmented(cell["head"]) else {}
+        start = time.perf_counter()
+        head.fit(X_train[index], y_train[index], **aug)
+        seconds = time.perf_counter() - start
+        record = {**cell, "n_train": len(index), "data": key, "fit_seconds": round(seconds, 3),
+                  "metrics": probability_metrics(head.predict_proba(X_test), y_test)}
+        write_json(path, record)
+        records.append(record)
+    return records
+
+
+def summarise(records: list[dict], metrics: tuple[str, ...] = METRICS) -> list[dict]:
+    """Mean and standard deviation (over seeds, ddof=1) of each metric per (head, params, train_size)."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        group = json.dumps([r.get("input"), r["head"], r["params"], r["train_size"]], sort_keys=True)
+        groups.setdefault(group, []).append(r)
+    rows = []
+    for members in groups.values():
+        first = members[0]
+        row = {"head": first["head"], "params": first["params"], "train_size": first["train_size"],
+               "n_train": first["n_train"], "n_seeds": len(members)}
+        if "input" in first:
+            row = {"input": first["input"], **row}
+        series = {m: [r["metrics"][m] for r in members] for m in metrics}
+        series["fit_seconds"] = [r["fit_seconds"] for r in members]
+        for m, values in series.items():
+            row[f"{m}_mean"] = float(np.mean(values))
+            row[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict], metrics: tuple[str, ...] = METRICS, digits: int = 4) -> str:
+    """A markdown table of `summarise` rows: one line per cell, `mean ± std` per metric."""
+    has_input = any("input" in r for r in rows)
+    header = [*(["input"] if has_input else []), "head", "params", "n_train", "seeds", *metrics, "fit s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+        cells = [*([r.get("input", "")] if has_input else []), r["head"], params, str(r["n_train"]),
+                 str(r["n_seeds"]),
+                 *(f"{r[f'{m}_mean']:.{digits}f} ± {r[f'{m}_std']:.{digits}f}" for m in metrics),
+                 f"{r['fit_seconds_mean']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pixel_features(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> flattened float32 pixels in [0, 1]: the "no transfer" input."""
+    return (np.asarray(images, dtype=np.float32) / 255.0).reshape(len(images), -1)
+
+
+def train_size_sweep(features: tuple[np.ndarray, np.ndarray], pixels: tuple[np.ndarray, np.ndarray],
+                     y_train: np.ndarray, y_test: np.ndarray, out_dir: str | Path,
+                     sizes: tuple[int | None, ...] = (100, 1000, 10000), seeds: tuple[int, ...] = (0, 1, 2),
+                     transfer_heads: dict | None = None, scratch_heads: dict | None = None,
+                     device: str = "cpu", progress: bool = True) -> list[dict]:
+    """Transfer (heads on backbone features) vs from scratch (heads on raw pixels) as labels grow.
+
+    `features` and `pixels` are (train, test) pairs over the same images. By default transfer is the
+    linear SVM and the linear head, and "from scratch" is logistic regression on raw pixels (the
+    linear head without dropout). Returns `summarise` rows, each tagged input="features"/"pixels";
+    `transfer_gain` reads the answer off them.
+    """
+    transfer_heads = {"svm": {}, "linear": {}} if transfer_heads is None else transfer_heads
+    scratch_heads = {"linear": {"dropout": 0.0}} if scratch_heads is None else scratch_heads
+    records = []
+    for tag, (X_train, X_test), heads in (("features", features, transfer_heads), ("pixels", pixels, scratch_heads)):
+        grid = {"heads": heads, "seeds": list(seeds), "train_sizes": list(sizes)}
+        cells = run_sweep(grid, X_train, y_train, X_test, y_test, Path(out_dir) / tag, device=device,
+                          progress=progress)
+        records += [{"input": tag, **c} for c in cells]
+    return summarise(records)
+
+
+def transfer_gain(rows: list[dict]) -> list[dict]:
+    """Per training size: the best transfer and best from-scratch mean accuracy, and their difference."""
+    out = []
+    for n in sorted({r["n_train"] for r in rows}):
+        best = {tag: max((r for r in rows if r["n_train"] == n and r["input"] == tag),
+                         key=lambda r: r["accuracy_mean"], default=None) for tag in ("features", "pixels")}
+        if None in best.values():
+            continue
+        out.append({"n_train": n, "transfer_head": best["features"]["head"],
+                    "transfer_accuracy": best["features"]["accuracy_mean"],
+                    "scratch_head": best["pixels"]["head"], "scratch_accuracy": best["pixels"]["accuracy_mean"],
+                    "gain": best["features"]["accuracy_mean"] - best["pixels"]["accuracy_mean"]})
+    return out

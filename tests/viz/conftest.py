@@ -1,0 +1,35 @@
+"""Fixtures for the viz tests: one thread per test (the machine is shared), a small CNN on disk."""
+from __future__ import annotations
+
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread for torch and the BLAS / OpenMP pools: with other processes on the cores, many
+    threads spin-wait on each other and small models run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small_cnn_dir(tmp_path_factory):
+    """An untrained small CNN saved the way `vfe viz small-cnn` saves one (enough to look inside)."""
+    from vfe.viz.small_cnn import SmallCNNConfig, build_small_cnn, save_small_cnn
+
+    folder = tmp_path_factory.mktemp("small-cnn") / "plain"
+    save_small_cnn(build_small_cnn(SmallCNNConfig(), seed=0), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def efficientnet():
+    """efficientnet_lite0 with its packaged ImageNet weights, as `vfe viz` loads it (224 px)."""
+    from vfe.viz.network import load_network
+
+    return load_network("efficientnet_lite0")
