@@ -67,7 +67,7 @@ class Pipeline:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> "Pipeline":
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> Pipeline:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"pipeline file {path} does not exist")
@@ -80,12 +80,12 @@ class Pipeline:
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The JSON document of a pipeline file, validated (no tensors are read)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("vfe")
-    except Exception as err:  # safetensors raises its own error types for a corrupt header
+    except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: not a safetensors file ({err})") from None
     if raw is None:
         raise ValueError(f"{path}: a safetensors file, but not a vfe pipeline (no 'vfe' metadata)")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ class History:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "History":
+    def from_dict(cls, d: dict) -> History:
         return cls(**d)
 
     def series(self, key: str) -> list[float]:
@@ -113,40 +113,48 @@ def train(module: nn.Module, loss_fn: LossFn, train_tensors: Sequence[torch.Tens
             best_value = resumed.get("best_value", math.inf)
             bad_epochs = resumed.get("bad_epochs", 0)
             best_state = checkpointer.load_best_state()
+            if scheduler is not None and "scheduler" in resumed:
+                scheduler.load_state_dict(resumed["scheduler"])
 
     started = time.perf_counter()
     monitor = config.monitor if val_tensors is not None else config.monitor.removeprefix("val_")
     bar = tqdm(range(start_epoch, config.epochs), desc=config.desc, disable=not config.progress,
                leave=False, unit="epoch")
-    for epoch in bar:
-        generator.manual_seed(config.seed * 1_000_003 + epoch)  # per-epoch order: a resumed run repeats it
-        record = {"epoch": epoch + 1, **_run_epoch(module, loss_fn, train_tensors, config.batch_size,
-                                                   optimizer, generator)}
-        if val_tensors is not None:
-            val = _run_epoch(module, loss_fn, val_tensors, max(config.batch_size, 1024), None, generator)
-            record.update({f"val_{k}": v for k, v in val.items()})
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        record["seconds"] = round(time.perf_counter() - started, 4)  # wall time since this call started
-        history.records.append(record)
-        value = record[monitor]
-        if not np.isfinite(value):
-            raise FloatingPointError(f"{config.desc}: {monitor} became {value} at epoch {epoch + 1}; "
-                                     "lower the learning rate")
-        improved = value < best_value - config.min_delta
-        if improved:
-            best_value, bad_epochs, history.best_epoch = value, 0, epoch + 1
-            best_state = copy.deepcopy(module.state_dict())
-        else:
-            bad_epochs += 1
-        if scheduler is not None:
-            scheduler.step(value) if config.schedule == "plateau" else scheduler.step()
-        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", monitor)})
-        if checkpointer is not None:
-            checkpointer.save(module, optimizer, epoch + 1, improved, {
-                "history": history.to_dict(), "best_value": best_value, "bad_epochs": bad_epochs})
-        if config.patience is not None and bad_epochs >= config.patience:
-            history.stopped_early = True
-            break
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for epoch in bar:
+            # every epoch's randomness (batch order, dropout, sampled codes, added noise) comes from a seed
+            # of its own, so a run resumed from a checkpoint repeats exactly what the uninterrupted run did
+            epoch_seed = config.seed * 1_000_003 + epoch
+            generator.manual_seed(epoch_seed)
+            torch.manual_seed(epoch_seed)
+            record = {"epoch": epoch + 1, **_run_epoch(module, loss_fn, train_tensors, config.batch_size,
+                                                       optimizer, generator)}
+            if val_tensors is not None:
+                val = _run_epoch(module, loss_fn, val_tensors, max(config.batch_size, 1024), None, generator)
+                record.update({f"val_{k}": v for k, v in val.items()})
+            record["lr"] = optimizer.param_groups[0]["lr"]
+            record["seconds"] = round(time.perf_counter() - started, 4)  # wall time since this call started
+            history.records.append(record)
+            value = record[monitor]
+            if not np.isfinite(value):
+                raise FloatingPointError(f"{config.desc}: {monitor} became {value} at epoch {epoch + 1}; "
+                                         "lower the learning rate")
+            improved = value < best_value - config.min_delta
+            if improved:
+                best_value, bad_epochs, history.best_epoch = value, 0, epoch + 1
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                bad_epochs += 1
+            if scheduler is not None:
+                scheduler.step(value) if config.schedule == "plateau" else scheduler.step()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", monitor)})
+            if checkpointer is not None:
+                checkpointer.save(module, optimizer, epoch + 1, improved, {
+                    "history": history.to_dict(), "best_value": best_value, "bad_epochs": bad_epochs,
+                    **({"scheduler": scheduler.state_dict()} if scheduler is not None else {})})
+            if config.patience is not None and bad_epochs >= config.patience:
+                history.stopped_early = True
+                break
     if best_state is not None:
         module.load_state_dict(best_state)
     module.eval()
@@ -171,12 +179,12 @@ def split_validation(n: int, fraction: float, seed: int, labels: np.ndarray | No
         return np.arange(n), None
     if labels is None:
         perm = rng.permutation(n)
-        n_val = max(1, int(round(n * fraction)))
+        n_val = max(1, round(n * fraction))
         return np.sort(perm[n_val:]), np.sort(perm[:n_val])
     train_idx, val_idx = [], []
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
-        n_val = int(round(len(members) * fraction)) if len(members) > 1 else 0
+        n_val = round(len(members) * fraction) if len(members) > 1 else 0
         val_idx.append(members[:n_val])
         train_idx.append(members[n_val:])
     val = np.sort(np.concatenate(val_idx))

@@ -13,8 +13,8 @@ from vfe.heads import LinearHead, VFEHead, head_class, make_head
 from vfe.heads.vfe import FeatureVAE, vae_loss
 from vfe.vae import gaussian_kl
 
-SMALL_VFE = dict(encoder_units=64, latent_dim=16, decoder_units=64, vae_epochs=60, vae_batch_size=128,
-                 vae_patience=10, epochs=40)
+SMALL_VFE = {"encoder_units": 64, "latent_dim": 16, "decoder_units": 64, "vae_epochs": 60,
+             "vae_batch_size": 128, "vae_patience": 10, "epochs": 40}
 
 
 def _round_trip(head):

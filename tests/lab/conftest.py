@@ -2,21 +2,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
 
 from vfe.lab.common import LabData, LabSettings, load_data
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread for torch and for the BLAS / OpenMP pools under scikit-learn: with other processes on
-    the cores, small convolutions and logistic regressions run several times (up to 80x) faster so."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
 
 
 def _require_fashion_mnist() -> None:

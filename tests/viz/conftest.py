@@ -2,19 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread for torch and the BLAS / OpenMP pools: with other processes on the cores, many
-    threads spin-wait on each other and small models run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

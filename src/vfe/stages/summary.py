@@ -12,7 +12,7 @@ def mean_std(values) -> dict:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if len(v) == 0:
         return {"mean": math.nan, "std": math.nan, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
 
 
 def paired_comparison(head: dict[int, float], baseline: dict[int, float], higher_is_better: bool = True) -> dict:

@@ -1,13 +1,11 @@
-"""The frost photographs of ImageNet-C, read from the installed `imagecorruptions` package.
+"""The frost photographs of ImageNet-C, shipped with vfe (see frost/NOTICE.md: Apache License 2.0).
 
-The photos ship with hendrycks/robustness and with bethgelab's `imagecorruptions` (both Apache
-License 2.0). They are found on disk without importing `imagecorruptions`, whose import needs
-`pkg_resources` (setuptools).
+They are vfe's own package data, so the frost corruption needs neither the `imagecorruptions`
+package (whose import needs `pkg_resources`) nor a network.
 """
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -18,11 +16,11 @@ FROST_CHOICES = 5  # the published code draws np.random.randint(5): frost6.jpg i
 
 
 def frost_folder() -> Path:
-    spec = importlib.util.find_spec("imagecorruptions")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "frost" if spec else None
-    if folder is None or not all((folder / f).is_file() for f in FROST_FILES[:FROST_CHOICES]):
-        raise FileNotFoundError("the frost corruption needs the ImageNet-C frost photos, which ship with the "
-                                "'imagecorruptions' package: pip install imagecorruptions==1.1.2")
+    folder = Path(__file__).with_name("frost")
+    missing = [f for f in FROST_FILES[:FROST_CHOICES] if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: the frost photos {', '.join(missing)} are missing from this vfe "
+                                "installation; reinstall vfe")
     return folder
 
 

@@ -1,0 +1,1 @@
+"""Robustness measurements: corruptions and their metrics, calibration, attacks, OOD detection."""

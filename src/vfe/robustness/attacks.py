@@ -1,0 +1,110 @@
+"""White-box attacks end to end, through backbone and head, on images in [0, 1] (torchattacks).
+
+torchattacks calls `model(x)` and applies `nn.CrossEntropyLoss` to the output, i.e. it expects
+logits. A head gives class probabilities, so the attacked model returns their logarithm:
+log_softmax(log p) = log p, so the cross-entropy is exactly -log p(true class).
+
+A head that samples (the VFE draws z) is attacked twice:
+  * plainly, through the path the user runs (one draw per forward pass for predict_mode="sample");
+    its gradient is that of one random draw, which can hide the true direction (gradient masking);
+  * with expectation over transformation (EOT, Athalye et al. 2018): the loss is the cross-entropy
+    of the mean prediction over `n_eot` draws, -log mean_i p_i(y | x). AutoAttack's randomised
+    version uses 20 draws (torchattacks.EOTPGD only 2).
+Only the head is random; the backbone is deterministic. So the EOT model computes the backbone
+features once per step and draws the head `n_eot` times on them: the same objective and gradient
+as running the whole network `n_eot` times (the chain rule goes through the one shared feature
+tensor), at about 1/n_eot of the cost. (torchattacks.EOTPGD would re-run the backbone each draw.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchattacks
+from torch import nn
+
+# PGD step size as a multiple of eps / steps (Madry et al. use 2.5: the walk can cross the ball)
+STEP_SIZE_FACTOR = 2.5
+# floor under probabilities before the log; -log(1e-30) = 69 nats is beyond any real loss value
+_LOG_FLOOR = 1e-30
+
+
+class LogProbabilities(nn.Module):
+    """images in [0, 1] -> log class probabilities of `head` (a head's `probability_module()`) on
+    the backbone's features. `n_samples` asks a sampling head for the mean over that many draws."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, n_samples: int | None = None):
+        super().__init__()
+        self.backbone, self.head, self.n_samples = backbone, head, n_samples
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x01), n_samples=self.n_samples).clamp_min(_LOG_FLOOR).log()
+
+
+@torch.no_grad()
+def samples_randomly(head: nn.Module, features: torch.Tensor) -> bool:
+    """Whether a head's probability module gives different outputs for the same features (it samples)."""
+    head.eval()
+    return not torch.equal(head(features), head(features))
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack setting; `key` is its name in results (see `attack_key`)."""
+
+    method: str  # "fgsm" | "pgd"
+    norm: str  # "linf" | "l2"
+    eps: float
+    eot: bool = False
+
+    @property
+    def key(self) -> str:
+        return attack_key(self.method, self.norm, self.eps, self.eot)
+
+
+def eps_label(norm: str, eps: float) -> str:
+    """L-inf budgets as k/255 when they are whole pixel levels ("8/255"), anything else as a number."""
+    levels = eps * 255
+    if norm == "linf" and abs(levels - round(levels)) < 1e-6:
+        return f"{round(levels)}/255"
+    return f"{eps:g}"
+
+
+def attack_key(method: str, norm: str, eps: float, eot: bool = False) -> str:
+    """Stable result names: "fgsm_linf_2/255", "pgd_linf_8/255", "pgd_linf_8/255_eot", "pgd_l2_0.5"."""
+    return f"{method}_{norm}_{eps_label(norm, eps)}" + ("_eot" if eot else "")
+
+
+def attack_specs(eps_linf: list[float], eps_l2: list[float], eot: bool) -> list[AttackSpec]:
+    """FGSM and PGD at every L-inf budget, PGD at every L2 budget; each PGD also with EOT when `eot`."""
+    specs = [AttackSpec("fgsm", "linf", e) for e in sorted(eps_linf)]
+    for norm, budgets in (("linf", eps_linf), ("l2", eps_l2)):
+        for flag in ((False, True) if eot else (False,)):
+            specs += [AttackSpec("pgd", norm, e, flag) for e in sorted(budgets)]
+    return specs
+
+
+def make_attack(spec: AttackSpec, model: nn.Module, steps: int) -> torchattacks.Attack:
+    """The torchattacks object for a spec: PGD with random start and step 2.5 * eps / steps."""
+    if spec.method == "fgsm" and spec.norm == "linf":
+        return torchattacks.FGSM(model, eps=spec.eps)
+    alpha = STEP_SIZE_FACTOR * spec.eps / steps
+    if spec.method == "pgd" and spec.norm == "linf":
+        return torchattacks.PGD(model, eps=spec.eps, alpha=alpha, steps=steps, random_start=True)
+    if spec.method == "pgd" and spec.norm == "l2":
+        return torchattacks.PGDL2(model, eps=spec.eps, alpha=alpha, steps=steps, random_start=True)
+    raise ValueError(f"no attack for method={spec.method!r}, norm={spec.norm!r}")
+
+
+def perturb(attack: torchattacks.Attack, images: torch.Tensor, labels: torch.Tensor,
+            batch_size: int = 100) -> torch.Tensor:
+    """Adversarial versions of `images` (float [0, 1], N x C x H x W), computed in batches."""
+    starts = range(0, len(images), batch_size)
+    out = [attack(images[i:i + batch_size], labels[i:i + batch_size]) for i in starts]
+    return torch.cat(out) if out else images.clone()
+
+
+def to_unit_float(images_uint8_nhwc: np.ndarray) -> torch.Tensor:
+    """uint8 N x H x W x C images -> float N x C x H x W in [0, 1], the attacks' input space."""
+    return torch.from_numpy(np.ascontiguousarray(images_uint8_nhwc)).permute(0, 3, 1, 2).float().div(255)

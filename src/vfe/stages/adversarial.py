@@ -1,0 +1,131 @@
+"""Adversarial accuracy of every fitted head, attacked end to end through the backbone.
+
+Result per (head, seed):
+    {"accuracy": {"clean": ..., "fgsm_linf_2/255": ..., "pgd_linf_8/255": ..., "pgd_linf_8/255_eot": ...,
+                  "pgd_l2_0.5": ..., "pgd_l2_0.5_eot": ...},
+     "n": images attacked, "samples_randomly": bool, "steps": ..., "n_eot": ..., "seconds": ...}
+Keys are `vfe.robustness.attacks.attack_key` names; the summary reports them as `adv:<key>`.
+
+Accuracy is that of the head's own prediction (`predict`, with its predict_mode and n_samples) on
+the adversarial images: what a user of the head would get. For a deterministic head EOT is the
+plain attack, so each "_eot" key repeats the plain number (it is not run twice); for a head that
+samples, the plain and the EOT attack both run, and a gap between them is gradient masking.
+
+Cost: the budgets of a PGD attack run from the smallest up, and an image whose adversarial version
+is already *settled* (misclassified by the head's prediction and by each of n_eot draws of a
+sampling head) keeps that version at the larger budgets: it lies inside the larger ball, so the
+attack stays valid, and only the images still standing are attacked again. For a deterministic head
+this is exactly as strong as attacking every image; FGSM, one step by definition, attacks all.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vfe.data.types import ImageSet
+from vfe.robustness.attacks import (
+    AttackSpec,
+    LogProbabilities,
+    attack_specs,
+    make_attack,
+    perturb,
+    samples_randomly,
+    to_unit_float,
+)
+
+BATCH_SIZE = 100
+
+
+def run_attacks(backbone, models: dict, test: ImageSet, config, device: str | torch.device) -> dict:
+    """{(head, seed): result} (see the module docstring) on a class-balanced subset of `config.n_attack`
+    test images chosen with `config.data_seed`; the same images for every head."""
+    from vfe.experiment import stratified_subset
+
+    subset = stratified_subset(test, config.n_attack, config.data_seed, "attack")
+    images = to_unit_float(subset.images).to(device)
+    specs = attack_specs(config.attack_eps_linf, config.attack_eps_l2, eot=True)
+    results = {}
+    with tqdm(total=len(models) * len(specs), desc="attacks", unit="attack", disable=not config.progress,
+              dynamic_ncols=True) as bar:
+        for (head, seed), model in models.items():
+            started = time.perf_counter()
+            results[(head, seed)] = _attack_one(backbone, model, images, subset.labels, specs, config, device,
+                                                bar, f"{head}/seed{seed}")
+            results[(head, seed)]["seconds"] = round(time.perf_counter() - started, 3)
+    return results
+
+
+def _attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec], config,
+                device, bar, name: str) -> dict:
+    head = _on_device(model.probability_module(), device).eval()
+    target = torch.from_numpy(_class_index(model, labels)).to(device)
+    clean = _features(backbone, images)
+    random_head = samples_randomly(head, torch.from_numpy(clean[:8]).to(device))
+    draws = config.n_eot if random_head else 1
+    plain = LogProbabilities(backbone, head)
+    eot = LogProbabilities(backbone, head, n_samples=config.n_eot)
+    accuracy = {"clean": float(np.mean(model.predict(clean) == labels))}
+    clean_settled = _settled(model, head, clean, labels, target, draws)
+    # per PGD attack: features of the adversarial images held so far, and which of them are settled
+    held: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    for spec in specs:
+        bar.set_postfix_str(f"{name} {spec.key}")
+        bar.update(1)
+        if spec.eot and not random_head:
+            accuracy[spec.key] = accuracy[AttackSpec(spec.method, spec.norm, spec.eps).key]
+            continue
+        family = (spec.method, spec.norm, spec.eot)
+        if spec.method == "pgd":
+            features, settled = held.get(family, (clean.copy(), clean_settled.copy()))
+        else:  # FGSM: every image, one step
+            features, settled = clean.copy(), np.zeros(len(images), bool)
+        todo = np.flatnonzero(~settled)
+        if len(todo):
+            attack = make_attack(spec, eot if spec.eot else plain, config.attack_steps)
+            with torch.random.fork_rng():
+                torch.manual_seed(config.data_seed)  # the same random starts for every head
+                features[todo] = _features(backbone, perturb(attack, images[todo], target[todo], BATCH_SIZE))
+            settled[todo] = _settled(model, head, features[todo], labels[todo], target[todo], draws)
+        if spec.method == "pgd":
+            held[family] = features, settled
+        accuracy[spec.key] = float(np.mean(model.predict(features) == labels))
+    return {"accuracy": accuracy, "n": len(images), "samples_randomly": bool(random_head),
+            "steps": int(config.attack_steps), "n_eot": int(config.n_eot)}
+
+
+@torch.no_grad()
+def _features(backbone, images: torch.Tensor) -> np.ndarray:
+    batches = [backbone(images[i:i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
+    return torch.cat(batches).float().cpu().numpy()
+
+
+@torch.no_grad()
+def _settled(model, head, features: np.ndarray, labels: np.ndarray, target: torch.Tensor,
+             draws: int) -> np.ndarray:
+    """Misclassified by the head's prediction and by every one of `draws` draws of its probability module."""
+    wrong = model.predict(features) != labels
+    x = torch.from_numpy(features).to(target.device)
+    for _ in range(draws):
+        wrong &= (head(x).argmax(1) != target).cpu().numpy()
+    return wrong
+
+
+def _class_index(model, labels: np.ndarray) -> np.ndarray:
+    """Test labels as indices into the head's classes (the order of its probability outputs)."""
+    unseen = sorted(set(labels.tolist()) - set(model.classes_.tolist()))
+    if unseen:
+        raise ValueError(f"test labels {unseen} were never seen by the head "
+                         f"(its classes: {model.classes_.tolist()})")
+    return np.searchsorted(model.classes_, labels).astype(np.int64)
+
+
+def _on_device(module: torch.nn.Module, device) -> torch.nn.Module:
+    """The head's module on the attack's device; a copy when it must move, so the fitted head stays put."""
+    device = torch.device(device)
+    if all(p.device == device for p in module.parameters()):
+        return module
+    return copy.deepcopy(module).to(device)

@@ -1,0 +1,114 @@
+"""Out-of-distribution detection: can each head tell the test set from images it was never meant for?
+
+Two OOD sets, both real images:
+  * another data set: scikit-learn's digits for Fashion-MNIST (and any other data set); for digits,
+    Fashion-MNIST when installed, else crops of scikit-image's texture photos (brick, grass, gravel);
+    resized to the test images' size and channels, so only their content differs;
+  * the test images under gaussian_noise at severity 5 ("gaussian_noise_s5"), through the same
+    cached features as the corruption stage.
+
+Result:
+    {"per_head": {head: {seed: {"<score>_<auroc|fpr95>_<ood set>": value}}},   # summary: ood:<key>
+     "feature_baselines": {"<mahalanobis|relative_mahalanobis>_<auroc|fpr95>_<ood set>": value},
+     "ood_sets": {name: {"n": .., "source": ..}}, "n_in": .., "convention": ..}
+Scores per head: "msp" (every head), "recon" and "elbo" (the VFE). The Mahalanobis scores use the
+backbone features alone (no head, no seed), so they are computed once. See vfe.robustness.ood for
+the convention: higher score = more OOD; AUROC with OOD as positive; FPR at 95% TPR, lower is better.
+"""
+from __future__ import annotations
+
+import numpy as np
+from skimage.transform import resize
+
+from vfe.data.types import ImageSet
+from vfe.features.cache import FeatureCache
+from vfe.robustness.ood import MahalanobisScore, detection_metrics, head_scores
+from vfe.stages.corruption import corrupted_features
+
+CORRUPTED_OOD = ("gaussian_noise", 5)
+TEXTURES = ("brick", "grass", "gravel")
+
+
+def run_ood(cache: FeatureCache, backbone, models: dict, X_train: np.ndarray, y_train: np.ndarray,
+            X_test: np.ndarray, clean_probs: dict, test: ImageSet, dataset: str, config) -> dict:
+    """Every head's OOD scores, test features (in) vs each OOD set's (out); see the module docstring."""
+    name, far = far_ood_set(dataset, test, config.data_seed)
+    corruption, severity = CORRUPTED_OOD
+    corrupted = f"{corruption}_s{severity}"
+    ood_features = {
+        name: cache.extract(backbone, far, progress=config.progress, desc=f"extract OOD {name}").array(),
+        corrupted: corrupted_features(cache, backbone, test, corruption, severity, config.data_seed,
+                                      config.corruption_params, config.progress),
+    }
+    ood_sets = {name: {"n": len(far), "source": far.source},
+                corrupted: {"n": len(test), "source": f"{test.source}, {corruption} at severity {severity}"}}
+    per_head: dict = {}
+    for (head, seed), model in models.items():
+        scores_in = head_scores(model, X_test, clean_probs.get((head, seed)))
+        row = per_head.setdefault(head, {}).setdefault(str(seed), {})
+        for ood_name, X_out in ood_features.items():
+            for score, values_out in head_scores(model, X_out).items():
+                row.update(_named(score, ood_name, detection_metrics(scores_in[score], values_out)))
+    baselines: dict = {}
+    detector = MahalanobisScore().fit(X_train, y_train)
+    for score, relative in (("mahalanobis", False), ("relative_mahalanobis", True)):
+        scores_in = detector.score(X_test, relative)
+        for ood_name, X_out in ood_features.items():
+            scores_out = detector.score(X_out, relative)
+            baselines.update(_named(score, ood_name, detection_metrics(scores_in, scores_out)))
+    return {"per_head": per_head, "feature_baselines": baselines,
+            "ood_sets": ood_sets,
+            "n_in": len(X_test),
+            "convention": "higher score = more OOD; AUROC with OOD as the positive class; fpr95 = share of "
+                          "in-distribution test images flagged at the threshold catching 95% of the OOD set"}
+
+
+def _named(score: str, ood_name: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{score}_{stat}_{ood_name}": value for stat, value in metrics.items()}
+
+
+def far_ood_set(dataset: str, like: ImageSet, seed: int) -> tuple[str, ImageSet]:
+    """(name, images) of a real data set unlike `dataset`, shaped like `like`'s images, at most len(like)."""
+    if dataset != "digits":
+        return "digits", match_shape(digits_images(), like, len(like), seed, "sklearn-digits")
+    from vfe.data import available_fashion_mnist, load_dataset
+    if available_fashion_mnist() is not None:
+        fashion = load_dataset("fashion-mnist", split="test")
+        return "fashion-mnist", match_shape(fashion.images, like, len(like), seed, fashion.source)
+    return "textures", match_shape(texture_crops(len(like), seed), like, len(like), seed, "skimage-textures")
+
+
+def digits_images() -> np.ndarray:
+    """scikit-learn's 1797 8x8 digits as uint8 (ink bright on dark, like Fashion-MNIST)."""
+    from sklearn.datasets import load_digits
+    return np.round(load_digits().images * (255 / 16)).astype(np.uint8)
+
+
+def texture_crops(n: int, seed: int, size: int = 64) -> np.ndarray:
+    """`n` random size x size crops of scikit-image's texture photos (brick, grass, gravel), uint8."""
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    photos = [getattr(skimage.data, name)() for name in TEXTURES]
+    crops = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        top, left = rng.integers(0, photo.shape[0] - size + 1), rng.integers(0, photo.shape[1] - size + 1)
+        crops.append(photo[top:top + size, left:left + size])
+    return np.stack(crops)
+
+
+def match_shape(images: np.ndarray, like: ImageSet, n: int, seed: int, source: str) -> ImageSet:
+    """At most `n` of `images` (seeded choice), resized to `like`'s height x width, with its channels."""
+    rng = np.random.default_rng(seed)
+    if len(images) > n:
+        images = images[np.sort(rng.choice(len(images), n, replace=False))]
+    images = images if images.ndim == 4 else images[..., None]
+    height, width, channels = like.images.shape[1:]
+    if images.shape[1:3] != (height, width):
+        images = np.stack([resize(im, (height, width), order=1, anti_aliasing=True, preserve_range=True)
+                           for im in images])
+        images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    if images.shape[-1] != channels:
+        images = np.repeat(images.mean(-1, keepdims=True).round().astype(np.uint8), channels, axis=-1)
+    return ImageSet(images, np.full(len(images), -1), [], source=f"{source}->{height}x{width}x{channels}")

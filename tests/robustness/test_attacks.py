@@ -1,0 +1,111 @@
+"""End-to-end attacks: result names, the log-probability model torchattacks needs, EOT over the head
+only, and a real sanity check: PGD at 8/255 breaks a linear probe on real backbone features."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from vfe.heads import make_head
+from vfe.report.names import parse_attack
+from vfe.robustness.attacks import LogProbabilities, attack_key, attack_specs, samples_randomly
+from vfe.stages.adversarial import run_attacks
+
+
+def test_attack_keys_are_stable_and_parsed_back_by_the_report():
+    assert attack_key("pgd", "linf", 8 / 255) == "pgd_linf_8/255"
+    assert attack_key("pgd", "linf", 8 / 255, eot=True) == "pgd_linf_8/255_eot"
+    assert attack_key("fgsm", "linf", 0.01) == "fgsm_linf_0.01"
+    assert attack_key("pgd", "l2", 0.5) == "pgd_l2_0.5"
+    for method, norm, eps, eot in [("pgd", "linf", 2 / 255, True), ("pgd", "l2", 0.25, False)]:
+        parsed = parse_attack(attack_key(method, norm, eps, eot))
+        assert (parsed.attack, parsed.norm, parsed.eot) == (method, norm, eot)
+        assert parsed.eps == pytest.approx(eps)
+
+
+def test_attack_specs_run_budgets_in_increasing_order_with_eot_for_pgd_only():
+    keys = [s.key for s in attack_specs([8 / 255, 2 / 255], [0.5], eot=True)]
+    assert keys == ["fgsm_linf_2/255", "fgsm_linf_8/255", "pgd_linf_2/255", "pgd_linf_8/255",
+                    "pgd_linf_2/255_eot", "pgd_linf_8/255_eot", "pgd_l2_0.5", "pgd_l2_0.5_eot"]
+    assert not any(s.eot for s in attack_specs([8 / 255], [0.5], eot=False))
+
+
+class CountingIdentity(nn.Module):
+    """A stand-in backbone (features in, features out) that counts its calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x
+
+
+@pytest.fixture(scope="module")
+def digit_heads(digits_features):
+    X_train, X_test, y_train, y_test = digits_features
+    linear = make_head("linear", epochs=10).fit(X_train, y_train)
+    vfe = make_head("vfe", latent_dim=8, encoder_units=32, decoder_units=32, vae_epochs=10, epochs=10,
+                    recon_weight=10.0).fit(X_train, y_train)
+    return linear, vfe, torch.from_numpy(X_test[:64]), torch.from_numpy(y_test[:64])
+
+
+def test_log_probabilities_turn_torchattacks_cross_entropy_into_the_nll(digit_heads):
+    linear, _, X, y = digit_heads
+    model = LogProbabilities(CountingIdentity(), linear.probability_module()).eval()
+    with torch.no_grad():
+        out = model(X)
+    probs = torch.from_numpy(linear.predict_proba(X.numpy()))
+    # torchattacks applies nn.CrossEntropyLoss to the model's output
+    nll = -probs[torch.arange(len(y)), y].log().mean().item()
+    assert nn.CrossEntropyLoss()(out, y).item() == pytest.approx(nll, rel=1e-5)
+
+
+def test_which_heads_sample(digit_heads):
+    linear, vfe, X, _ = digit_heads
+    assert not samples_randomly(linear.probability_module(), X)
+    assert samples_randomly(vfe.probability_module(), X)
+    assert not samples_randomly(vfe.set_params(predict_mode="mean").probability_module(), X)
+    vfe.set_params(predict_mode="sample")
+
+
+def test_eot_runs_the_backbone_once_and_averages_the_head_draws(digit_heads):
+    _, vfe, X, _ = digit_heads
+    backbone = CountingIdentity()
+    eot = LogProbabilities(backbone, vfe.probability_module(), n_samples=20).eval()
+    plain = LogProbabilities(backbone, vfe.probability_module()).eval()
+    with torch.no_grad():
+        eot_outputs = torch.stack([eot(X) for _ in range(30)])
+        assert backbone.calls == 30
+        plain_outputs = torch.stack([plain(X) for _ in range(30)])
+    assert torch.allclose(eot_outputs.exp().sum(-1), torch.ones(30, len(X)), atol=1e-5)
+    # the mean of 20 draws varies far less between calls than one draw does
+    eot_spread = eot_outputs.exp().var(0).mean().item()
+    plain_spread = plain_outputs.exp().var(0).mean().item()
+    assert plain_spread > 0 and eot_spread < plain_spread / 5
+
+
+@pytest.mark.slow
+def test_pgd_breaks_a_linear_probe_and_eot_is_reported_for_a_sampling_head(fashion_mnist, small_backbone,
+                                                                           fashion_heads):
+    _, test = fashion_mnist
+    _, _, models = fashion_heads
+    config = SimpleNamespace(n_attack=32, attack_eps_linf=[1 / 255, 8 / 255], attack_eps_l2=[],
+                             attack_steps=10, n_eot=8, data_seed=0, progress=False)
+    results = run_attacks(small_backbone, models, test, config, "cpu")
+
+    linear = results[("linear", 0)]
+    acc = linear["accuracy"]
+    assert linear["n"] == 32 and not linear["samples_randomly"]
+    assert acc["clean"] >= 0.6
+    assert acc["pgd_linf_8/255"] <= 0.05  # the sanity check of any attack implementation
+    assert acc["clean"] >= acc["pgd_linf_1/255"] >= acc["pgd_linf_8/255"]
+    assert acc["fgsm_linf_8/255"] < acc["clean"]
+    assert acc["pgd_linf_8/255_eot"] == acc["pgd_linf_8/255"]  # deterministic head: EOT is the plain attack
+
+    vfe = results[("vfe", 0)]
+    assert vfe["samples_randomly"] and vfe["n_eot"] == 8
+    assert set(vfe["accuracy"]) == set(acc)
+    assert all(0 <= v <= 1 for v in vfe["accuracy"].values())
+    assert vfe["accuracy"]["pgd_linf_8/255_eot"] < vfe["accuracy"]["clean"]

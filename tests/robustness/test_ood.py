@@ -1,0 +1,129 @@
+"""OOD metrics on Gaussians of known separability; Mahalanobis scores against their formulas; the
+scores of real heads; the OOD sets; the OOD stage end to end on digits features."""
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from vfe.data.types import ImageSet
+from vfe.heads import make_head
+from vfe.robustness.ood import MahalanobisScore, auroc, fpr_at_95_tpr, head_scores, max_softmax_score
+from vfe.stages.ood import far_ood_set, match_shape, texture_crops
+
+
+@pytest.mark.parametrize("shift", [0.5, 1.0, 2.0])
+def test_auroc_and_fpr95_of_shifted_gaussians_match_theory(shift):
+    rng = np.random.default_rng(0)
+    scores_in, scores_out = rng.normal(size=40000), rng.normal(loc=shift, size=40000)
+    # P(out > in) for two unit Gaussians `shift` apart; the 95% TPR threshold is shift - z_0.95
+    assert auroc(scores_in, scores_out) == pytest.approx(norm.cdf(shift / np.sqrt(2)), abs=0.006)
+    assert fpr_at_95_tpr(scores_in, scores_out) == pytest.approx(norm.sf(shift - norm.ppf(0.95)), abs=0.01)
+
+
+def test_convention_higher_score_means_more_ood():
+    scores_in, scores_out = np.arange(100.0), np.arange(100.0) + 1000
+    assert auroc(scores_in, scores_out) == 1.0 and fpr_at_95_tpr(scores_in, scores_out) == 0.0
+    assert auroc(scores_out, scores_in) == 0.0 and fpr_at_95_tpr(scores_out, scores_in) == 1.0
+    with pytest.raises(ValueError, match="NaN"):
+        auroc(np.array([0.0, np.nan]), np.array([1.0]))
+
+
+def test_max_softmax_score_is_low_for_confident_predictions():
+    probs = np.array([[0.98, 0.01, 0.01], [0.4, 0.3, 0.3]])
+    assert max_softmax_score(probs).tolist() == [-0.98, -0.4]
+
+
+def _classes_with_shared_covariance(rng, n_per_class=3000, dim=8):
+    scales = np.linspace(0.2, 3.0, dim)  # anisotropic: distance must be measured in the covariance's units
+    means = rng.normal(scale=3.0, size=(3, dim))
+    X = np.concatenate([m + rng.normal(size=(n_per_class, dim)) * scales for m in means])
+    return X, np.repeat(np.arange(3), n_per_class), means, scales
+
+
+def test_mahalanobis_scores_follow_their_formulas():
+    rng = np.random.default_rng(1)
+    X, y, _, _ = _classes_with_shared_covariance(rng)
+    X_new = rng.normal(scale=3.0, size=(50, X.shape[1]))
+    means = np.stack([X[y == k].mean(0) for k in range(3)])
+    precision = np.linalg.inv(np.cov((X - means[y]).T, bias=True))
+    by_hand = np.stack([np.einsum("ij,jk,ik->i", X_new - m, precision, X_new - m) for m in means], 1).min(1)
+    detector = MahalanobisScore().fit(X, y)
+    assert detector.score(X_new) == pytest.approx(by_hand, rel=1e-6)
+    centred = X_new - X.mean(0)
+    background = np.einsum("ij,jk,ik->i", centred, np.linalg.inv(np.cov(X.T, bias=True)), centred)
+    assert detector.score(X_new, relative=True) == pytest.approx(by_hand - background, rel=1e-6)
+
+
+def test_mahalanobis_detects_a_shift_along_a_low_variance_direction():
+    """OOD points 2 units off a class mean along the direction of std 0.2 are 10 standard deviations
+    out; a Euclidean distance barely notices them (the same 2 units is 0.7 std along the widest axis)."""
+    rng = np.random.default_rng(2)
+    X, y, means, scales = _classes_with_shared_covariance(rng)
+    X_in = means[0] + rng.normal(size=(2000, X.shape[1])) * scales
+    X_out = X_in.copy()
+    X_out[:, 0] += 2.0
+    detector = MahalanobisScore().fit(X, y)
+    assert auroc(detector.score(X_in), detector.score(X_out)) > 0.99
+    def euclidean(Z):
+        return ((Z[:, None, :] - means[None]) ** 2).sum(-1).min(1)
+    assert auroc(euclidean(X_in), euclidean(X_out)) < 0.8
+
+
+def test_head_scores_of_real_heads(digits_features):
+    X_train, X_test, y_train, _ = digits_features
+    linear = make_head("linear", epochs=10).fit(X_train, y_train)
+    vfe = make_head("vfe", latent_dim=8, encoder_units=32, decoder_units=32, vae_epochs=15, epochs=10,
+                    recon_weight=10.0).fit(X_train, y_train)
+    noise = np.random.default_rng(3).uniform(0, 1, size=X_test.shape).astype(np.float32)
+    assert set(head_scores(linear, X_test)) == {"msp"}
+    scores_in, scores_out = head_scores(vfe, X_test), head_scores(vfe, noise)
+    assert set(scores_in) == {"msp", "recon", "elbo"}
+    assert all(len(v) == len(X_test) and np.isfinite(v).all() for v in scores_in.values())
+    # uniform noise in [0, 1]^64 is nothing like a digit: the VFE's own scores must say so
+    assert auroc(scores_in["recon"], scores_out["recon"]) > 0.95
+    assert auroc(scores_in["elbo"], scores_out["elbo"]) > 0.95
+
+
+def test_far_ood_set_is_digits_for_fashion_shaped_images():
+    like = ImageSet(np.zeros((40, 28, 28, 1), np.uint8), np.zeros(40), ["x"], source="fashion")
+    name, ood = far_ood_set("fashion-mnist", like, seed=0)
+    assert name == "digits" and ood.images.shape == (40, 28, 28, 1) and ood.images.dtype == np.uint8
+    # real digits: dark background, bright strokes
+    assert ood.images[:, :3, :3].mean() < 20 and ood.images.max() > 200
+
+
+def test_match_shape_resizes_and_converts_channels():
+    crops = texture_crops(6, seed=0)
+    assert crops.shape == (6, 64, 64) and crops.std() > 10  # real texture, not a flat patch
+    like_rgb = ImageSet(np.zeros((3, 32, 32, 3), np.uint8), np.zeros(3), ["x"])
+    matched = match_shape(crops, like_rgb, n=4, seed=0, source="textures")
+    assert matched.images.shape == (4, 32, 32, 3)
+    assert np.array_equal(matched.images[..., 0], matched.images[..., 2])
+
+
+@pytest.mark.slow
+def test_ood_stage_end_to_end(fashion_mnist, small_backbone, fashion_heads, tmp_path):
+    from types import SimpleNamespace
+
+    from vfe.features.cache import FeatureCache
+    from vfe.stages.ood import run_ood
+
+    train, test = fashion_mnist
+    X_train, X_test, models = fashion_heads
+    clean_probs = {key: model.predict_proba(X_test) for key, model in models.items()}
+    config = SimpleNamespace(data_seed=0, corruption_params="auto", progress=False)
+    out = run_ood(FeatureCache(tmp_path), small_backbone, models, X_train, train.labels, X_test, clean_probs,
+                  test, "fashion-mnist", config)
+
+    assert set(out["ood_sets"]) == {"digits", "gaussian_noise_s5"} and out["n_in"] == len(test)
+    sets = ("digits", "gaussian_noise_s5")
+    assert set(out["per_head"]["linear"]["0"]) == {f"msp_{s}_{o}" for s in ("auroc", "fpr95") for o in sets}
+    assert set(out["per_head"]["vfe"]["0"]) == {f"{score}_{s}_{o}" for score in ("msp", "recon", "elbo")
+                                                for s in ("auroc", "fpr95") for o in sets}
+    values = [v for per_seed in out["per_head"].values() for m in per_seed.values() for v in m.values()]
+    assert all(0.0 <= v <= 1.0 for v in values + list(out["feature_baselines"].values()))
+    # 8x8 digits blown up to 28x28 and sigma-0.38 noise are far from Fashion-MNIST in feature space
+    baselines = out["feature_baselines"]
+    assert baselines["mahalanobis_auroc_digits"] > 0.9
+    assert baselines["mahalanobis_auroc_gaussian_noise_s5"] > 0.9
+    assert len(baselines) == 2 * 2 * len(sets)  # (plain, relative) x (auroc, fpr95) x OOD sets
+    assert 0 < baselines["relative_mahalanobis_auroc_digits"] <= 1
