@@ -77,6 +77,58 @@ def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, spli
     return {"n": len(labels), **probability_metrics(probs, index)}
 
 
+def sweep(dataset: str, grid: dict, name: str = "sweep", runs_dir: str = "runs",
+          backbone: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = 112,
+          n_train: int | None = 10000, n_test: int | None = 2000, data_seed: int = 0, augment_family: str = "noise",
+          compare_pixels: bool = False, data_dir: str | None = None, cache_dir: str | None = None,
+          device: str = "auto", progress: bool = True) -> dict:
+    """Run a grid of heads x hyperparameters x training sizes x seeds on cached features (resumable).
+
+    Cells land in runs/<name>/sweep/ as they finish; the summary (mean +/- std over seeds) goes to
+    runs/<name>/sweep.json. `compare_pixels` adds the same sizes on raw pixels (transfer vs scratch).
+    """
+    from vfe.heads import is_augmented
+    from vfe.io import write_json
+    from vfe.sweep import (
+        expand_grid,
+        markdown_table,
+        pixel_features,
+        run_sweep,
+        summarise,
+        train_size_sweep,
+        transfer_gain,
+    )
+
+    out = Path(runs_dir) / name
+    train = _load(dataset, "train", data_dir, n_train, data_seed)
+    test = _load(dataset, "test", data_dir, n_test, data_seed)
+    bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
+    cache = FeatureCache(cache_dir)
+    X_train = cache.extract(bb, train, progress=progress, desc="extract train").array()
+    X_test = cache.extract(bb, test, progress=progress, desc="extract test").array()
+    X_aug, augmentation = None, None
+    if any(is_augmented(cell["head"]) for cell in expand_grid(grid)):
+        from vfe.stages.augment import augmented_features
+        X_aug, augmentation = augmented_features(cache, bb, train, family=augment_family, seed=data_seed + 1,
+                                                 progress=progress)
+    cells = run_sweep(grid, X_train, train.labels, X_test, test.labels, out / "sweep", X_aug=X_aug,
+                      device=str(bb.device), progress=progress)
+    rows = summarise(cells)
+    result = {"setting": {"dataset": dataset, "backbone": bb.name, "image_size": bb.image_size,
+                          "n_train": len(train), "n_test": len(test), "data_seed": data_seed},
+              "grid": grid, "rows": rows, "augmentation": augmentation}
+    if compare_pixels:
+        sizes = tuple(grid.get("train_sizes", [100, 1000, None]))
+        seeds = tuple(grid.get("seeds", [0, 1, 2]))
+        pixel_rows = train_size_sweep((X_train, X_test), (pixel_features(train.images), pixel_features(test.images)),
+                                      train.labels, test.labels, out / "train-size", sizes=sizes, seeds=seeds,
+                                      device=str(bb.device), progress=progress)
+        result["train_size"] = {"rows": pixel_rows, "gain": transfer_gain(pixel_rows)}
+    result["markdown"] = markdown_table(rows)
+    write_json(out / "sweep.json", result)
+    return result
+
+
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
     """The image files named, and every image file (recursively, sorted) inside folders named."""
     out: list[Path] = []
@@ -116,4 +168,5 @@ def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.
     return results
 
 
-__all__ = ["evaluate_pipeline", "extract_features", "fit_pipeline", "image_files", "predict_files", "read_image"]
+__all__ = ["evaluate_pipeline", "extract_features", "fit_pipeline", "image_files", "predict_files", "read_image",
+           "sweep"]

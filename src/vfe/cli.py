@@ -13,6 +13,9 @@ EXAMPLES = {
     "fit": "vfe fit fashion-mnist --head vfe --n-train 5000 --out runs/models/fmnist-vfe.safetensors",
     "evaluate": "vfe evaluate runs/models/fmnist-vfe.safetensors fashion-mnist --n-test 2000",
     "predict": "vfe predict runs/models/fmnist-vfe.safetensors photo1.png photo2.jpg some_folder/",
+    "sweep": "vfe sweep --name beta --grid '{\"heads\": {\"vfe\": {\"beta\": [0.1, 1, 10]}, \"linear\": {}}, "
+             "\"seeds\": [0, 1, 2]}'\n"
+             "vfe sweep --name sizes --grid grid.json --compare-pixels   # transfer vs raw pixels per train size",
     "cache": "vfe cache ls\nvfe cache rm 3fa9c1     # removes entries whose key starts with 3fa9c1\nvfe cache rm --all",
 }
 
@@ -62,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--n-train", type=int, default=None, help=f"training images (default {d.n_train})")
     p.add_argument("--n-test", type=int, default=None, help=f"test images (default {d.n_test})")
-    p.add_argument("--heads", nargs="+", default=None, help=f"heads to compare (default {' '.join(d.heads)})")
+    p.add_argument("--heads", nargs="+", default=None,
+                   help=f"heads to compare (default {' '.join(d.heads)}); 'all' = every feature head")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default 0 1 2)")
     p.add_argument("--corruptions", nargs="*", default=None,
                    help="corruption names (default: all 19); give none to skip the corruption stage")
@@ -84,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "fit", "Fit a head on cached features and save backbone + head as one pipeline file.")
     _add_data_args(p)
     _add_backbone_args(p)
-    p.add_argument("--head", default="vfe", help="head name (see `vfe fit --list-heads`)")
+    from vfe.heads import head_names
+    names = [h for h in head_names() if h != "finetune"]
+    p.add_argument("--head", default="vfe", choices=names, metavar="HEAD",
+                   help=f"one of: {', '.join(names)} (default: %(default)s)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="head hyperparameter, JSON value (repeatable), e.g. --param latent_dim=64")
     p.add_argument("--n-train", type=int, default=None)
@@ -107,6 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--top", type=int, default=1, help="how many classes to print per image")
     p.set_defaults(func=cmd_predict)
+
+    p = _add(sub, "sweep", "Run a grid of heads x hyperparameters x training sizes x seeds (resumable).")
+    p.add_argument("--name", required=True, help="results go to RUNS_DIR/NAME/ (finished cells are reused)")
+    p.add_argument("--grid", required=True,
+                   help="JSON text or a .json file: {\"heads\": {head: {param: [values]}}, \"seeds\": [..], "
+                        "\"train_sizes\": [100, null]} (null = the whole training set)")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--cache-dir")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--weights", default="default")
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--n-train", type=int, default=10000)
+    p.add_argument("--n-test", type=int, default=2000)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--augment-family", default="noise", help="corruption family the *-aug heads train on")
+    p.add_argument("--compare-pixels", action="store_true",
+                   help="also train on raw pixels at the grid's train sizes: where does transfer win?")
+    p.add_argument("--format", choices=["md", "json"], default="md")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_sweep)
 
     p = _add(sub, "cache", "List or remove feature-cache entries.")
     p.add_argument("action", choices=["ls", "rm"])
@@ -196,6 +225,31 @@ def cmd_predict(args) -> int:
 
     for path, ranked in predict_files(args.pipeline, args.images, top=args.top):
         print(path + "\t" + "\t".join(f"{name} {p:.4f}" for name, p in ranked))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from vfe.api import sweep
+
+    text = Path(args.grid).read_text() if args.grid.endswith(".json") else args.grid
+    try:
+        grid = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--grid: not valid JSON ({err})") from None
+    result = sweep(args.dataset, grid, name=args.name, runs_dir=args.runs_dir, backbone=args.backbone,
+                   weights=args.weights, image_size=args.image_size, n_train=args.n_train, n_test=args.n_test,
+                   data_seed=args.data_seed, augment_family=args.augment_family, compare_pixels=args.compare_pixels,
+                   data_dir=args.data_dir, cache_dir=args.cache_dir, device=args.device)
+    if args.format == "json":
+        print(json.dumps(result["rows"], indent=2))
+    else:
+        print(result["markdown"])
+        for row in result.get("train_size", {}).get("gain", []):
+            print(f"{row['n_train']:>6} labels: transfer {row['transfer_accuracy']:.4f} ({row['transfer_head']}) vs "
+                  f"pixels {row['scratch_accuracy']:.4f}: gain {row['gain']:+.4f}")
+    print(f"[vfe] sweep: {Path(args.runs_dir) / args.name / 'sweep.json'}")
     return 0
 
 

@@ -19,6 +19,7 @@ import torch
 
 from vfe.data.types import ImageSet
 from vfe.features.cache import FeatureCache
+from vfe.heads import is_augmented
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ExperimentConfig:
     attack_steps: int = 10
     n_eot: int = 20
     ood: bool = True
+    augment_family: str = "noise"  # the one corruption family augmented heads (vfe-aug, dae-aug) train on
     runs_dir: str = "runs"
     cache_dir: str | None = None
     device: str = "auto"
@@ -124,6 +126,21 @@ def quick_config() -> ExperimentConfig:
                             attack_steps=5, n_eot=8)
 
 
+BENCHMARK_EXCLUDED = {"finetune": "trains the backbone on images; compare with `vfe fit --head finetune`",
+                      "svm": "a head for very small data sets (measured: minutes per fit at 10,000 labels)"}
+
+
+def expand_heads(heads: list[str]) -> list[str]:
+    """`all` -> every feature head and preset the benchmark can compare (see BENCHMARK_EXCLUDED)."""
+    from vfe.heads import head_names
+
+    if "all" not in heads:
+        return list(heads)
+    everything = [h for h in head_names() if h not in BENCHMARK_EXCLUDED]
+    ordered = ["linear", "vfe"] + [h for h in everything if h not in ("linear", "vfe")]
+    return list(dict.fromkeys([h for h in heads if h != "all"] + ordered))
+
+
 def run(config: ExperimentConfig, overwrite: bool = False, log=print) -> Path:
     """Run every stage; write results.json and the report into runs/<name>/. Returns that folder."""
     from vfe.backbones import create_backbone
@@ -131,6 +148,10 @@ def run(config: ExperimentConfig, overwrite: bool = False, log=print) -> Path:
     from vfe.stages.clean import evaluate_clean
     from vfe.stages.fit import fit_heads
 
+    config.heads = expand_heads(config.heads)
+    unknown = [h for h in config.heads if h in BENCHMARK_EXCLUDED]
+    if unknown:
+        raise ValueError(f"head {unknown[0]!r} is not part of the feature benchmark: {BENCHMARK_EXCLUDED[unknown[0]]}")
     out = run_dir_for(config)
     if (out / "results.json").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a run; pass --overwrite or choose another --name")
@@ -150,15 +171,24 @@ def run(config: ExperimentConfig, overwrite: bool = False, log=print) -> Path:
     with stages.timed("extract features", log):
         X_train = cache.extract(backbone, train, progress=config.progress, desc="extract train").array()
         X_test = cache.extract(backbone, test, progress=config.progress, desc="extract test").array()
+    X_aug, augmentation = None, None
+    if any(is_augmented(h) for h in config.heads):
+        from vfe.stages.augment import augmented_features
+        with stages.timed(f"features of corrupted training images ({config.augment_family})", log):
+            X_aug, augmentation = augmented_features(cache, backbone, train, family=config.augment_family,
+                                                     seed=config.data_seed + 1, params=config.corruption_params,
+                                                     progress=config.progress)
     with stages.timed("fit heads", log):
         models, fit_seconds = fit_heads(config.heads, config.seeds, X_train, train.labels, config.head_params,
-                                        device=device, progress=config.progress)
+                                        device=device, progress=config.progress, X_aug=X_aug)
     with stages.timed("clean evaluation", log):
         clean, clean_probs = evaluate_clean(models, X_test, test.labels)
 
     results = {"setting": setting_of(config, dataset, backbone, train, test), "config": config_dict(config),
                "clean": _by_head(clean), "fit_seconds": fit_seconds,
-               "histories": {f"{h}/seed{s}": m.history_ for (h, s), m in models.items()}}
+               "histories": {f"{h}/seed{s}": getattr(m, "history_", None) for (h, s), m in models.items()}}
+    if augmentation is not None:
+        results["augmentation"] = augmentation
 
     names = _corruption_names(config)
     if names:

@@ -6,13 +6,16 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from vfe.heads import make_head
+from vfe.heads import is_augmented, make_head
 
 
 def fit_heads(heads: list[str], seeds: list[int], X: np.ndarray, y: np.ndarray,
-              head_params: dict[str, dict] | None = None, device: str = "cpu",
-              progress: bool = True) -> tuple[dict[tuple[str, int], object], dict[str, list[float]]]:
-    """{(head, seed): fitted head} and the fit seconds per head (one entry per seed)."""
+              head_params: dict[str, dict] | None = None, device: str = "cpu", progress: bool = True,
+              X_aug: np.ndarray | None = None) -> tuple[dict[tuple[str, int], object], dict[str, list[float]]]:
+    """{(head, seed): fitted head} and the fit seconds per head (one entry per seed).
+
+    `X_aug` (features of corrupted training images, row-aligned with X) goes to the augmented heads only.
+    """
     head_params = head_params or {}
     models, seconds = {}, {}
     jobs = [(h, s) for h in heads for s in seeds]
@@ -22,6 +25,7 @@ def fit_heads(heads: list[str], seeds: list[int], X: np.ndarray, y: np.ndarray,
         model = make_head(head, **params)
         if "device" in model.get_params():
             model.set_params(device=device)
-        models[(head, seed)] = model.fit(X, y)
+        extra = {"X_aug": X_aug} if is_augmented(head) else {}
+        models[(head, seed)] = model.fit(X, y, **extra)
         seconds.setdefault(head, []).append(round(time.perf_counter() - start, 3))
     return models, seconds
