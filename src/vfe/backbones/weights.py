@@ -56,11 +56,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _SHA_MEMO:
-        h = hashlib.sha256()
         with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_MEMO[key] = h.hexdigest()
+            _SHA_MEMO[key] = hashlib.file_digest(f, "sha256").hexdigest()
     return _SHA_MEMO[key]
 
 
@@ -68,7 +65,7 @@ _SHA_MEMO: dict[tuple, str] = {}
 
 
 def load_model(name: str, weights: str | os.PathLike = "default") -> tuple[torch.nn.Module, WeightsInfo]:
-    """Build the timm model `name` with the weights asked for; eval mode, gradients off."""
+    """The timm model `name` with the weights asked for, and what was loaded (Backbone then freezes it)."""
     import timm
 
     if not isinstance(weights, (str, os.PathLike)):
@@ -77,8 +74,8 @@ def load_model(name: str, weights: str | os.PathLike = "default") -> tuple[torch
     if w not in WEIGHT_CHOICES and not _looks_like_path(w):
         raise ValueError(f"weights={w!r}: expected one of {WEIGHT_CHOICES} or the path of a checkpoint file")
     packaged = PACKAGED.get(name)
-    if not timm.is_model(name.split(".")[0]) and packaged is None:
-        close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:8]
+    if not timm.is_model(_arch(name)) and packaged is None:
+        close = timm.list_models(f"*{_arch(name)[:12]}*")[:8]
         raise ValueError(f"unknown backbone {name!r}: not a timm model name"
                          + (f" (close: {', '.join(close)})" if close else ""))
     if w == "none":
@@ -106,7 +103,7 @@ def _create(arch: str, **kwargs) -> torch.nn.Module:
 def _random(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
     model = _create(name, pretrained=False)
     return model, WeightsInfo("none", f"none:seed{RANDOM_SEED}", f"random initialisation (seed {RANDOM_SEED})",
-                              name, has_classifier=False)
+                              _arch(name), has_classifier=False)
 
 
 # ---------------------------------------------------------------------------------------------- packaged
@@ -189,8 +186,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     clean = {}
     for k, v in obj.items():
         for prefix in ("module.", "_orig_mod."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
+            k = k.removeprefix(prefix)
         clean[k] = v
     return clean
 
@@ -221,7 +217,7 @@ def _from_file(name: str, path: Path) -> tuple[torch.nn.Module, WeightsInfo]:
         raise ValueError(f"{path} does not fit timm model {name!r}: {len(unexpected)} unexpected tensors "
                          f"(e.g. {unexpected[:3]}), {len(missing)} missing (e.g. {missing[:3]}). Is it a "
                          f"checkpoint of another architecture? Pass the matching --backbone name.")
-    return model, WeightsInfo("file", f"sha256:{file_sha256(path)}", f"{path} ({how}){note}", name,
+    return model, WeightsInfo("file", f"sha256:{file_sha256(path)}", f"{path} ({how}){note}", _arch(name),
                               has_classifier=not head_missing)
 
 
@@ -234,12 +230,11 @@ def _classifier_prefix(model: torch.nn.Module) -> str | None:
 
 def _timm_pretrained(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
     """timm's weights from the local cache, else downloaded (when the hub is reachable)."""
-    import timm
+    import timm.models
 
-    probe = timm.create_model(name, pretrained=False)
-    cfg = dict(probe.pretrained_cfg)
-    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
-    if not hub_id and not url:
+    pretrained = timm.models.get_pretrained_cfg(name)
+    cfg = pretrained.to_dict() if pretrained is not None else {}
+    if not cfg.get("hf_hub_id") and not cfg.get("url"):
         raise WeightsNotFoundError(f"timm has no pretrained weights for {name!r}. " + how_to_provide(name))
     path = cached_timm_file(cfg)
     if path is None:
@@ -249,9 +244,16 @@ def _timm_pretrained(name: str) -> tuple[torch.nn.Module, WeightsInfo]:
                 f"Hugging Face cache ({_hub_cache_dir()}), and the hub ({_hub_endpoint()}) cannot be reached. "
                 + how_to_provide(name))
         path = _download(cfg)
+    # timm reads the file itself (torch.load with weights_only=True) to apply its checkpoint filters
     model = _create(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    return model, WeightsInfo("timm", f"sha256:{file_sha256(path)}", f"timm {cfg.get('architecture', name)}."
-                              f"{cfg.get('tag', '')} ({path})", name, has_classifier=model.num_classes > 0)
+    tag = f"{cfg.get('architecture', _arch(name))}.{cfg.get('tag') or ''}".rstrip(".")
+    return model, WeightsInfo("timm", f"sha256:{file_sha256(path)}", f"timm {tag} ({path})", _arch(name),
+                              has_classifier=model.num_classes > 0)
+
+
+def _arch(name: str) -> str:
+    """timm architecture of a model name that may carry a pretrained tag ('densenet121.ra_in1k')."""
+    return name.split(".")[0]
 
 
 def _hub_cache_dir() -> str:
