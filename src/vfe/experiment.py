@@ -35,13 +35,16 @@ class ExperimentConfig:
     n_train: int = 10000
     n_test: int = 2000
     heads: list[str] = field(default_factory=lambda: ["linear", "vfe"])
-    head_params: dict[str, dict] = field(default_factory=dict)
+    # The reference trained its feature VAE for 2000 epochs (hours here); on the default features an epoch
+    # costs ~0.9 s and the validation MSE after 100 epochs of reference-style training is the number
+    # benchmarks/bench_vfe_training.py uses as its target, so the main job caps the VAE at 100 epochs.
+    head_params: dict[str, dict] = field(default_factory=lambda: {"vfe": {"vae_epochs": 100}})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     data_seed: int = 0
     corruptions: list[str] | None = None  # None: all 19; [] skips the stage
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     corruption_params: str = "auto"
-    n_attack: int = 200
+    n_attack: int = 100
     attack_eps_linf: list[float] = field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255, 8 / 255])
     attack_eps_l2: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     attack_steps: int = 10

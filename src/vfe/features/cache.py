@@ -130,10 +130,10 @@ class FeatureCache:
         names = [_shard_name(i) for i in range(-(-n // shard_size))]
         if (entry / "manifest.json").exists() and all((entry / s).exists() for s in names):
             return FeatureSet(entry, read_json(entry / "manifest.json"))
-        entry.mkdir(parents=True, exist_ok=True)
         wanted = range(len(names)) if shard_ids is None else sorted(set(shard_ids))
         if any(not 0 <= i < len(names) for i in wanted):
             raise ValueError(f"shard_ids must lie in [0, {len(names)}) for {n} images in shards of {shard_size}")
+        entry.mkdir(parents=True, exist_ok=True)
         todo = [i for i in wanted if not (entry / names[i]).exists()]
 
         def rows(i: int) -> slice:
@@ -189,19 +189,19 @@ def _write_shards(features: Iterator[np.ndarray], entry: Path, shards: list[tupl
     """Cut a stream of feature batches into the given shards, writing each as soon as it is complete."""
     pending: list[np.ndarray] = []
     n_pending = returned = 0
-    queue = list(shards)
+    remaining = list(shards)
     for batch in features:
         pending.append(batch)
         n_pending += len(batch)
         returned += len(batch)
         bar.update(len(batch))
-        while queue and n_pending >= queue[0][1].stop - queue[0][1].start:
-            name, rows = queue.pop(0)
+        while remaining and n_pending >= remaining[0][1].stop - remaining[0][1].start:
+            name, rows = remaining.pop(0)
             block = np.concatenate(pending)
             size = rows.stop - rows.start
             atomic_write_bytes(entry / name, _npy_bytes(block[:size].astype(np.float32, copy=False)))
             pending, n_pending = [block[size:]], len(block) - size
-    if queue or n_pending:
+    if remaining or n_pending:
         given = sum(r.stop - r.start for _, r in shards)
         raise RuntimeError(f"{entry}: the backbone returned {returned} feature rows for {given} images")
 
