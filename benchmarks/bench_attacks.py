@@ -12,6 +12,7 @@ import os
 import platform
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=40, help="images attacked (default 40)")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--out", default="attacks.json")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "attacks.json"))
     args = parser.parse_args()
     default = ExperimentConfig()
     config = replace(default, n_attack=args.n, progress=False)

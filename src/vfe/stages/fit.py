@@ -6,7 +6,13 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from vfe.heads import is_augmented, make_head
+from vfe.heads import PRESETS, is_augmented, make_head
+
+
+def params_for(head: str, head_params: dict[str, dict]) -> dict:
+    """A head's parameters: those given for its base head (e.g. "vfe" for "vfe-k8"), then its own."""
+    base = PRESETS[head].head if head in PRESETS else head
+    return {**(head_params.get(base, {}) if base != head else {}), **head_params.get(head, {})}
 
 
 def fit_heads(heads: list[str], seeds: list[int], X: np.ndarray, y: np.ndarray,
@@ -21,7 +27,7 @@ def fit_heads(heads: list[str], seeds: list[int], X: np.ndarray, y: np.ndarray,
     jobs = [(h, s) for h in heads for s in seeds]
     for head, seed in tqdm(jobs, desc="fit heads", unit="model", disable=not progress):
         start = time.perf_counter()
-        params = {"random_state": seed, **head_params.get(head, {})}
+        params = {"random_state": seed, **params_for(head, head_params)}
         model = make_head(head, **params)
         if "device" in model.get_params():
             model.set_params(device=device)
