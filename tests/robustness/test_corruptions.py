@@ -1,8 +1,6 @@
 """`corrupt` and `corruption_grid` on real Fashion-MNIST images: shapes, seeds, severities, grey input."""
 from __future__ import annotations
 
-import importlib.util
-
 import cv2
 import numpy as np
 import pytest
@@ -97,12 +95,12 @@ def test_bad_arguments_are_named():
         corrupt(x, "fog", 1, params="mnist")
 
 
-def test_frost_without_its_photos_says_where_to_get_them(monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "imagecorruptions" else real_find_spec(name, *a))
+def test_frost_uses_the_shipped_photos_and_says_when_they_are_missing(monkeypatch, tmp_path):
+    """The photos are vfe's package data (no imagecorruptions needed); a broken install names the fix."""
+    assert sorted(p.name for p in textures.frost_folder().glob("frost*")) == list(textures.FROST_FILES[:5])
+    monkeypatch.setattr(textures, "__file__", str(tmp_path / "textures.py"))
     textures.frost_textures.cache_clear()
-    with pytest.raises(FileNotFoundError, match="pip install imagecorruptions"):
+    with pytest.raises(FileNotFoundError, match="reinstall vfe"):
         corrupt(np.zeros((1, 28, 28, 3), np.uint8), "frost", 1)
     textures.frost_textures.cache_clear()
 
