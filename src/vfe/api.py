@@ -23,20 +23,23 @@ from vfe.stages.clean import probability_metrics
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _load(dataset: str, split: str, data_dir: str | None, n: int | None, seed: int):
+def _load(dataset: str, split: str, data_dir: str | None, n: int | None, seed: int, skip_bad: bool = False,
+          download: bool = False):
     from vfe.data import load_train_test
     from vfe.experiment import stratified_subset
 
-    train, test = load_train_test(dataset, data_dir=data_dir)  # a class folder's test split: 20 % of it
+    options = {k: v for k, v in (("skip_bad", skip_bad), ("download", download)) if v}
+    train, test = load_train_test(dataset, data_dir=data_dir, **options)  # a class folder's test split: 20 % of it
     return stratified_subset(train if split == "train" else test, n, seed, split)
 
 
 def extract_features(dataset: str, split: str = "train", backbone: str = "efficientnet_lite0",
                      weights: str = "default", image_size: int | None = 112, data_dir: str | None = None,
                      cache_dir: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, n: int | None = None,
-                     device: str = "auto", progress: bool = True) -> FeatureSet:
+                     device: str = "auto", progress: bool = True, skip_bad: bool = False,
+                     download: bool = False) -> FeatureSet:
     """Backbone features of a data set split, from the feature cache or computed (and cached) now."""
-    data = _load(dataset, split, data_dir, n, seed=0)
+    data = _load(dataset, split, data_dir, n, 0, skip_bad, download)
     bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
     return FeatureCache(cache_dir).extract(bb, data, shard_size=shard_size, progress=progress,
                                            desc=f"extract {split}")
@@ -45,11 +48,11 @@ def extract_features(dataset: str, split: str = "train", backbone: str = "effici
 def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = None,
                  backbone: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = 112,
                  n_train: int | None = None, seed: int = 0, data_dir: str | None = None,
-                 cache_dir: str | None = None, device: str = "auto",
-                 progress: bool = True) -> tuple[Pipeline, float]:
+                 cache_dir: str | None = None, device: str = "auto", progress: bool = True,
+                 skip_bad: bool = False, download: bool = False) -> tuple[Pipeline, float]:
     """Fit a head on (cached) backbone features of the training split; returns the pipeline and its
     training accuracy."""
-    data = _load(dataset, "train", data_dir, n_train, seed)
+    data = _load(dataset, "train", data_dir, n_train, seed, skip_bad, download)
     bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
     X = FeatureCache(cache_dir).extract(bb, data, progress=progress, desc="extract train").array()
     model = make_head(head, **{"random_state": seed, **(head_params or {})})

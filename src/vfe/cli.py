@@ -42,6 +42,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                                    "image folder with one sub-folder per class")
     p.add_argument("--data-dir", help="where to look for named data sets first")
     p.add_argument("--cache-dir", help="feature cache folder (default: $VFE_CACHE or ~/.cache/vfe/features)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="image folders: skip unreadable files with a warning and a count, instead of stopping")
+    p.add_argument("--download", action="store_true",
+                   help="named IDX sets (fashion-mnist, mnist): download missing files to ~/.cache/vfe, "
+                        "checked against their SHA-256 sums")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +186,7 @@ def cmd_extract(args) -> int:
 
     fs = extract_features(args.dataset, split=args.split, backbone=args.backbone, weights=args.weights,
                           image_size=args.image_size, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                          shard_size=args.shard_size)
+                          shard_size=args.shard_size, skip_bad=args.skip_bad, download=args.download)
     print(f"{len(fs)} x {fs.manifest['dim']} features at {fs.path}")
     return 0
 
@@ -205,7 +210,7 @@ def cmd_fit(args) -> int:
     pipe, score = fit_pipeline(args.dataset, head=args.head, head_params=_parse_params(args.param),
                                backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                                n_train=args.n_train, seed=args.seed, data_dir=args.data_dir,
-                               cache_dir=args.cache_dir)
+                               cache_dir=args.cache_dir, skip_bad=args.skip_bad, download=args.download)
     pipe.save(args.out, overwrite=args.overwrite)
     print(f"saved {args.out} (training accuracy {score:.4f})")
     return 0
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError) as err:  # bad input: files, formats, values - a message, not a traceback
         print(f"vfe {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -125,7 +125,8 @@ def config_dict(config: ExperimentConfig) -> dict:
 def quick_config() -> ExperimentConfig:
     """`vfe run --quick`: every stage, on sizes small enough for a few minutes on 2 cores."""
     return ExperimentConfig(name="quick", n_train=2000, n_test=500, seeds=[0, 1], severities=[1, 3, 5],
-                            n_attack=64, attack_eps_linf=[2 / 255, 8 / 255], attack_eps_l2=[0.5],
+                            head_params={"vfe": {"vae_epochs": 40}, "ae": {"ae_epochs": 40}},
+                            n_attack=32, attack_eps_linf=[2 / 255, 8 / 255], attack_eps_l2=[0.5],
                             attack_steps=5, n_eot=8)
 
 

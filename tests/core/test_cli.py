@@ -51,3 +51,18 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["fit", "digits", "--out", str(tmp_path / "x.safetensors"), "--param", "novalue"])
+
+
+def test_unreadable_images_stop_extraction_unless_skipped(tmp_path, capsys):
+    folder = tmp_path / "flowers"
+    rng = np.random.default_rng(0)
+    for name in ("daisy", "tulip"):
+        (folder / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
+    (folder / "tulip" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    args = ["extract", str(folder), "--image-size", "32", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+    assert main([*args, "--skip-bad"]) == 0
+    assert "features" in capsys.readouterr().out
