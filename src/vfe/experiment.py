@@ -9,6 +9,7 @@ the same settings skips extraction and gives the same numbers.
 from __future__ import annotations
 
 import platform
+import resource
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -216,6 +217,7 @@ def run(config: ExperimentConfig, overwrite: bool = False, log=print) -> Path:
     from vfe.stages.robust_summary import summarise
     results["summary"] = summarise(results, config)
     results["timings"] = {**stages.seconds, "total": round(time.perf_counter() - started, 3)}
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
     write_json(out / "results.json", results)
     from vfe.report import write_report
     with stages.timed("report", log):
