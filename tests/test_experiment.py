@@ -51,7 +51,7 @@ def test_every_stage_fills_its_section(tiny_run):
 
 
 def test_a_finished_run_is_not_overwritten_unless_asked(tiny_run):
-    tmp, out, _ = tiny_run
+    tmp, _, _ = tiny_run
     with pytest.raises(FileExistsError, match="overwrite"):
         run(tiny_config(tmp), log=lambda *_: None)
 
