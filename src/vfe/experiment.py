@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vfe.backbones.backbone import resolve_device
 from vfe.data.types import ImageSet
 from vfe.features.cache import FeatureCache
 from vfe.heads import is_augmented
@@ -86,12 +87,6 @@ def stratified_subset(data: ImageSet, n: int | None, seed: int, tag: str) -> Ima
     return data.subset(index, tag=f"{tag}:n={n}:seed={seed}")
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def load_data(config: ExperimentConfig, log=print) -> tuple[ImageSet, ImageSet, str]:
     """Train and test sets; falls back to scikit-learn digits when Fashion-MNIST is not installed."""
     from vfe.data import available_fashion_mnist, load_train_test
@@ -112,7 +107,7 @@ def setting_of(config: ExperimentConfig, dataset: str, backbone, train: ImageSet
             "n_train": len(train), "n_test": len(test), "seeds": list(config.seeds), "heads": list(config.heads),
             "data_seed": config.data_seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "device": resolve_device(config.device)}
+            "device": str(resolve_device(config.device))}
 
 
 def run_dir_for(config: ExperimentConfig) -> Path:
@@ -161,7 +156,7 @@ def run(config: ExperimentConfig, overwrite: bool = False, log=print) -> Path:
     if (out / "results.json").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds a run; pass --overwrite or choose another --name")
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    device = str(resolve_device(config.device))
     stages = Stage()
     started = time.perf_counter()
 
