@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from vfe.checkpoint import Checkpointer
 from vfe.heads.base import classification_loss
+from vfe.io import read_json
 from vfe.training import TrainConfig, split_validation, train
 
 
@@ -38,15 +40,24 @@ def test_early_stopping_restores_the_best_epoch(digits_features):
 def test_resume_from_checkpoint_continues_exactly(digits_features, tmp_path):
     X_train, X_test, y_train, y_test = digits_features
     data, val = _tensors(X_train[:200], y_train[:200]), _tensors(X_test[:100], y_test[:100])
-    config = TrainConfig(epochs=6, batch_size=32, lr=1e-3, patience=None, seed=3)
+    config = TrainConfig(epochs=6, batch_size=32, lr=1e-3, patience=None, seed=3, schedule="cosine")
 
     straight = _mlp(1)
     train(straight, classification_loss, data, val, config, checkpointer=Checkpointer(tmp_path / "a"))
 
     interrupted = _mlp(1)
-    first = train(interrupted, classification_loss, data, val, TrainConfig(**{**config.__dict__, "epochs": 3}),
-                  checkpointer=Checkpointer(tmp_path / "b"))
-    assert len(first.records) == 3
+    batches = {"n": 0}
+
+    def interrupting_loss(module, batch):  # a kill at the start of epoch 4 (7 training batches per epoch)
+        if module.training:
+            batches["n"] += 1
+            if batches["n"] > 3 * 7:
+                raise KeyboardInterrupt
+        return classification_loss(module, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, interrupting_loss, data, val, config, checkpointer=Checkpointer(tmp_path / "b"))
+    assert read_json(tmp_path / "b" / "last.json")["epoch"] == 3
     resumed = _mlp(99)  # a fresh process would start from different weights: the checkpoint replaces them
     history = train(resumed, classification_loss, data, val, config, checkpointer=Checkpointer(tmp_path / "b"))
     assert [r["epoch"] for r in history.records] == [1, 2, 3, 4, 5, 6]
