@@ -12,12 +12,19 @@ like with like on a machine shared with other jobs; the table gives medians and 
     python benchmarks/bench_extraction.py --sweep       # threads x prefetch, then layout x precision x jit,
                                                         # then batch: the measurement behind registry.SETTINGS
     python benchmarks/bench_extraction.py --scaling     # time and peak RSS vs images (1k/10k/70k) and size
+    python benchmarks/bench_extraction.py --faithfulness  # bf16 vs fp32 features: cosine and downstream accuracy
+    python benchmarks/bench_extraction.py --pipelines   # 1 thread + prefetch vs all cores, each fixed
 
 Faithfulness is the smallest per-image cosine between vfe's features and the baseline's fp32 ones.
 EfficientNet-Lite0 runs with its packaged ImageNet weights; DenseNet121 with random weights (no
 ImageNet weights ship offline), so its cosine says less - it is marked as such.
 
-Writes benchmarks/results/extraction.json (sections "table", "sweep", "scaling", each replaced
+--faithfulness applies the issue's whole bar for reduced precision: features of real (Fashion-MNIST)
+images extracted in fp32 and in bf16, the smallest cosine, and the linear head's test accuracy on each
+(trained on that precision's features), which must agree within 0.2 points.
+
+Writes benchmarks/results/extraction.json (sections "table", "sweep", "scaling", "faithfulness",
+"pipelines", each replaced
 only by the run that measures it) and benchmarks/results/scaling.png.
 """
 from __future__ import annotations
@@ -74,8 +81,9 @@ def fashion_mnist(n: int, split: str = "test") -> tuple[np.ndarray, str]:
     return np.concatenate([images] * reps)[:n], name
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of the best of `repeats` size x size matrix products (the machine's practical peak)."""
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 20) -> float:
+    """GFLOP/s of the best of `repeats` size x size matrix products (the machine's practical peak; the
+    best of many, since a shared machine's single timings vary by 2-4x, bf16 most)."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     torch.mm(a, b)
     best = min(_seconds(lambda: torch.mm(a, b)) for _ in range(repeats))
@@ -141,7 +149,8 @@ def measure(backbone, images: np.ndarray, rounds: int, baseline) -> dict:
 def settings_label(backbone) -> str:
     s = backbone.settings
     return (f"b{s.batch_size} {'NHWC' if s.channels_last else 'NCHW'} {backbone.precision}"
-            f"{' jit' if s.jit else ''} t{backbone.threads}{' prefetch' if s.prefetch else ''}")
+            f"{' jit' if s.jit else ''} t{backbone.threads}{' prefetch' if backbone.prefetch else ''}"
+            f"{' (timed at run time)' if s.prefetch is None and backbone._pipeline.rates else ''}")
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -312,6 +321,77 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+# ---------------------------------------------------------------------------------------------- faithfulness
+
+FAITHFUL_ACCURACY_POINTS = 0.2
+FAITHFULNESS_CASES = [("efficientnet_lite0", "default", 112), ("densenet121", "none", 224)]
+
+
+def run_faithfulness(args) -> list[dict]:
+    """fp32 vs bf16 features of the same images: min / median cosine and the linear head's accuracy."""
+    from vfe.data import load_dataset
+    from vfe.experiment import stratified_subset
+    from vfe.heads.linear import LinearHead
+
+    train = stratified_subset(load_dataset("fashion-mnist", "train"), args.faithfulness_images, 0, "train")
+    test = stratified_subset(load_dataset("fashion-mnist", "test"), args.faithfulness_images, 0, "test")
+    rows = []
+    for name, weights, size in FAITHFULNESS_CASES:
+        feats, accuracy, heads = {}, {}, {}
+        for precision in ("fp32", "bf16"):
+            backbone = create_backbone(name, weights=weights, image_size=size, device="cpu", precision=precision)
+            feats[precision] = [backbone.extract(s, progress=True, desc=f"{name} {size}px {precision}")
+                                for s in (train, test)]
+            heads[precision] = LinearHead(random_state=0).fit(feats[precision][0], train.labels)
+            accuracy[precision] = float(heads[precision].score(feats[precision][1], test.labels))
+        cosines = torch.nn.functional.cosine_similarity(torch.from_numpy(feats["bf16"][1]).double(),
+                                                        torch.from_numpy(feats["fp32"][1]).double(), dim=1)
+        # the fp32-trained head on bf16 test features: how many decisions rounding alone changes
+        changed = float((heads["fp32"].predict(feats["bf16"][1]) != heads["fp32"].predict(feats["fp32"][1])).mean())
+        delta = 100 * (accuracy["bf16"] - accuracy["fp32"])
+        row = {"backbone": name, "weights": "ImageNet (packaged)" if weights == "default" else "random",
+               "image_size": size, "train_images": len(train), "test_images": len(test),
+               "min_cosine": round(float(cosines.min()), 6), "median_cosine": round(float(cosines.median()), 6),
+               "accuracy_fp32": accuracy["fp32"], "accuracy_bf16": accuracy["bf16"],
+               "accuracy_delta_points": round(delta, 2), "decisions_changed": changed,
+               "faithful": bool(cosines.min() >= FAITHFUL_COSINE and abs(delta) <= FAITHFUL_ACCURACY_POINTS)}
+        rows.append(row)
+        print(f"{name:20} {size:>4} {row['weights']:20} min cos {row['min_cosine']:.5f} (median "
+              f"{row['median_cosine']:.5f})  acc fp32 {100 * accuracy['fp32']:.2f} % bf16 {100 * accuracy['bf16']:.2f} % "
+              f"({delta:+.2f} pts)  decisions changed {100 * changed:.2f} %  -> "
+              f"{'faithful' if row['faithful'] else 'NOT faithful'}", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- pipelines
+
+PIPELINES = {"1 network thread + prefetch thread": {"threads": 1, "prefetch": True},
+             "all cores to the network, no prefetch": {"threads": os.cpu_count(), "prefetch": False}}
+
+
+def run_pipelines(args) -> list[dict]:
+    """The two pipelines engine.PipelineChoice picks between, each fixed, timed in turn in each round
+    (the load of the moment decides which wins; the JSON keeps the load average)."""
+    rows = []
+    for name, weights, size, n in (CASES[0], CASES[2]):
+        images, _ = fashion_mnist(args.images or 4 * n)
+        backbones = {label: create_backbone(name, weights=weights, image_size=size, device="cpu", **kw)
+                     for label, kw in PIPELINES.items()}
+        for backbone in backbones.values():
+            backbone.extract(images[:3 * backbone.settings.batch_size], progress=False)  # trace + profile runs
+        rates: dict[str, list[float]] = {label: [] for label in backbones}
+        for _ in range(args.rounds):
+            for label, backbone in backbones.items():
+                rates[label].append(len(images) / _seconds(lambda b=backbone, x=images: b.extract(x, progress=False)))
+        for label, values in rates.items():
+            rows.append({"backbone": name, "image_size": size, "pipeline": label, "images": len(images),
+                         "img_s": round(statistics.median(values), 1), "img_s_all": [round(v, 1) for v in values],
+                         "load_average": [round(v, 2) for v in os.getloadavg()]})
+            print(f"{name:20} {size:>4} {label:40} {rows[-1]['img_s']:8.1f} img/s  {rows[-1]['img_s_all']}  "
+                  f"load {rows[-1]['load_average'][0]}", flush=True)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def _cases(args):
@@ -326,6 +406,9 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="measure the settings grid instead of the table")
     ap.add_argument("--scaling", action="store_true", help="measure time and memory vs images and size instead")
     ap.add_argument("--scaling-images", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 10000, 70000])
+    ap.add_argument("--pipelines", action="store_true", help="time the two pipelines PipelineChoice picks from")
+    ap.add_argument("--faithfulness", action="store_true", help="bf16 vs fp32: cosine and downstream accuracy")
+    ap.add_argument("--faithfulness-images", type=int, default=2000, help="training and test images each")
     ap.add_argument("--scaling-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.scaling_child:
@@ -340,7 +423,14 @@ def main() -> None:
     machine = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "load_average_start": [round(v, 2) for v in os.getloadavg()],
                "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv])}
-    if args.sweep:
+    if args.pipelines:
+        print("the two extraction pipelines, each fixed (images/s, median of rounds):")
+        results["pipelines"] = {"machine": machine, "rows": run_pipelines(args)}
+    elif args.faithfulness:
+        print(f"bf16 vs fp32 features (bar: min cosine >= {FAITHFUL_COSINE}, accuracy within "
+              f"{FAITHFUL_ACCURACY_POINTS} points):")
+        results["faithfulness"] = {"machine": machine, "rows": run_faithfulness(args)}
+    elif args.sweep:
         results["sweep"] = {"machine": machine, "rows": run_sweep(args)}
     elif args.scaling:
         print("scaling (EfficientNet-Lite0 through FeatureCache, one process per point):")

@@ -59,9 +59,17 @@ class ExperimentConfig:
     progress: bool = True
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 @dataclass
 class Stage:
+    """Wall time of each stage, and the process's peak RSS when it ended (which stage raised it)."""
+
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
     def timed(self, name: str, log=print):
@@ -69,6 +77,7 @@ class Stage:
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
+        self.peak_rss_mb[name] = peak_rss_mb()
         log(f"[vfe] {name} done in {self.seconds[name]:.1f} s")
 
 
@@ -212,7 +221,8 @@ def run(config: ExperimentConfig, overwrite: bool = False, log=print) -> Path:
     from vfe.stages.robust_summary import summarise
     results["summary"] = summarise(results, config)
     results["timings"] = {**stages.seconds, "total": round(time.perf_counter() - started, 3)}
-    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+    results["peak_rss_mb"] = peak_rss_mb()
+    results["peak_rss_mb_after_stage"] = stages.peak_rss_mb
     write_json(out / "results.json", results)
     from vfe.report import write_report
     with stages.timed("report", log):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vfe.backbones import create_backbone
-from vfe.backbones.engine import Prefetcher, TracedFeatures, iter_uint8_batches
+from vfe.backbones.engine import PipelineChoice, Prefetcher, TracedFeatures, iter_uint8_batches
 from vfe.backbones.precision import FAITHFUL_COSINE, cpu_has_native_bf16, min_cosine
 
 
@@ -45,6 +45,37 @@ def test_prefetcher_stops_working_when_the_caller_stops_reading():
             break
     time.sleep(0.5)
     assert len(produced) <= 5  # two queued, one waiting to be queued, then it gives up
+
+
+def _timed_modes(slow_mode: bool, calls: list):
+    """A stand-in for Backbone._run_mode whose `slow_mode` takes 20 ms per batch, the other 2 ms."""
+    def run_mode(batches, prefetch):
+        for batch in batches:
+            calls.append(prefetch)
+            time.sleep(0.02 if prefetch == slow_mode else 0.002)
+            yield batch
+    return run_mode
+
+
+@pytest.mark.parametrize("slow_mode", [True, False])
+def test_pipeline_choice_measures_both_modes_keeps_the_faster_and_loses_no_batch(slow_mode):
+    choice, calls = PipelineChoice(batches=4, ttl=60), []
+    batches = [np.full((2, 4, 4), i, np.uint8) for i in range(30)]
+    out = list(choice.run(iter(batches), _timed_modes(slow_mode, calls)))
+    assert [int(b[0, 0, 0]) for b in out] == list(range(30))  # every batch, in order
+    assert choice.prefetch is (not slow_mode) and choice.rates[not slow_mode] > 3 * choice.rates[slow_mode]
+    # 3 warm-up batches, 4 per mode, then the rest in the faster mode
+    assert calls[:11] == [False] * 3 + [False] * 4 + [True] * 4 and set(calls[11:]) == {not slow_mode}
+    calls.clear()  # within ttl the next extraction reuses the choice without measuring again
+    assert len(list(choice.run(iter(batches[:5]), _timed_modes(slow_mode, calls)))) == 5
+    assert calls == [not slow_mode] * 5
+
+
+def test_pipeline_choice_with_too_few_batches_to_measure_keeps_them_all():
+    choice, calls = PipelineChoice(batches=4), []
+    batches = [np.zeros((1, 4, 4), np.uint8)] * 6
+    assert len(list(choice.run(iter(batches), _timed_modes(True, calls)))) == 6
+    assert choice.prefetch is None and calls == [False] * 6  # nothing measured yet: all cores
 
 
 def test_an_iterable_source_is_read_lazily_and_rebatched():

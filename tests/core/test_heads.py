@@ -108,3 +108,16 @@ def test_bad_input_gets_clear_errors(digits_features):
         LinearHead().fit(X_train[:10], np.zeros(10))
     with pytest.raises(ValueError, match="features"):
         LinearHead(epochs=1).fit(X_train, y_train).predict(X_train[:, :10])
+
+
+def test_vfe_head_trains_its_vae_in_bf16_as_well_as_in_fp32(digits_features):
+    X_train, X_test, y_train, y_test = digits_features
+    scores, val_mse = {}, {}
+    for precision in ("fp32", "bf16"):
+        head = VFEHead(random_state=0, vae_precision=precision, **SMALL_VFE).fit(X_train, y_train)
+        scores[precision] = head.score(X_test, y_test)
+        val_mse[precision] = min(r["val_mse"] for r in head.history_["vae"]["records"])
+    assert scores["fp32"] > 0.8 and abs(scores["bf16"] - scores["fp32"]) < 0.05
+    assert val_mse["bf16"] < 1.2 * val_mse["fp32"]
+    with pytest.raises(ValueError, match="precision"):
+        VFEHead(vae_precision="fp16", **SMALL_VFE).fit(X_train, y_train)

@@ -84,3 +84,40 @@ def test_split_validation_is_stratified_and_disjoint():
     train_idx, val_idx = split_validation(len(y), 0.2, seed=0, labels=y)
     assert set(train_idx).isdisjoint(val_idx) and len(train_idx) + len(val_idx) == 100
     assert np.bincount(y[val_idx]).tolist() == [4] * 5
+
+
+def test_bf16_precision_trains_in_bf16_evaluates_in_fp32_and_learns_as_well(digits_features):
+    X_train, X_test, y_train, y_test = digits_features
+    train_t, val_t = _tensors(X_train, y_train), _tensors(X_test, y_test)
+    dtypes = {True: set(), False: set()}  # training mode -> dtypes of the first layer's output
+
+    def record(layer, inputs, output):
+        dtypes[layer.training].add(output.dtype)
+
+    results = {}
+    for precision in ("fp32", "bf16"):
+        module = _mlp(0)
+        hook = module[0].register_forward_hook(record)
+        history = train(module, classification_loss, train_t, val_t,
+                        TrainConfig(epochs=8, batch_size=64, lr=3e-3, patience=None, seed=0, precision=precision))
+        hook.remove()
+        assert all(p.dtype == torch.float32 for p in module.parameters())  # master weights stay fp32
+        with torch.no_grad():
+            accuracy = float((module(val_t[0]).argmax(1) == val_t[1]).float().mean())
+        results[precision] = (min(history.series("val_loss")), accuracy)
+    assert dtypes[True] == {torch.float32, torch.bfloat16}  # fp32 run, then bf16 run
+    assert dtypes[False] == {torch.float32}  # validation always in fp32
+    (fp32_loss, fp32_acc), (bf16_loss, bf16_acc) = results["fp32"], results["bf16"]
+    assert fp32_acc > 0.9 and abs(bf16_acc - fp32_acc) < 0.02
+    assert abs(bf16_loss - fp32_loss) < 0.05
+
+
+def test_precision_auto_and_bad_values():
+    from vfe.backbones.precision import cpu_has_native_bf16
+    from vfe.training import training_precision
+
+    cpu = torch.device("cpu")
+    assert training_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert training_precision("fp32", cpu) == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        training_precision("fp16", cpu)

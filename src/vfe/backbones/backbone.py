@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vfe.backbones.engine import (
+    PipelineChoice,
     Prefetcher,
     TracedFeatures,
     compute_threads,
@@ -74,6 +75,7 @@ class Backbone(nn.Module):
         self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
         use_jit = settings.jit and device.type == "cpu"
         self._fast = TracedFeatures(self._pooled) if use_jit else self._pooled
+        self._pipeline = PipelineChoice()  # used when settings.prefetch is None (measured per extraction)
         super().train(False)
         self.precision, self.precision_check = self._choose_precision()
 
@@ -106,9 +108,16 @@ class Backbone(nn.Module):
         return int(self.data_config["input_size"][-1])
 
     @property
+    def prefetch(self) -> bool:
+        """Whether `extract` preprocesses in a background thread: the setting, else the last measured choice."""
+        if self.device.type != "cpu" or self.settings.prefetch is not None:
+            return self.settings.prefetch is not False
+        return bool(self._pipeline.prefetch)
+
+    @property
     def threads(self) -> int:
         """Intra-op threads `extract` runs the network with (settings.threads, or one per free core)."""
-        return compute_threads(self.settings.threads, self.settings.prefetch and self.device.type == "cpu")
+        return compute_threads(self.settings.threads, self.prefetch and self.device.type == "cpu")
 
     @property
     def has_classifier(self) -> bool:
@@ -129,6 +138,7 @@ class Backbone(nn.Module):
                 "weights_kind": self.weights.kind, "feature_dim": self.feature_dim, "image_size": self.image_size,
                 "data_config": _jsonable(self.data_config), "device": str(self.device),
                 "precision": self.precision, "precision_check": self.precision_check, "threads": self.threads,
+                "prefetch": self.prefetch,
                 "settings": asdict(self.settings),
                 "fingerprint": self.fingerprint()}
 
@@ -186,10 +196,17 @@ class Backbone(nn.Module):
 
     @torch.inference_mode()
     def _run(self, batches: Iterator) -> Iterator[np.ndarray]:
+        if self.device.type == "cpu" and self.settings.prefetch is None:
+            yield from self._pipeline.run(batches, self._run_mode)
+        else:
+            yield from self._run_mode(batches, self.prefetch)
+
+    @torch.inference_mode()
+    def _run_mode(self, batches: Iterator, prefetch: bool) -> Iterator[np.ndarray]:
         cuda = self.device.type == "cuda"
         prepare = _pin if cuda else self.preprocess  # on CUDA the resize runs on the GPU
-        with intra_op_threads(self.threads):
-            for x in Prefetcher(batches, prepare, enabled=self.settings.prefetch):
+        with intra_op_threads(compute_threads(self.settings.threads, prefetch and not cuda)):
+            for x in Prefetcher(batches, prepare, enabled=prefetch):
                 if cuda:
                     x = self.preprocess(x)
                 with autocast_for(self.device, self.precision):

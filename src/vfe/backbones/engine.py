@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -169,11 +171,56 @@ class TracedFeatures:
         return self.fn
 
 
+class PipelineChoice:
+    """Overlap preprocessing with compute (a prefetch thread, one network thread fewer) or give every
+    core to the network: decided by timing both on the batches at hand, and kept for `ttl` seconds.
+
+    Which wins depends on the moment. On the 2-core project machine, loaded by other jobs, one
+    network thread beside the prefetch thread was 1.7-12x faster than two (OpenMP threads stall at
+    every barrier when a core is taken); on the same machine when quiet, two threads without prefetch
+    were 1.7-1.8x faster (EfficientNet-Lite0 at 112 px 531 vs 305 img/s, DenseNet121 48 vs 27 img/s).
+    So the first batches of an extraction run in each mode in turn (the first batch of each untimed:
+    it fills the pipeline), the faster one runs the rest, and the next extraction within `ttl`
+    reuses the choice.
+    """
+
+    WARMUP_BATCHES = 3  # a new trace's first call traces and checks, the next two profile
+
+    def __init__(self, batches: int = 6, ttl: float = 60.0):
+        self.batches, self.ttl = batches, ttl
+        self.prefetch: bool | None = None  # None until measured
+        self.rates: dict[bool, float] = {}  # images/s by prefetch, from the last measurement
+        self.until = 0.0
+        self.warmed = False
+
+    def run(self, batches: Iterator, run_mode: Callable[[Iterator, bool], Iterator]) -> Iterator:
+        """Everything `run_mode(batches, prefetch)` yields for all `batches`, in order. The source is read
+        as lazily as run_mode reads it (measuring slices it, never reads ahead of it)."""
+        if self.prefetch is None or time.monotonic() >= self.until:
+            if not self.warmed:
+                yield from run_mode(islice(batches, self.WARMUP_BATCHES), False)
+                self.warmed = True
+            rates = {}
+            for prefetch in (False, True):
+                count, images, start = 0, 0, None
+                for out in run_mode(islice(batches, self.batches), prefetch):
+                    count += 1
+                    if start is None:
+                        start = time.perf_counter()
+                    else:
+                        images += len(out)
+                    yield out
+                if count < self.batches:  # the source ran out before both modes were timed
+                    return
+                rates[prefetch] = images / max(time.perf_counter() - start, 1e-9)
+            self.prefetch, self.rates = rates[True] > rates[False], rates
+            self.until = time.monotonic() + self.ttl
+        yield from run_mode(batches, self.prefetch)
+
+
 def compute_threads(requested: int | None, prefetch: bool) -> int:
     """Intra-op threads for the network: `requested`, else torch's setting capped at one per core,
-    less the core the prefetch thread works on. Measured on 2 cores: two OpenMP threads next to the
-    prefetch thread oversubscribe the machine and wait on each other at every barrier (EfficientNet-
-    Lite0 at 112 px: 62 img/s, against 346 img/s with one thread beside the prefetch thread)."""
+    less the core the prefetch thread works on (see PipelineChoice for when each mode wins)."""
     if requested is not None:
         return int(requested)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

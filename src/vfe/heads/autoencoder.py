@@ -52,13 +52,13 @@ class AutoencoderHead(BottleneckHead):
     """Feature autoencoder (stage 1) + Dropout -> Dense on its frozen code (stage 2).
 
     Stage-1 settings mirror the VFE's (`ae_epochs` is a cap; early stopping on the held-out
-    reconstruction error with `ae_patience`, best weights restored).
+    reconstruction error with `ae_patience`, best weights restored; bf16 where native, `ae_precision`).
     """
 
     def __init__(self, encoder_units: int = 256, latent_dim: int = 256, decoder_units: int = 512,
                  noise_std: float = 0.0, ae_epochs: int = 2000, ae_batch_size: int = 128, ae_lr: float = 1e-3,
-                 ae_patience: int | None = 20, dropout: float = 0.3, epochs: int = 50, batch_size: int = 128,
-                 lr: float = 1e-3, patience: int | None = 5, validation_fraction: float = 0.1,
+                 ae_patience: int | None = 20, ae_precision: str = "auto", dropout: float = 0.3,
+                 epochs: int = 50, batch_size: int = 128, lr: float = 1e-3, patience: int | None = 5, validation_fraction: float = 0.1,
                  random_state: int = 0, device: str = "cpu", verbose: bool = False):
         self.encoder_units = encoder_units
         self.latent_dim = latent_dim
@@ -68,6 +68,7 @@ class AutoencoderHead(BottleneckHead):
         self.ae_batch_size = ae_batch_size
         self.ae_lr = ae_lr
         self.ae_patience = ae_patience
+        self.ae_precision = ae_precision
         self.dropout = dropout
         self.epochs = epochs
         self.batch_size = batch_size
@@ -87,7 +88,8 @@ class AutoencoderHead(BottleneckHead):
             inputs, targets = np.concatenate([X_train, X_aug_train]), np.concatenate([X_train, X_train])
         noise_scale = torch.from_numpy(self.noise_std * X_train.std(0)) if self.noise_std > 0 else None
         config = TrainConfig(epochs=self.ae_epochs, batch_size=self.ae_batch_size, lr=self.ae_lr,
-                             patience=self.ae_patience, seed=self.random_state, device=self.device,
+                             patience=self.ae_patience, precision=self.ae_precision, seed=self.random_state,
+                             device=self.device,
                              progress=self.verbose, desc="feature autoencoder")
         val = None if X_val is None else (torch.from_numpy(X_val), torch.from_numpy(X_val))
         history = train(autoencoder, reconstruction_loss(noise_scale),
