@@ -14,6 +14,7 @@ like with like on a machine shared with other jobs; the table gives medians and 
     python benchmarks/bench_extraction.py --scaling     # time and peak RSS vs images (1k/10k/70k) and size
     python benchmarks/bench_extraction.py --faithfulness  # bf16 vs fp32 features: cosine and downstream accuracy
     python benchmarks/bench_extraction.py --pipelines   # 1 thread + prefetch vs all cores, each fixed
+    python benchmarks/bench_extraction.py --profile     # operator time of vfe's path (torch.profiler)
 
 Faithfulness is the smallest per-image cosine between vfe's features and the baseline's fp32 ones.
 EfficientNet-Lite0 runs with its packaged ImageNet weights; DenseNet121 with random weights (no
@@ -24,7 +25,7 @@ images extracted in fp32 and in bf16, the smallest cosine, and the linear head's
 (trained on that precision's features), which must agree within 0.2 points.
 
 Writes benchmarks/results/extraction.json (sections "table", "sweep", "scaling", "faithfulness",
-"pipelines", each replaced
+"pipelines", "profile", each replaced
 only by the run that measures it) and benchmarks/results/scaling.png.
 """
 from __future__ import annotations
@@ -392,6 +393,33 @@ def run_pipelines(args) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- profile
+
+def run_profile(args) -> list[dict]:
+    """Where vfe's extraction time goes: torch.profiler over a few batches of each case (vfe's own path,
+    trace included), operators grouped by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = []
+    for name, weights, size, _ in (CASES[0], CASES[2]):
+        images, _ = fashion_mnist(128)
+        backbone = create_backbone(name, weights=weights, image_size=size, device="cpu")
+        backbone.extract(images[:3 * backbone.settings.batch_size], progress=False)  # trace + profile runs
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            backbone.extract(images, progress=False)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        top = [{"op": e.key, "self_ms": round(e.self_cpu_time_total / 1e3, 1),
+                "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in events[:8]]
+        rows.append({"backbone": name, "image_size": size, "precision": backbone.precision, "images": len(images),
+                     "total_self_ms": round(total / 1e3, 1), "top": top})
+        print(f"\n{name} {size} px {backbone.precision}, {len(images)} images: "
+              f"{total / 1e6:.2f} s of operator time (all threads)")
+        for t in top:
+            print(f"  {t['op'][:60]:60} {t['self_ms']:9.1f} ms {100 * t['share']:5.1f} %  x{t['calls']}")
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def _cases(args):
@@ -406,6 +434,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="measure the settings grid instead of the table")
     ap.add_argument("--scaling", action="store_true", help="measure time and memory vs images and size instead")
     ap.add_argument("--scaling-images", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 10000, 70000])
+    ap.add_argument("--profile", action="store_true", help="operator time of vfe's path (torch.profiler)")
     ap.add_argument("--pipelines", action="store_true", help="time the two pipelines PipelineChoice picks from")
     ap.add_argument("--faithfulness", action="store_true", help="bf16 vs fp32: cosine and downstream accuracy")
     ap.add_argument("--faithfulness-images", type=int, default=2000, help="training and test images each")
@@ -423,7 +452,9 @@ def main() -> None:
     machine = {"cpu_count": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "load_average_start": [round(v, 2) for v in os.getloadavg()],
                "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv])}
-    if args.pipelines:
+    if args.profile:
+        results["profile"] = {"machine": machine, "rows": run_profile(args)}
+    elif args.pipelines:
         print("the two extraction pipelines, each fixed (images/s, median of rounds):")
         results["pipelines"] = {"machine": machine, "rows": run_pipelines(args)}
     elif args.faithfulness:
