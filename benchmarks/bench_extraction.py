@@ -358,7 +358,8 @@ def run_faithfulness(args) -> list[dict]:
                "faithful": bool(cosines.min() >= FAITHFUL_COSINE and abs(delta) <= FAITHFUL_ACCURACY_POINTS)}
         rows.append(row)
         print(f"{name:20} {size:>4} {row['weights']:20} min cos {row['min_cosine']:.5f} (median "
-              f"{row['median_cosine']:.5f})  acc fp32 {100 * accuracy['fp32']:.2f} % bf16 {100 * accuracy['bf16']:.2f} % "
+              f"{row['median_cosine']:.5f})  acc fp32 {100 * accuracy['fp32']:.2f} % "
+              f"bf16 {100 * accuracy['bf16']:.2f} % "
               f"({delta:+.2f} pts)  decisions changed {100 * changed:.2f} %  -> "
               f"{'faithful' if row['faithful'] else 'NOT faithful'}", flush=True)
     return rows

@@ -46,6 +46,11 @@ def test_every_stage_fills_its_section(tiny_run):
     assert adv["pgd_linf_8/255"] <= adv["clean"]
     table = results["summary"]["table"]["vfe"]
     assert {"clean_accuracy", "corruption_accuracy", "mCE"} <= set(table) and table["clean_accuracy"]["n"] == 2
+    # peak memory after every timed stage (the report is timed after results.json is written), never falling
+    by_stage = results["peak_rss_mb_after_stage"]
+    assert list(by_stage) == [k for k in results["timings"] if k != "total"]
+    assert list(by_stage.values()) == sorted(by_stage.values()) and 0 < by_stage[next(iter(by_stage))]
+    assert results["peak_rss_mb"] >= max(by_stage.values())
     for name in ("report.md", "report.html", "results.json"):
         assert (out / name).stat().st_size > 1000
 

@@ -178,7 +178,8 @@ class PipelineChoice:
     Which wins depends on the moment. On the 2-core project machine, loaded by other jobs, one
     network thread beside the prefetch thread was 1.7-12x faster than two (OpenMP threads stall at
     every barrier when a core is taken); on the same machine when quiet, two threads without prefetch
-    were 1.7-1.8x faster (EfficientNet-Lite0 at 112 px 531 vs 305 img/s, DenseNet121 48 vs 27 img/s).
+    were 1.6-1.8x faster (EfficientNet-Lite0 at 112 px 451 vs 280 img/s, DenseNet121 49 vs 28 img/s;
+    `benchmarks/bench_extraction.py --pipelines`).
     So the first batches of an extraction run in each mode in turn (the first batch of each untimed:
     it fills the pipeline), the faster one runs the rest, and the next extraction within `ttl`
     reuses the choice.

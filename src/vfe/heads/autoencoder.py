@@ -58,8 +58,8 @@ class AutoencoderHead(BottleneckHead):
     def __init__(self, encoder_units: int = 256, latent_dim: int = 256, decoder_units: int = 512,
                  noise_std: float = 0.0, ae_epochs: int = 2000, ae_batch_size: int = 128, ae_lr: float = 1e-3,
                  ae_patience: int | None = 20, ae_precision: str = "auto", dropout: float = 0.3,
-                 epochs: int = 50, batch_size: int = 128, lr: float = 1e-3, patience: int | None = 5, validation_fraction: float = 0.1,
-                 random_state: int = 0, device: str = "cpu", verbose: bool = False):
+                 epochs: int = 50, batch_size: int = 128, lr: float = 1e-3, patience: int | None = 5,
+                 validation_fraction: float = 0.1, random_state: int = 0, device: str = "cpu", verbose: bool = False):
         self.encoder_units = encoder_units
         self.latent_dim = latent_dim
         self.decoder_units = decoder_units
@@ -89,8 +89,7 @@ class AutoencoderHead(BottleneckHead):
         noise_scale = torch.from_numpy(self.noise_std * X_train.std(0)) if self.noise_std > 0 else None
         config = TrainConfig(epochs=self.ae_epochs, batch_size=self.ae_batch_size, lr=self.ae_lr,
                              patience=self.ae_patience, precision=self.ae_precision, seed=self.random_state,
-                             device=self.device,
-                             progress=self.verbose, desc="feature autoencoder")
+                             device=self.device, progress=self.verbose, desc="feature autoencoder")
         val = None if X_val is None else (torch.from_numpy(X_val), torch.from_numpy(X_val))
         history = train(autoencoder, reconstruction_loss(noise_scale),
                         (torch.from_numpy(inputs), torch.from_numpy(targets)), val, config)

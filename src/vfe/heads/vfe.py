@@ -106,16 +106,17 @@ class VFEHead(FeatureTransformer, TorchHead):
     The reference trains the VAE for a fixed 2000 epochs; here `vae_epochs` is a cap and training
     stops when the validation loss has not improved for `vae_patience` epochs (best weights restored).
     `vae_precision="auto"` trains the VAE under bf16 autocast where the hardware runs bf16 natively
-    (1.5x faster per epoch here, same validation MSE curve; benchmarks/bench_vfe_training.py).
+    (1.45x faster per epoch here, same validation MSE curve; benchmarks/bench_vfe_training.py).
     """
 
     def __init__(self, encoder_units: int = 256, latent_dim: int = 256, decoder_units: int = 512,
                  recon_weight: float = 1000.0, beta: float = 1.0, vae_epochs: int = 2000,
                  vae_batch_size: int = 128, vae_lr: float = 1e-3, vae_patience: int | None = 20,
-                 vae_schedule: str | None = None, vae_precision: str = "auto", dropout: float = 0.3, classifier_input: str = "sample",
-                 epochs: int = 50, batch_size: int = 128, lr: float = 1e-3, patience: int | None = 5,
-                 predict_mode: str = "sample", n_samples: int = 10, validation_fraction: float = 0.1,
-                 random_state: int = 0, device: str = "cpu", verbose: bool = False):
+                 vae_schedule: str | None = None, vae_precision: str = "auto", dropout: float = 0.3,
+                 classifier_input: str = "sample", epochs: int = 50, batch_size: int = 128, lr: float = 1e-3,
+                 patience: int | None = 5, predict_mode: str = "sample", n_samples: int = 10,
+                 validation_fraction: float = 0.1, random_state: int = 0, device: str = "cpu",
+                 verbose: bool = False):
         self.encoder_units = encoder_units
         self.latent_dim = latent_dim
         self.decoder_units = decoder_units
