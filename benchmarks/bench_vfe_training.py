@@ -29,12 +29,13 @@ from bench_extraction import matmul_peak
 
 from vfe.backbones import create_backbone
 from vfe.data import load_dataset
+from vfe.data.split import holdout_index
 from vfe.experiment import stratified_subset
 from vfe.features.cache import FeatureCache
 from vfe.heads.base import fit_classifier
 from vfe.heads.vfe import FeatureVAE, LatentClassifier, vae_loss
 from vfe.io import write_json
-from vfe.training import TrainConfig, split_validation, train
+from vfe.training import TrainConfig, train
 
 REFERENCE = {"batch_size": 128, "lr": 1e-3, "schedule": None, "precision": "fp32"}
 # candidates: the reference recipe in bf16 autocast (vfe's default where bf16 is native), and larger
@@ -148,7 +149,7 @@ def main() -> None:
         args.n_train, args.reference_epochs, args.recipe_epochs = 3000, 60, 30
 
     X_all, y_all, X_test, y_test = features(args)
-    tr, va = split_validation(len(X_all), 0.1, 0, y_all)  # the head's own split
+    tr, va = holdout_index(len(X_all), 0.1, 0, y_all)  # the head's own split
     X, y, X_val, y_val = X_all[tr], y_all[tr], X_all[va], y_all[va]
 
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}

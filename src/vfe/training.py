@@ -196,22 +196,3 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
         patience = max(1, (config.patience or 10) // 3)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=patience)
     raise ValueError(f"unknown schedule {config.schedule!r}; use None, 'cosine' or 'plateau'")
-
-
-def split_validation(n: int, fraction: float, seed: int, labels: np.ndarray | None = None):
-    """Index arrays (train, val); stratified by `labels` when given, so every class is in both."""
-    rng = np.random.default_rng(seed)
-    if fraction <= 0:
-        return np.arange(n), None
-    if labels is None:
-        perm = rng.permutation(n)
-        n_val = max(1, round(n * fraction))
-        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-    train_idx, val_idx = [], []
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        n_val = round(len(members) * fraction) if len(members) > 1 else 0
-        val_idx.append(members[:n_val])
-        train_idx.append(members[n_val:])
-    val = np.sort(np.concatenate(val_idx))
-    return np.sort(np.concatenate(train_idx)), (val if len(val) else None)

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from vfe.checkpoint import Checkpointer
+from vfe.data.split import holdout_index
 from vfe.heads.base import classification_loss
 from vfe.io import read_json
-from vfe.training import TrainConfig, split_validation, train
+from vfe.training import TrainConfig, train
 
 
 def _mlp(seed: int) -> nn.Module:
@@ -81,7 +82,7 @@ def test_best_only_checkpoints_keep_n_and_restore_exactly(digits_features, tmp_p
 
 def test_split_validation_is_stratified_and_disjoint():
     y = np.repeat(np.arange(5), 20)
-    train_idx, val_idx = split_validation(len(y), 0.2, seed=0, labels=y)
+    train_idx, val_idx = holdout_index(len(y), 0.2, seed=0, labels=y)
     assert set(train_idx).isdisjoint(val_idx) and len(train_idx) + len(val_idx) == 100
     assert np.bincount(y[val_idx]).tolist() == [4] * 5
 

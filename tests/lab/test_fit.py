@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vfe.checkpoint import Checkpointer
+from vfe.data.split import holdout_index
 from vfe.lab.fit import evaluate_reconstruction, fit_autoencoder, mean_image_mse
 from vfe.lab.losses import autoencoder_loss
 from vfe.lab.models import build_model
@@ -83,9 +84,8 @@ def test_early_stopping_hands_back_the_best_epoch(fashion):
 
 def _held_out(images: torch.Tensor, fraction: float) -> tuple[torch.Tensor]:
     """The validation images `fit_autoencoder` holds out (the same seeded split)."""
-    from vfe.training import split_validation
-
-    _, val_idx = split_validation(len(images), fraction, seed=0)
+    
+    _, val_idx = holdout_index(len(images), fraction, seed=0)
     return (images[val_idx],)
 
 

@@ -40,3 +40,71 @@ def validation_split_index(n: int, validation_split: float, subset: str, seed: i
 def split_tag(validation_split: float, subset: str, seed: int) -> str:
     """How the subset was chosen, for ImageSet.source (it names the data in cache listings and reports)."""
     return f"{subset}:validation_split={validation_split}:seed={seed}"
+
+
+# --- the one way vfe picks "n images" and holds out a validation part -------------------------------
+#
+# Every command that takes a size (`vfe run --n-train`, `vfe sweep`, `vfe lab`, the finetune head's
+# `max_images`) calls `balanced_index`, so `n_train=1000` selects the same images everywhere for the
+# same seed.
+
+
+def balanced_index(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a class-balanced, seeded subset of `n` items (all items when n is None or too big).
+
+    Each class (in sorted order) gets n // k items, the first n % k classes one more; the members of a
+    class are a seeded permutation of it. A class with fewer members than its quota gives all it has and
+    the shortfall goes, one at a time, to the classes in order that still have members, so the subset
+    always holds exactly `n` items.
+    """
+    labels = np.asarray(labels)
+    if n is None or n >= len(labels):
+        return np.arange(len(labels))
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"subset size must be a whole number >= 1, got {n!r}")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    members = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    quota = np.array([n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))])
+    sizes = np.array([len(m) for m in members])
+    take = np.minimum(quota, sizes)
+    short = n - int(take.sum())
+    while short > 0:  # hand the shortfall to the classes that still have members, in class order
+        for i in np.flatnonzero(take < sizes):
+            if short == 0:
+                break
+            take[i] += 1
+            short -= 1
+    return np.sort(np.concatenate([m[:t] for m, t in zip(members, take)]))
+
+
+def balanced_subset(data, n: int | None, seed: int, tag: str):
+    """`data` (an ImageSet) restricted to `balanced_index(data.labels, n, seed)`; itself when n covers it all."""
+    if n is None or n >= len(data):
+        return data
+    return data.subset(balanced_index(data.labels, n, seed), tag=f"{tag}:n={n}:seed={seed}")
+
+
+def holdout_index(n: int, fraction: float, seed: int,
+                  labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(train, validation) index arrays for early stopping: `fraction` of the items held out.
+
+    Stratified by `labels` when given (round(fraction * class size) of each class, none of a class with
+    one member), so every class is in both parts. Not `balanced_index`: a holdout keeps the class
+    proportions of the data it splits. `fraction` <= 0 holds nothing out (validation is None).
+    """
+    rng = np.random.default_rng(seed)
+    if fraction <= 0:
+        return np.arange(n), None
+    if labels is None:
+        perm = rng.permutation(n)
+        n_val = max(1, round(n * fraction))
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    train_idx, val_idx = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_val = round(len(members) * fraction) if len(members) > 1 else 0
+        val_idx.append(members[:n_val])
+        train_idx.append(members[n_val:])
+    val = np.sort(np.concatenate(val_idx))
+    return np.sort(np.concatenate(train_idx)), (val if len(val) else None)

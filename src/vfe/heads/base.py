@@ -16,7 +16,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import nn
 
-from vfe.training import History, TrainConfig, split_validation, train
+from vfe.data.split import holdout_index
+from vfe.training import History, TrainConfig, train
 
 
 class Head(ClassifierMixin, BaseEstimator):
@@ -122,7 +123,7 @@ class TorchHead(Head):
 
     def _validation_indices(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(train, held-out) row indices for early stopping; no held-out part when the data is too small."""
-        train_idx, val_idx = split_validation(len(y), self.validation_fraction, self.random_state, y)
+        train_idx, val_idx = holdout_index(len(y), self.validation_fraction, self.random_state, y)
         if val_idx is None or len(val_idx) < 2:
             return np.arange(len(y)), None
         return train_idx, val_idx

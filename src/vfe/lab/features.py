@@ -16,9 +16,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from vfe.data.split import holdout_index
 from vfe.lab.common import LabSettings, load_data, make_config, train_model
 from vfe.lab.figures import project_latents
-from vfe.training import split_validation
 from vfe.viz import figures
 from vfe.viz.run import Run
 
@@ -35,7 +35,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         return make_pipeline(*steps, LogisticRegression(C=c, max_iter=1000, random_state=seed))
 
     start = time.perf_counter()
-    fit_idx, val_idx = split_validation(len(train_y), 0.2, seed, labels=train_y)
+    fit_idx, val_idx = holdout_index(len(train_y), 0.2, seed, labels=train_y)
     val_scores = [probe(c).fit(train_x[fit_idx], train_y[fit_idx]).score(train_x[val_idx], train_y[val_idx])
                   for c in c_grid]
     best_c = c_grid[int(np.argmax(val_scores))]

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from vfe.checkpoint import Checkpointer
+from vfe.data.split import holdout_index
 from vfe.lab.losses import autoencoder_loss, corrupt, psnr, validation_pair
 from vfe.lab.models import ImageAutoencoder
-from vfe.training import History, TrainConfig, split_validation, train
+from vfe.training import History, TrainConfig, train
 
 
 def fit_autoencoder(model: ImageAutoencoder, images: torch.Tensor, config: TrainConfig | None = None,
@@ -25,7 +26,7 @@ def fit_autoencoder(model: ImageAutoencoder, images: torch.Tensor, config: Train
     """
     config = config or TrainConfig(epochs=10, patience=3)
     _check_images(model, images)
-    train_idx, val_idx = split_validation(len(images), val_fraction, config.seed)
+    train_idx, val_idx = holdout_index(len(images), val_fraction, config.seed)
     val = validation_pair(images[val_idx], model.config, config.seed + 1) if val_idx is not None else None
     checkpointer = Checkpointer(checkpoint_dir, keep=keep) if checkpoint_dir is not None else None
     with torch.random.fork_rng():

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfe.checkpoint import Checkpointer
+from vfe.data.split import holdout_index
 from vfe.heads.base import classification_loss
 from vfe.io import load_tensors, read_json, save_tensors, write_json
-from vfe.training import History, TrainConfig, split_validation, train
+from vfe.training import History, TrainConfig, train
 
 FAMILY = "small-cnn"
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "model.json"
@@ -124,7 +125,7 @@ def fit_small_cnn(model: SmallCNN, images: torch.Tensor, labels: np.ndarray, con
     if tuple(images.shape[1:]) != model.config.input_shape:
         raise ValueError(f"images are {tuple(images.shape[1:])} but the model expects {model.config.input_shape}")
     y = torch.as_tensor(labels, dtype=torch.int64)
-    train_idx, val_idx = split_validation(len(images), val_fraction, config.seed, labels=np.asarray(labels))
+    train_idx, val_idx = holdout_index(len(images), val_fraction, config.seed, labels=np.asarray(labels))
     val = (images[val_idx], y[val_idx]) if val_idx is not None else None
     checkpointer = Checkpointer(checkpoint_dir, keep=keep) if checkpoint_dir is not None else None
     with torch.random.fork_rng():
