@@ -23,6 +23,7 @@ run: setup
 	$(VENV)/bin/vfe run $(RUN_ARGS)
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 lint: setup

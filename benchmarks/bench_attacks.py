@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from vfe.backbones import create_backbone
+from vfe.benchmark.adversarial import run_attacks
+from vfe.benchmark.config import AttackSettings, RunSettings
 from vfe.data import load_dataset
-from vfe.experiment import ExperimentConfig, stratified_subset
+from vfe.data.split import balanced_subset
 from vfe.heads import make_head
-from vfe.stages.adversarial import run_attacks
 
 
 def main() -> None:
@@ -31,16 +32,17 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "attacks.json"))
     args = parser.parse_args()
-    default = ExperimentConfig()
-    config = replace(default, n_attack=args.n, progress=False)
-    train = stratified_subset(load_dataset("fashion-mnist", split="train"), args.n_train, 0, "train")
-    test = stratified_subset(load_dataset("fashion-mnist", split="test"), 500, 0, "test")
-    backbone = create_backbone(default.backbone, weights=default.weights, image_size=args.image_size)
+    default, run_defaults = AttackSettings(), RunSettings()
+    settings = replace(default, n_attack=args.n)
+    train = balanced_subset(load_dataset("fashion-mnist", split="train"), args.n_train, 0, "train")
+    test = balanced_subset(load_dataset("fashion-mnist", split="test"), 500, 0, "test")
+    backbone = create_backbone(run_defaults.backbone.backbone, weights=run_defaults.backbone.weights,
+                               image_size=args.image_size)
     X = backbone.extract(train.images, progress=False)
     models = {("linear", 0): make_head("linear").fit(X, train.labels),
               ("vfe", 0): make_head("vfe", vae_epochs=100).fit(X, train.labels)}
     started = time.perf_counter()
-    results = run_attacks(backbone, models, test, config, "cpu")
+    results = run_attacks(settings, backbone, models, test, data_seed=0, device="cpu", progress=False)
     total = time.perf_counter() - started
     rows = []
     for (head, seed), r in results.items():
@@ -53,8 +55,8 @@ def main() -> None:
                "load_average": os.getloadavg(), "image_size": args.image_size, "n": args.n, "seconds": round(total, 1),
                "default": {"n_attack": default.n_attack, "eps_linf": default.attack_eps_linf,
                            "eps_l2": default.attack_eps_l2, "steps": default.attack_steps, "n_eot": default.n_eot,
-                           "seeds": len(default.seeds)},
-               "extrapolated_stage_seconds": round(per_seed * len(default.seeds), 1), "rows": rows}
+                           "seeds": len(run_defaults.heads.seeds)},
+               "extrapolated_stage_seconds": round(per_seed * len(run_defaults.heads.seeds), 1), "rows": rows}
     print(f"{'head':8} {'n':>4} {'s':>7} {'s/img':>6} {'s/seed @' + str(default.n_attack):>12}  random")
     for r in rows:
         print(f"{r['head']:8} {r['n']:4d} {r['seconds']:7.1f} {r['seconds_per_image']:6.3f} "

@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from vfe.data import load_dataset
 from vfe.io import write_json
+from vfe.plotting import save_figure
 from vfe.robustness.corruptions import REGISTRY, SEVERITIES, corrupt, corruption_grid
 from vfe.robustness.corruptions.reference import imagecorruptions_reference
-from vfe.viz.figures import save_figure
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -13,7 +13,7 @@ like with like on a machine shared with other jobs; the table gives medians and 
                                                         # then batch: the measurement behind registry.SETTINGS
     python benchmarks/bench_extraction.py --scaling     # time and peak RSS vs images (1k/10k/70k) and size
     python benchmarks/bench_extraction.py --faithfulness  # bf16 vs fp32 features: cosine and downstream accuracy
-    python benchmarks/bench_extraction.py --pipelines   # 1 thread + prefetch vs all cores, each fixed
+    python benchmarks/bench_extraction.py --thread-modes   # 1 thread + prefetch vs all cores, each fixed
     python benchmarks/bench_extraction.py --profile     # operator time of vfe's path (torch.profiler)
 
 Faithfulness is the smallest per-image cosine between vfe's features and the baseline's fp32 ones.
@@ -331,11 +331,11 @@ FAITHFULNESS_CASES = [("efficientnet_lite0", "default", 112), ("densenet121", "n
 def run_faithfulness(args) -> list[dict]:
     """fp32 vs bf16 features of the same images: min / median cosine and the linear head's accuracy."""
     from vfe.data import load_dataset
-    from vfe.experiment import stratified_subset
+    from vfe.data.split import balanced_subset
     from vfe.heads.linear import LinearHead
 
-    train = stratified_subset(load_dataset("fashion-mnist", "train"), args.faithfulness_images, 0, "train")
-    test = stratified_subset(load_dataset("fashion-mnist", "test"), args.faithfulness_images, 0, "test")
+    train = balanced_subset(load_dataset("fashion-mnist", "train"), args.faithfulness_images, 0, "train")
+    test = balanced_subset(load_dataset("fashion-mnist", "test"), args.faithfulness_images, 0, "test")
     rows = []
     for name, weights, size in FAITHFULNESS_CASES:
         feats, accuracy, heads = {}, {}, {}
@@ -372,7 +372,7 @@ PIPELINES = {"1 network thread + prefetch thread": {"threads": 1, "prefetch": Tr
 
 
 def run_pipelines(args) -> list[dict]:
-    """The two pipelines engine.PipelineChoice picks between, each fixed, timed in turn in each round
+    """The two pipelines engine.ThreadModeChoice picks between, each fixed, timed in turn in each round
     (the load of the moment decides which wins; the JSON keeps the load average)."""
     rows = []
     for name, weights, size, n in (CASES[0], CASES[2]):
@@ -436,7 +436,7 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true", help="measure time and memory vs images and size instead")
     ap.add_argument("--scaling-images", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 10000, 70000])
     ap.add_argument("--profile", action="store_true", help="operator time of vfe's path (torch.profiler)")
-    ap.add_argument("--pipelines", action="store_true", help="time the two pipelines PipelineChoice picks from")
+    ap.add_argument("--thread-modes", action="store_true", help="time the two pipelines ThreadModeChoice picks from")
     ap.add_argument("--faithfulness", action="store_true", help="bf16 vs fp32: cosine and downstream accuracy")
     ap.add_argument("--faithfulness-images", type=int, default=2000, help="training and test images each")
     ap.add_argument("--scaling-child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -455,7 +455,7 @@ def main() -> None:
                "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(["python", *sys.argv])}
     if args.profile:
         results["profile"] = {"machine": machine, "rows": run_profile(args)}
-    elif args.pipelines:
+    elif args.thread_modes:
         print("the two extraction pipelines, each fixed (images/s, median of rounds):")
         results["pipelines"] = {"machine": machine, "rows": run_pipelines(args)}
     elif args.faithfulness:

@@ -72,7 +72,7 @@ def run_setting(setting: str, extra: list[str], runs_dir: str | None) -> dict:
             "peak_rss_mb_after_stage": results.get("peak_rss_mb_after_stage", {}),
             # the children's maximum is only this child's when it exceeds every earlier child's
             "peak_rss_mb_process": round(child_peak / 1024, 1) if child_peak > before else None,
-            "heads": results["config"]["heads"], "n_test": n_test, "corruptions": per_corruption,
+            "heads": setting["heads"], "n_test": n_test, "corruptions": per_corruption,
             "slowest_corruption": slowest}
 
 

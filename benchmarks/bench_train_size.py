@@ -2,7 +2,7 @@
 
 Transfer: the linear SVM (calibrated) and the linear head on frozen backbone features (cached).
 From scratch: logistic regression on raw pixels (the linear head without dropout). Every cell is
-`--seeds` draws of a stratified labelled subset; cells are resumable (vfe.sweep.run_sweep).
+`--seeds` draws of a stratified labelled subset; cells are resumable (vfe.benchmark.sweep.run_sweep).
 
     python benchmarks/bench_train_size.py                       # Fashion-MNIST, 100 / 1000 / 10000 labels
     python benchmarks/bench_train_size.py --sizes 100 1000 --seeds 0 1
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from vfe.backbones import create_backbone
+from vfe.benchmark.sweep import markdown_table, pixel_features, train_size_sweep, transfer_gain
 from vfe.data import load_dataset
-from vfe.experiment import stratified_subset
+from vfe.data.split import balanced_subset
 from vfe.features.cache import FeatureCache
 from vfe.io import write_json
-from vfe.sweep import markdown_table, pixel_features, train_size_sweep, transfer_gain
 
 
 def main() -> None:
@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-train-size/sweep")
     args = parser.parse_args()
 
-    train = stratified_subset(load_dataset(args.dataset, split="train"), max(args.sizes), 0, "train")
-    test = stratified_subset(load_dataset(args.dataset, split="test"), args.n_test, 0, "test")
+    train = balanced_subset(load_dataset(args.dataset, split="train"), max(args.sizes), 0, "train")
+    test = balanced_subset(load_dataset(args.dataset, split="test"), args.n_test, 0, "test")
     backbone = create_backbone(args.backbone, image_size=args.image_size)
     cache = FeatureCache()
     features = (cache.extract(backbone, train, desc="extract train").array(),

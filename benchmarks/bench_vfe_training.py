@@ -29,8 +29,7 @@ from bench_extraction import matmul_peak
 
 from vfe.backbones import create_backbone
 from vfe.data import load_dataset
-from vfe.data.split import holdout_index
-from vfe.experiment import stratified_subset
+from vfe.data.split import balanced_subset, holdout_index
 from vfe.features.cache import FeatureCache
 from vfe.heads.base import fit_classifier
 from vfe.heads.vfe import FeatureVAE, LatentClassifier, vae_loss
@@ -53,8 +52,8 @@ RECIPES = {
 def features(args) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     bb = create_backbone(args.backbone, image_size=args.image_size)
     cache = FeatureCache()
-    train_set = stratified_subset(load_dataset(args.dataset, "train"), args.n_train, 0, "train")
-    test_set = stratified_subset(load_dataset(args.dataset, "test"), args.n_test, 0, "test")
+    train_set = balanced_subset(load_dataset(args.dataset, "train"), args.n_train, 0, "train")
+    test_set = balanced_subset(load_dataset(args.dataset, "test"), args.n_test, 0, "test")
     X = cache.extract(bb, train_set, desc="extract train").array()
     X_test = cache.extract(bb, test_set, desc="extract test").array()
     return X, train_set.labels, X_test, test_set.labels

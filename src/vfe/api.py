@@ -5,36 +5,43 @@
     >>> pipe.save("digits-vfe.safetensors")
     >>> evaluate_pipeline("digits-vfe.safetensors", "digits")["accuracy"]
 
-The main job (the robustness benchmark) is `vfe.experiment.run(ExperimentConfig(...))`.
+The main job (the robustness benchmark) is `run(RunSettings(...))`; `vfe.benchmark.config` has the
+settings, `quick_settings()` the `--quick` ones.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from vfe.backbones import create_backbone
+from vfe import defaults
+from vfe.backbones import Backbone, create_backbone
+from vfe.benchmark.config import RunSettings, SweepSettings, quick_settings
+from vfe.benchmark.run import run
+from vfe.benchmark.sweep import run_sweep_job
+from vfe.data import load_train_test
+from vfe.data.split import balanced_subset
 from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
-from vfe.heads import make_head
+from vfe.heads.registry import check_params, make_head, spec
 from vfe.pipeline import Pipeline
-from vfe.stages.clean import probability_metrics
+from vfe.robustness.calibration import probability_metrics
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def _load(dataset: str, split: str, data_dir: str | None, n: int | None, seed: int, skip_bad: bool = False,
           download: bool = False):
-    from vfe.data import load_train_test
-    from vfe.experiment import stratified_subset
-
+    """`n` class-balanced images of a split, chosen as `vfe run` chooses them (vfe.data.split.balanced_subset)."""
     options = {k: v for k, v in (("skip_bad", skip_bad), ("download", download)) if v}
     train, test = load_train_test(dataset, data_dir=data_dir, **options)  # a class folder's test split: 20 % of it
-    return stratified_subset(train if split == "train" else test, n, seed, split)
+    return balanced_subset(train if split == "train" else test, n, seed, split)
 
 
-def extract_features(dataset: str, split: str = "train", backbone: str = "efficientnet_lite0",
-                     weights: str = "default", image_size: int | None = 112, data_dir: str | None = None,
+def extract_features(dataset: str, split: str = "train", backbone: str = defaults.BACKBONE,
+                     weights: str = defaults.WEIGHTS, image_size: int | None = defaults.IMAGE_SIZE, data_dir: str | None = None,
                      cache_dir: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, n: int | None = None,
                      device: str = "auto", progress: bool = True, skip_bad: bool = False,
                      download: bool = False) -> FeatureSet:
@@ -46,22 +53,59 @@ def extract_features(dataset: str, split: str = "train", backbone: str = "effici
 
 
 def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = None,
-                 backbone: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = 112,
-                 n_train: int | None = None, seed: int = 0, data_dir: str | None = None,
-                 cache_dir: str | None = None, device: str = "auto", progress: bool = True,
-                 skip_bad: bool = False, download: bool = False) -> tuple[Pipeline, float]:
-    """Fit a head on (cached) backbone features of the training split; returns the pipeline and its
-    training accuracy."""
+                 backbone: str = defaults.BACKBONE, weights: str = defaults.WEIGHTS,
+                 image_size: int | None = defaults.IMAGE_SIZE, n_train: int | None = None, seed: int = 0,
+                 data_dir: str | None = None, cache_dir: str | None = None, device: str = "auto",
+                 progress: bool = True, skip_bad: bool = False, download: bool = False) -> tuple[Pipeline, float]:
+    """Fit a head on the training split and return the pipeline and its training accuracy.
+
+    A feature head is fitted on (cached) backbone features. An image head (`finetune`) trains the top of
+    the backbone itself; its pipeline holds the fine-tuned backbone and its Dropout -> Dense layer.
+    """
+    head_params = dict(head_params or {})
+    check_params(head, head_params)  # unknown names and wrong types are refused before any work
     data = _load(dataset, "train", data_dir, n_train, seed, skip_bad, download)
+    if spec(head).inputs == "images":
+        params = {"backbone": backbone, "weights": weights, "image_size": image_size, "device": device,
+                  "random_state": seed, **head_params}
+        model = make_head(head, **params).fit(data.images, data.labels)
+        pipe = finetuned_pipeline(model, data.class_names)
+        X = pipe.features(data.images)
+        return pipe, float(np.mean(pipe.head.predict(X) == data.labels))
     bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
     X = FeatureCache(cache_dir).extract(bb, data, progress=progress, desc="extract train").array()
-    model = make_head(head, **{"random_state": seed, **(head_params or {})})
+    model = make_head(head, **{"random_state": seed, **head_params})
     if "device" in model.get_params():
         model.set_params(device=str(bb.device))
     model.fit(X, data.labels)
     if "device" in model.get_params():
         model.set_params(device="cpu")  # the saved pipeline predicts wherever it is loaded
     return Pipeline(bb, model, data.class_names), float(model.score(X, data.labels))
+
+
+def finetuned_pipeline(model, class_names: list[str]) -> Pipeline:
+    """A fitted FinetuneHead as a feature pipeline: its fine-tuned backbone (a new weights identity, so
+    the feature cache never mixes its features with the pretrained ones) and a linear head holding its
+    Dropout -> Dense layer."""
+    from vfe.backbones.weights import WeightsInfo
+    from vfe.heads.linear import LinearHead
+
+    bb: Backbone = model.module_.backbone
+    digest = hashlib.sha256()
+    for name, tensor in sorted(bb.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    old = bb.weights
+    bb.weights = WeightsInfo("finetuned", f"finetuned:{digest.hexdigest()[:32]}",
+                             f"{old.source}, fine-tuned (top {model.unfreeze_blocks} blocks)", old.arch,
+                             old.has_classifier)
+    for p in bb.model.parameters():
+        p.requires_grad_(False)
+    linear = LinearHead(dropout=model.dropout, random_state=model.random_state)
+    linear.classes_, linear.n_features_in_ = model.classes_, int(bb.feature_dim)
+    linear.module_ = model.module_.head.cpu()
+    linear.history_ = getattr(model, "history_", None)
+    return Pipeline(bb, linear, class_names)
 
 
 def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, split: str = "test",
@@ -80,56 +124,17 @@ def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, spli
     return {"n": len(labels), **probability_metrics(probs, index)}
 
 
-def sweep(dataset: str, grid: dict, name: str = "sweep", runs_dir: str = "runs",
-          backbone: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = 112,
-          n_train: int | None = 10000, n_test: int | None = 2000, data_seed: int = 0, augment_family: str = "noise",
-          compare_pixels: bool = False, data_dir: str | None = None, cache_dir: str | None = None,
-          device: str = "auto", progress: bool = True) -> dict:
+def sweep(dataset: str, grid: dict, name: str = "sweep", **settings) -> dict:
     """Run a grid of heads x hyperparameters x training sizes x seeds on cached features (resumable).
 
-    Cells land in runs/<name>/sweep/ as they finish; the summary (mean +/- std over seeds) goes to
-    runs/<name>/sweep.json. `compare_pixels` adds the same sizes on raw pixels (transfer vs scratch).
+    `settings` are SweepSettings fields or their data/backbone fields (n_train, backbone, ...), as flags
+    of `vfe sweep`. Cells land in runs/<name>/sweep/; the summary goes to runs/<name>/sweep.json.
     """
-    from vfe.heads import is_augmented
-    from vfe.io import write_json
-    from vfe.sweep import (
-        expand_grid,
-        markdown_table,
-        pixel_features,
-        run_sweep,
-        summarise,
-        train_size_sweep,
-        transfer_gain,
-    )
+    from vfe.benchmark.config import with_overrides
 
-    out = Path(runs_dir) / name
-    train = _load(dataset, "train", data_dir, n_train, data_seed)
-    test = _load(dataset, "test", data_dir, n_test, data_seed)
-    bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
-    cache = FeatureCache(cache_dir)
-    X_train = cache.extract(bb, train, progress=progress, desc="extract train").array()
-    X_test = cache.extract(bb, test, progress=progress, desc="extract test").array()
-    X_aug, augmentation = None, None
-    if any(is_augmented(cell["head"]) for cell in expand_grid(grid)):
-        from vfe.stages.augment import augmented_features
-        X_aug, augmentation = augmented_features(cache, bb, train, family=augment_family, seed=data_seed + 1,
-                                                 progress=progress)
-    cells = run_sweep(grid, X_train, train.labels, X_test, test.labels, out / "sweep", X_aug=X_aug,
-                      device=str(bb.device), progress=progress)
-    rows = summarise(cells)
-    result = {"setting": {"dataset": dataset, "backbone": bb.name, "image_size": bb.image_size,
-                          "n_train": len(train), "n_test": len(test), "data_seed": data_seed},
-              "grid": grid, "rows": rows, "augmentation": augmentation}
-    if compare_pixels:
-        sizes = tuple(grid.get("train_sizes", [100, 1000, None]))
-        seeds = tuple(grid.get("seeds", [0, 1, 2]))
-        pixel_rows = train_size_sweep((X_train, X_test), (pixel_features(train.images), pixel_features(test.images)),
-                                      train.labels, test.labels, out / "train-size", sizes=sizes, seeds=seeds,
-                                      device=str(bb.device), progress=progress)
-        result["train_size"] = {"rows": pixel_rows, "gain": transfer_gain(pixel_rows)}
-    result["markdown"] = markdown_table(rows)
-    write_json(out / "sweep.json", result)
-    return result
+    base = SweepSettings(name=name, grid="(given as a dict)")
+    job = with_overrides(base, {"dataset": dataset, **settings})
+    return run_sweep_job(job, grid=grid)
 
 
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
@@ -171,5 +176,5 @@ def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.
     return results
 
 
-__all__ = ["evaluate_pipeline", "extract_features", "fit_pipeline", "image_files", "predict_files", "read_image",
-           "sweep"]
+__all__ = ["RunSettings", "evaluate_pipeline", "extract_features", "finetuned_pipeline", "fit_pipeline",
+           "image_files", "predict_files", "quick_settings", "read_image", "replace", "run", "sweep"]

@@ -8,13 +8,18 @@ Nothing is pickled, so loading a pipeline someone hands you runs no code of thei
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
 
 from vfe.backbones import Backbone
+from vfe.backbones.preprocess import _MODES as INTERPOLATIONS  # the interpolations preprocessing knows
+from vfe.errors import PipelineFileError, VfeError
 from vfe.heads import Head, head_class
 from vfe.io import load_tensors, save_tensors
 
@@ -50,9 +55,9 @@ class Pipeline:
         """Write the pipeline atomically; refuses to replace an existing file unless `overwrite`."""
         path = Path(path)
         if path.suffix != ".safetensors":
-            raise ValueError(f"{path}: a pipeline file must end in .safetensors")
+            raise PipelineFileError(f"{path}: a pipeline file must end in .safetensors")
         if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+            raise PipelineExistsError(f"{path} exists; pass --overwrite (Python: overwrite=True) to replace it")
         head_tensors, head_meta = self.head.export_state()
         tensors = {f"backbone.{k}": v for k, v in self.backbone.model.state_dict().items()}
         tensors.update({f"head.{k}": v for k, v in head_tensors.items()})
@@ -68,41 +73,245 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> Pipeline:
+        """The pipeline saved at `path`. Its header is checked against its tensors before anything is
+        built, so an edited or damaged file is a PipelineFileError naming the problem, never a huge
+        allocation or a model that silently differs from the one saved."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"pipeline file {path} does not exist")
-        meta = read_metadata(path)
-        tensors = load_tensors(path)
-        backbone = _rebuild_backbone(meta["backbone"], _strip(tensors, "backbone."), device)
-        head = head_class(meta["head"]["head"]).from_state(_strip(tensors, "head."), meta["head"])
+        meta, layout, model_kwargs = _checked_header(path)
+        try:
+            tensors = load_tensors(path)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise PipelineFileError(f"{path}: the tensors cannot be read ({err}){_REMAKE}") from None
+        if {k: _layout(v) for k, v in tensors.items()} != layout:  # the file changed since its header was read
+            raise PipelineFileError(f"{path}: the tensors differ from the file's header{_REMAKE}")
+        backbone = _rebuild_backbone(meta["backbone"], _strip(tensors, "backbone."), model_kwargs, device)
+        try:
+            head = head_class(meta["head"]["head"]).from_state(_strip(tensors, "head."), meta["head"])
+        except Exception as err:  # the dry run passed, so this is unexpected: still the file's problem
+            raise PipelineFileError(f"{path}: the head cannot be rebuilt ({type(err).__name__}: {err})"
+                                    f"{_REMAKE}") from err
         return cls(backbone, head, meta["class_names"])
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The JSON document of a pipeline file, validated (no tensors are read)."""
-    from safetensors import SafetensorError, safe_open
+    """The JSON document of a pipeline file, checked against the file's tensor shapes (no tensor data is
+    read); a PipelineFileError names what does not fit."""
+    return _checked_header(Path(path))[0]
 
+
+# -- checking a file before anything is built ------------------------------------------------------------
+
+MAX_INPUT_SIZE = 1024  # pixels a side: a header asking for more is refused (100000 would need ~120 GB)
+_REMAKE = "; save the pipeline again (vfe fit), or restore the file"
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+Layout = tuple[str, tuple[int, ...]]  # (safetensors dtype, shape)
+
+
+class MissingPipelineError(PipelineFileError, FileNotFoundError):
+    """No file at the path given (still a FileNotFoundError)."""
+
+
+class PipelineExistsError(PipelineFileError, FileExistsError):
+    """Saving would replace a file (still a FileExistsError)."""
+
+
+def _layout(tensor: torch.Tensor) -> Layout:
+    return _DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape)
+
+
+def _checked_header(path: Path) -> tuple[dict, dict[str, Layout], dict]:
+    """(JSON document, {tensor name: layout}, timm kwargs of the backbone), all checked against each other.
+
+    The backbone and head are built on PyTorch's meta device (shapes only, no memory) and their state
+    compared with the file's tensors, so a wrong class count, a transposed weight or another
+    architecture is found before any real allocation.
+    """
+    meta, layout = _read_header(path)
+    _check_document(path, meta)
+    model_kwargs, feature_dim = _check_backbone(path, meta["backbone"], _strip(layout, "backbone."))
+    _check_head(path, meta, _strip(layout, "head."), feature_dim)
+    return meta, layout, model_kwargs
+
+
+def _read_header(path: Path) -> tuple[dict, dict[str, Layout]]:
+    if not path.is_file():
+        raise MissingPipelineError(f"pipeline file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("vfe")
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a safetensors file ({err})") from None
+            names = f.keys()  # a safe_open is not iterable
+            layout = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in names}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PipelineFileError(f"{path}: not a safetensors file ({err}); give a pipeline saved by vfe fit "
+                                "(a .safetensors file)") from None
     if raw is None:
-        raise ValueError(f"{path}: a safetensors file, but not a vfe pipeline (no 'vfe' metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: pipeline format {meta.get('format')} v{meta.get('version')} is not "
-                         f"readable by this vfe (reads {FORMAT} v<={FORMAT_VERSION})")
-    return meta
+        raise PipelineFileError(f"{path}: a safetensors file, but not a vfe pipeline (no 'vfe' metadata); give "
+                                "a pipeline saved by vfe fit")
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise PipelineFileError(f"{path}: the pipeline header is not valid JSON ({err}){_REMAKE}") from None
+    if not isinstance(meta, dict):
+        raise PipelineFileError(f"{path}: the pipeline header is a JSON {type(meta).__name__}, not an object"
+                                f"{_REMAKE}")
+    version = meta.get("version")
+    if meta.get("format") != FORMAT or not _is_int(version) or version > FORMAT_VERSION:
+        raise PipelineFileError(f"{path}: pipeline format {meta.get('format')} v{version} is not readable by "
+                                f"this vfe (reads {FORMAT} v<={FORMAT_VERSION}); save it again with this vfe "
+                                "or upgrade vfe")
+    return meta, layout
 
 
-def _rebuild_backbone(spec: dict, state: dict[str, torch.Tensor], device: str) -> Backbone:
+def _problem(path: Path, what: str) -> PipelineFileError:
+    return PipelineFileError(f"{path}: {what}{_REMAKE}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_document(path: Path, meta: dict) -> None:
+    """The keys and value types that rebuilding reads, and the class names against the head's classes."""
+    backbone, head = meta.get("backbone"), meta.get("head")
+    if not isinstance(backbone, dict):
+        raise _problem(path, "the header has no 'backbone' object")
+    for key, kind in (("name", str), ("arch", str), ("weights_kind", str), ("weights_identity", str),
+                      ("weights_source", str), ("has_classifier", bool), ("data_config", dict)):
+        if not isinstance(backbone.get(key), kind):
+            raise _problem(path, f"the header's backbone.{key} is missing or not a {kind.__name__}")
+    _check_data_config(path, backbone["data_config"])
+    if not isinstance(head, dict) or not isinstance(head.get("head"), str):
+        raise _problem(path, "the header has no 'head' object naming the head class")
+    classes, names = head.get("classes"), meta.get("class_names")
+    if not (isinstance(classes, list) and classes and all(_is_int(c) or isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise _problem(path, "the header's head.classes is not a list of distinct class labels")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise _problem(path, "the header's class_names is missing or not a list of strings")
+    indexes = all(_is_int(c) and 0 <= c < len(names) for c in classes)  # labels that index the names
+    if len(names) != len(classes) and not indexes:
+        raise _problem(path, f"class_names lists {len(names)} names but the head has {len(classes)} classes")
+
+
+def _check_data_config(path: Path, config: dict) -> None:
+    size = config.get("input_size")
+    if not (isinstance(size, list) and len(size) == 3 and all(_is_int(v) for v in size) and size[0] == 3):
+        raise _problem(path, f"backbone.data_config.input_size {size!r} is not [3, height, width]")
+    if not all(8 <= v <= MAX_INPUT_SIZE for v in size[1:]):
+        raise _problem(path, f"backbone.data_config.input_size {size} is outside 8..{MAX_INPUT_SIZE} pixels a side")
+    for key in ("mean", "std"):
+        value = config.get(key)
+        if not (isinstance(value, list) and len(value) == 3 and all(_is_number(v) for v in value)):
+            raise _problem(path, f"backbone.data_config.{key} {value!r} is not three numbers")
+    if not all(v > 0 for v in config["std"]):
+        raise _problem(path, f"backbone.data_config.std {config['std']} must be positive")
+    if config.get("interpolation") not in INTERPOLATIONS:
+        raise _problem(path, f"backbone.data_config.interpolation {config.get('interpolation')!r} is not one of "
+                             f"{', '.join(sorted(INTERPOLATIONS))}")
+    crop = config.get("crop_pct")
+    if not (_is_number(crop) and 0 < crop <= 1) or config.get("crop_mode") != "center":
+        raise _problem(path, f"backbone.data_config crop_pct {crop!r} / crop_mode {config.get('crop_mode')!r} "
+                             "must be in (0, 1] / 'center'")
+
+
+def _check_backbone(path: Path, spec: dict, layout: dict[str, Layout]) -> tuple[dict, int]:
+    """(timm kwargs that rebuild the saved model, its feature size), the saved tensors fitting that model."""
+    import timm
+
+    arch = spec["arch"]
+    if not timm.is_model(arch):
+        raise _problem(path, f"backbone.arch {arch!r} is not a timm model in this timm ({timm.__version__})")
+    model, kwargs = _backbone_model(arch, layout)
+    _compare(path, "backbone", _state_layout(model.state_dict()), layout)
+    return kwargs, int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def _backbone_model(arch: str, layout: dict[str, Layout]) -> tuple[nn.Module, dict]:
+    """(the timm model the saved tensors belong to, on the meta device; its timm kwargs): a classifier of
+    another size than timm's default (a backbone loaded from a checkpoint file) is built to that size."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False)
+        classifier = model.pretrained_cfg.get("classifier")
+        saved = layout.get(f"{classifier}.weight") if isinstance(classifier, str) else None
+        if saved is None or len(saved[1]) != 2 or saved[1][0] == model.num_classes:
+            return model, {}
+        return timm.create_model(arch, pretrained=False, num_classes=saved[1][0]), {"num_classes": saved[1][0]}
+
+
+def _check_head(path: Path, meta: dict, layout: dict[str, Layout], feature_dim: int) -> None:
+    """The head class rebuilt on the meta device from the saved shapes: its state must match the file's."""
+    spec = meta["head"]
+    for part in _head_parts(spec):
+        try:
+            part_cls = head_class(part.get("head"))
+        except VfeError as err:
+            raise PipelineFileError(f"{path}: {err}") from None
+        inputs = getattr(part_cls, "inputs", "features")  # a wrapper's is a property: its head's
+        if isinstance(inputs, str) and inputs != "features":
+            raise _problem(path, f"head {part['head']} takes {inputs}, but a pipeline's head takes backbone "
+                                 "features")
+        if "n_features_in" in part and part["n_features_in"] != feature_dim:
+            raise _problem(path, f"the head takes {part['n_features_in']!r} features, but the backbone "
+                                 f"{meta['backbone']['arch']} gives {feature_dim}")
+    empty = {k: torch.empty(shape, dtype=_DTYPES[dtype], device="meta") for k, (dtype, shape) in layout.items()
+             if dtype in _DTYPES}
+    unknown = sorted(set(layout) - set(empty))
+    if unknown:
+        raise _problem(path, f"tensor head.{unknown[0]} has dtype {layout[unknown[0]][0]}, which vfe never writes")
+    try:
+        with torch.device("meta"):
+            state, _ = head_class(spec["head"]).from_state(empty, spec).export_state()
+    except Exception as err:  # the head's own code, run on the header's values: any failure means they do not fit
+        said = " ".join(str(err).split())  # torch's load_state_dict errors span lines: the CLI prints one
+        raise _problem(path, f"the head does not fit its saved tensors or parameters ({type(err).__name__}: "
+                             f"{said[:400]}{'...' * (len(said) > 400)})") from err
+    _compare(path, "head", _state_layout(state), layout)
+
+
+def _head_parts(spec: dict) -> list[dict]:
+    """The head's JSON and that of the heads it wraps (a prior-corrected head wraps another)."""
+    parts = [spec]
+    while isinstance(parts[-1].get("wrapped"), dict):
+        parts.append(parts[-1]["wrapped"])
+    return parts
+
+
+def _state_layout(state: dict[str, torch.Tensor]) -> dict[str, Layout]:
+    return {k: _layout(v) for k, v in state.items()}
+
+
+def _compare(path: Path, part: str, expected: dict[str, Layout], saved: dict[str, Layout]) -> None:
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        what = (f"lacks {len(missing)} tensor(s) the {part} needs (e.g. {part}.{missing[0]})" if missing
+                else f"holds {len(unexpected)} tensor(s) the {part} does not have (e.g. {part}.{unexpected[0]})")
+        raise _problem(path, f"the file {what}")
+    wrong = [k for k in sorted(expected) if expected[k] != saved[k]]
+    if wrong:
+        k = wrong[0]
+        raise _problem(path, f"{len(wrong)} {part} tensor(s) do not fit the header: {part}.{k} is "
+                             f"{saved[k][0]} {list(saved[k][1])}, the {part} the header describes needs "
+                             f"{expected[k][0]} {list(expected[k][1])}")
+
+
+def _rebuild_backbone(spec: dict, state: dict[str, torch.Tensor], model_kwargs: dict, device: str) -> Backbone:
     """The saved backbone: architecture from timm, weights from the file, preprocessing as saved."""
+    import timm
+
     from vfe.backbones.backbone import resolve_device
     from vfe.backbones.registry import settings_for
-    from vfe.backbones.weights import WeightsInfo, load_model
+    from vfe.backbones.weights import WeightsInfo
 
-    model, _ = load_model(spec["arch"], "none")
+    model = timm.create_model(spec["arch"], pretrained=False, **model_kwargs)
     model.load_state_dict(state)
     info = WeightsInfo(spec["weights_kind"], spec["weights_identity"], spec["weights_source"], spec["arch"],
                        spec["has_classifier"])
@@ -110,7 +319,7 @@ def _rebuild_backbone(spec: dict, state: dict[str, torch.Tensor], device: str) -
     return Backbone(model, spec["name"], info, data_config, resolve_device(device), settings_for(spec["arch"]))
 
 
-def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def _strip(tensors: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vfe.checkpoint import Checkpointer
+from vfe.hardware import cpu_has_native_bf16
 
 # loss_fn(module, batch) -> (scalar loss to minimise, {metric name: float})
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
@@ -183,7 +184,6 @@ def training_precision(precision: str, device: torch.device) -> str:
         raise ValueError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'auto'")
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    from vfe.backbones.precision import cpu_has_native_bf16
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 

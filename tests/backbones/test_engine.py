@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from vfe.backbones import create_backbone
-from vfe.backbones.engine import PipelineChoice, Prefetcher, TracedFeatures, iter_uint8_batches
-from vfe.backbones.precision import FAITHFUL_COSINE, cpu_has_native_bf16, min_cosine
+from vfe.backbones.engine import Prefetcher, ThreadModeChoice, TracedFeatures, iter_uint8_batches
+from vfe.backbones.precision import FAITHFUL_COSINE, min_cosine
+from vfe.hardware import cpu_has_native_bf16
 
 
 def test_prefetcher_keeps_order_and_runs_ahead_in_another_thread():
@@ -59,7 +60,7 @@ def _timed_modes(slow_mode: bool, calls: list):
 
 @pytest.mark.parametrize("slow_mode", [True, False])
 def test_pipeline_choice_measures_both_modes_keeps_the_faster_and_loses_no_batch(slow_mode):
-    choice, calls = PipelineChoice(batches=4, ttl=60), []
+    choice, calls = ThreadModeChoice(batches=4, ttl=60), []
     batches = [np.full((2, 4, 4), i, np.uint8) for i in range(30)]
     out = list(choice.run(iter(batches), _timed_modes(slow_mode, calls)))
     assert [int(b[0, 0, 0]) for b in out] == list(range(30))  # every batch, in order
@@ -72,7 +73,7 @@ def test_pipeline_choice_measures_both_modes_keeps_the_faster_and_loses_no_batch
 
 
 def test_pipeline_choice_with_too_few_batches_to_measure_keeps_them_all():
-    choice, calls = PipelineChoice(batches=4), []
+    choice, calls = ThreadModeChoice(batches=4), []
     batches = [np.zeros((1, 4, 4), np.uint8)] * 6
     assert len(list(choice.run(iter(batches), _timed_modes(True, calls)))) == 6
     assert choice.prefetch is None and calls == [False] * 6  # nothing measured yet: all cores

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from vfe.cli import build_parser, main
@@ -49,8 +48,11 @@ def test_fit_evaluate_predict_and_cache(tmp_path, capsys):
 def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope.safetensors"), "digits"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["fit", "digits", "--out", str(tmp_path / "x.safetensors"), "--param", "novalue"])
+    assert main(["fit", "digits", "--out", str(tmp_path / "x.safetensors"), "--param", "novalue"]) == 2
+    assert "--param expects KEY=VALUE" in capsys.readouterr().err
+    assert main(["fit", "digits", "--out", str(tmp_path / "x.safetensors"), "--param", "latent_dimm=3"]) == 2
+    err = capsys.readouterr().err
+    assert "latent_dimm" in err and "latent_dim" in err and len(err.strip().splitlines()) == 1
 
 
 def test_unreadable_images_stop_extraction_unless_skipped(tmp_path, capsys):
@@ -66,3 +68,26 @@ def test_unreadable_images_stop_extraction_unless_skipped(tmp_path, capsys):
     assert "broken.jpg" in capsys.readouterr().err
     assert main([*args, "--skip-bad"]) == 0
     assert "features" in capsys.readouterr().out
+
+
+def test_fit_finetune_saves_a_pipeline_that_evaluates_and_predicts(tmp_path, capsys):
+    """`vfe fit --head finetune` trains the top block on images; the file holds the fine-tuned backbone."""
+    out = tmp_path / "digits-ft.safetensors"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["fit", "digits", "--head", "finetune", "--n-train", "200", "--image-size", "32", "--param",
+                 "epochs=1", "--param", "head_epochs=20", "--param", "augment=false", *cache,
+                 "--out", str(out)]) == 0
+    train_accuracy = float(capsys.readouterr().out.split("training accuracy ")[1].rstrip(")\n"))
+    assert train_accuracy > 0.5
+    from vfe.pipeline import Pipeline, read_metadata
+
+    assert read_metadata(out)["backbone"]["weights_kind"] == "finetuned"
+    assert main(["evaluate", str(out), "digits", "--n-test", "100", *cache]) == 0
+    assert float(capsys.readouterr().out.split('"accuracy":')[1].split(",")[0]) > 0.4  # chance 0.1
+    pipe = Pipeline.load(out)
+    from vfe.backbones import create_backbone
+
+    pretrained = create_backbone(image_size=32)
+    changed = [k for k, v in pretrained.model.state_dict().items()
+               if not np.array_equal(v.numpy(), pipe.backbone.model.state_dict()[k].numpy())]
+    assert changed and all(k.startswith(("blocks.6", "conv_head", "bn2")) for k in changed)

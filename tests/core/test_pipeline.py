@@ -1,14 +1,26 @@
-"""A pipeline (real pretrained backbone + head) saves to one safetensors file and loads back identical."""
+"""A pipeline (real pretrained backbone + head) saves to one safetensors file and loads back identical;
+an edited or damaged file is a PipelineFileError, found before anything is built."""
 from __future__ import annotations
+
+import json
+import struct
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
+from vfe import pipeline as pipeline_module
 from vfe.api import predict_files
 from vfe.backbones import create_backbone
-from vfe.heads import make_head
+from vfe.errors import PipelineFileError, VfeError
+from vfe.heads import feature_heads, head_class_of, make_head
+from vfe.heads.priors import PriorCorrected
 from vfe.io import save_tensors
 from vfe.pipeline import Pipeline, read_metadata
 
@@ -51,18 +63,18 @@ def test_save_never_overwrites_unless_asked(fitted, tmp_path):
 
 
 def test_loading_a_foreign_file_says_what_is_wrong(tmp_path):
-    import torch
-
     plain = tmp_path / "plain.safetensors"
     save_tensors(plain, {"w": torch.zeros(2)})
-    with pytest.raises(ValueError, match="not a vfe pipeline"):
+    with pytest.raises(PipelineFileError, match="not a vfe pipeline"):
         Pipeline.load(plain)
-    junk = tmp_path / "junk.safetensors"
-    junk.write_bytes(b"not a safetensors file at all")
-    with pytest.raises(ValueError, match="not a safetensors file"):
-        Pipeline.load(junk)
-    with pytest.raises(FileNotFoundError):
+    for junk, content in (("junk.safetensors", b"not a safetensors file at all"),
+                          ("photo.png", b"\x89PNG\r\n\x1a\n" + bytes(64)), ("empty.safetensors", b"")):
+        (tmp_path / junk).write_bytes(content)
+        with pytest.raises(PipelineFileError, match=f"{junk}: not a safetensors file"):
+            Pipeline.load(tmp_path / junk)
+    with pytest.raises(FileNotFoundError, match="does not exist") as err:
         Pipeline.load(tmp_path / "missing.safetensors")
+    assert isinstance(err.value, PipelineFileError)
 
 
 def test_predict_files_reads_files_and_folders(fitted, digit_images, tmp_path):
@@ -81,3 +93,196 @@ def test_predict_files_reads_files_and_folders(fitted, digit_images, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(ValueError, match="bad.png"):
         predict_files(fitted, [tmp_path / "bad.png"])
+
+
+# -- edited and damaged files ------------------------------------------------------------------------
+# A tiny randomly initialised timm network (test_resnet, 96 features) keeps these fast: what is checked
+# is the file, not the features.
+
+@pytest.fixture(scope="module")
+def tiny(digit_images):
+    """(pipeline, its saved file, 20 test images) with a linear head on test_resnet at 32 x 32."""
+    images, labels = digit_images
+    backbone = create_backbone("test_resnet", weights="none", image_size=32, device="cpu")
+    head = make_head("linear", epochs=5, random_state=0).fit(backbone.extract(images[:80]), labels[:80])
+    pipe = Pipeline(backbone, head, [f"digit {i}" for i in range(10)])
+    return pipe, images[380:]
+
+
+@pytest.fixture
+def saved(tiny, tmp_path):
+    return tiny[0].save(tmp_path / "tiny.safetensors")
+
+
+def edited(path, meta_edit=None, tensor_edit=None, raw=None):
+    """The pipeline at `path` rewritten with its JSON header and/or tensors changed, as a user could."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["vfe"])
+    tensors = load_file(str(path))
+    if meta_edit:
+        meta_edit(meta)
+    if tensor_edit:
+        tensor_edit(tensors)
+    out = path.with_name("edited.safetensors")
+    save_tensors(out, tensors, metadata={"vfe": raw if raw is not None else json.dumps(meta)})
+    return out
+
+
+def head_weight(tensors) -> str:
+    return next(k for k, v in tensors.items() if k.startswith("head.") and v.ndim == 2)
+
+
+def _set(path: str, value):
+    def edit(meta):
+        *parents, key = path.split(".")
+        target = meta
+        for p in parents:
+            target = target[p]
+        target[key] = value
+    return edit
+
+
+EDITS = {  # name: (meta edit, tensor edit, raw JSON, what the error says)
+    "more classes": (lambda m: (_set("head.classes", list(range(12)))(m),
+                                _set("class_names", [f"c{i}" for i in range(12)])(m)), None, None,
+                     r"head does not fit .* size mismatch for \S+weight: .*\[10, 96\]\) .*\[12, 96\]"),
+    "transposed weight": (None, lambda t: t.update({head_weight(t): t[head_weight(t)].T.contiguous()}), None,
+                          r"head does not fit .* size mismatch for \S+weight: .*\[96, 10\]\) from checkpoint"),
+    "weight as float64": (None, lambda t: t.update({head_weight(t): t[head_weight(t)].double()}), None,
+                          r"weight is F64 \[10, 96\], .* needs F32 \[10, 96\]"),
+    "unknown arch": (_set("backbone.arch", "resnet_from_the_future"), None, None,
+                     "backbone.arch 'resnet_from_the_future' is not a timm model"),
+    "another arch": (_set("backbone.arch", "test_vit"), None, None,
+                     r"the file (lacks|holds) \d+ tensor\(s\) the backbone"),
+    "no backbone": (lambda m: m.pop("backbone"), None, None, "the header has no 'backbone' object"),
+    "class names short": (lambda m: m["class_names"].pop(), None, None,
+                          "class_names lists 9 names but the head has 10 classes"),
+    "huge input": (_set("backbone.data_config.input_size", [3, 100000, 100000]), None, None,
+                   r"input_size \[3, 100000, 100000\] is outside 8..1024 pixels a side"),
+    "huge head input": (_set("head.n_features_in", 10**9), None, None,
+                        "the head takes 1000000000 features, but the backbone test_resnet gives 96"),
+    "unknown head parameter": (_set("head.params.colour", "blue"), None, None,
+                               r"the head does not fit its saved tensors or parameters \(TypeError"),
+    "unknown head class": (_set("head.head", "MysteryHead"), None, None, "unknown head class 'MysteryHead'"),
+    "interpolation": (_set("backbone.data_config.interpolation", "lanczos9"), None, None,
+                      "interpolation 'lanczos9' is not one of"),
+    "not JSON": (None, None, '{"format": "vfe-pipeline", ', "the pipeline header is not valid JSON"),
+    "version as text": (_set("version", "1"), None, None, "pipeline format vfe-pipeline v1 is not readable"),
+    "a list": (None, None, "[1, 2]", "the pipeline header is a JSON list"),
+}
+
+
+@pytest.mark.parametrize("name", list(EDITS))
+def test_an_edited_header_is_refused_before_any_tensor_is_read(name, saved, monkeypatch):
+    meta_edit, tensor_edit, raw, message = EDITS[name]
+    path = edited(saved, meta_edit, tensor_edit, raw)
+
+    def no_tensors(*args, **kwargs):
+        raise AssertionError("tensors were read before the header was checked")
+
+    monkeypatch.setattr(pipeline_module, "load_tensors", no_tensors)
+    with pytest.raises(PipelineFileError, match=message) as err:
+        Pipeline.load(path, device="cpu")
+    assert str(err.value).startswith(f"{path}: ")
+    with pytest.raises(PipelineFileError, match=message):
+        read_metadata(path)
+
+
+@pytest.fixture(scope="module")
+def feature_matrix(tiny, digit_images):
+    images, labels = digit_images
+    return tiny[0].backbone.extract(images[:80]), labels[:80]
+
+
+@pytest.mark.parametrize("name", sorted({n for n in feature_heads() if n == min(
+    (m for m in feature_heads() if head_class_of(m) is head_class_of(n)), key=len)}))
+def test_every_head_class_passes_the_check_and_round_trips(name, tiny, feature_matrix, tmp_path):
+    """The header check rebuilds each head on the meta device: it must accept every real file."""
+    X, y = feature_matrix
+    head = make_head(name, random_state=0).fit(X, y)
+    for model in (head, PriorCorrected(head, new_priors=np.full(10, 0.1), prefit=True).fit(None, y)):
+        pipe = Pipeline(tiny[0].backbone, model, tiny[0].class_names)
+        path = pipe.save(tmp_path / "p.safetensors", overwrite=True)
+        loaded = Pipeline.load(path, device="cpu")
+        np.testing.assert_allclose(loaded.predict_proba(tiny[1]), pipe.predict_proba(tiny[1]), atol=1e-6)
+
+
+def test_a_head_fitted_on_some_classes_keeps_the_data_sets_names(tiny, feature_matrix, tmp_path):
+    """class_names may list more names than the head has classes when the labels index them."""
+    X, y = feature_matrix
+    keep = y != 4
+    head = make_head("linear", epochs=2, random_state=0).fit(X[keep], y[keep])
+    path = Pipeline(tiny[0].backbone, head, tiny[0].class_names).save(tmp_path / "p.safetensors")
+    loaded = Pipeline.load(path, device="cpu")
+    assert loaded.class_name(5) == "digit 5" and len(loaded.head.classes_) == 9
+
+
+# -- property: truncation and byte flips ------------------------------------------------------------
+
+PROPERTY = settings(max_examples=40, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def layout_of(data: bytes) -> tuple[range, range, range]:
+    """(the JSON header, the 'vfe' metadata string inside it, the tensor data) as byte ranges of a file."""
+    n = struct.unpack("<Q", data[:8])[0]
+    header = data[8:8 + n]
+    vfe = json.dumps(json.loads(header)["__metadata__"]["vfe"]).encode()
+    start = 8 + header.index(vfe)
+    return range(8, 8 + n), range(start, start + len(vfe)), range(8 + n, len(data))
+
+
+def load_or_none(path):
+    try:
+        return Pipeline.load(path, device="cpu")
+    except VfeError:
+        return None
+
+
+def state_of(pipe: Pipeline) -> dict[str, torch.Tensor]:
+    return {**{f"backbone.{k}": v for k, v in pipe.backbone.model.state_dict().items()},
+            **{f"head.{k}": v for k, v in pipe.head.export_state()[0].items()}}
+
+
+def test_a_pipeline_truncated_anywhere_in_its_header_is_an_error(saved, tmp_path):
+    """Every offset in the length prefix and the first 64 header bytes, then every 37th through the header
+    and one per 4 KiB of tensor data: a cut inside the header is one case for the parser (fewer bytes than
+    the prefix announces), a cut in the data another (less data than the offsets say)."""
+    data = saved.read_bytes()
+    header, _, tensors = layout_of(data)
+    cut_file = tmp_path / "cut.safetensors"
+    cuts = [*range(72), *range(72, header.stop, 37), header.stop - 1, *range(tensors.start, len(data), 4096)]
+    for cut in cuts:
+        cut_file.write_bytes(data[:cut])
+        with pytest.raises(PipelineFileError):
+            read_metadata(cut_file)
+    cut_file.write_bytes(data[:-1])
+    assert load_or_none(cut_file) is None
+
+
+@PROPERTY
+@given(data=st.data())
+def test_a_flipped_byte_is_an_error_or_changes_only_what_has_no_checksum(saved, tiny, tmp_path, data):
+    """safetensors has no checksum. A flip in the tensor data loads as a model with that one tensor changed,
+    undetectably; a flip inside the 'vfe' JSON text may change a value that is only checked for type and
+    range (a class name, a mean, a training-history number) and then loads with the tensors unchanged.
+    A flip anywhere else (the length prefix, tensor names, dtypes, shapes, offsets, JSON syntax) must be an
+    error, or change nothing."""
+    raw = saved.read_bytes()
+    _, vfe, tensors = layout_of(raw)
+    offset = data.draw(st.one_of(st.integers(0, tensors.start - 1), st.integers(tensors.start, len(raw) - 1)))
+    xor = data.draw(st.integers(1, 255))
+    path = tmp_path / "flipped.safetensors"
+    path.write_bytes(raw[:offset] + bytes([raw[offset] ^ xor]) + raw[offset + 1:])
+    got = load_or_none(path)
+    if got is None:
+        return
+    before, after = state_of(tiny[0]), state_of(got)
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    if offset in tensors:
+        assert len(changed) <= 1  # one element of one tensor (or a flip that left the value equal, e.g. -0.0)
+    else:
+        assert changed == []
+        if offset not in vfe:
+            assert read_metadata(path) == read_metadata(saved)

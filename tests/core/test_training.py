@@ -114,7 +114,7 @@ def test_bf16_precision_trains_in_bf16_evaluates_in_fp32_and_learns_as_well(digi
 
 
 def test_precision_auto_and_bad_values():
-    from vfe.backbones.precision import cpu_has_native_bf16
+    from vfe.hardware import cpu_has_native_bf16
     from vfe.training import training_precision
 
     cpu = torch.device("cpu")

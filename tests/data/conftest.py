@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import functools
 import gzip
-import io
-import pickle
 import struct
-import tarfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
+from colour_data import (  # tests/colour_data.py: pytest puts tests/ on sys.path
+    CLASS_NAMES,
+    cifar_batch,
+    colour_splits,
+    python2_pickle,
+    write_colour_cifar,
+    write_colour_folder,
+    write_tar_gz,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -75,44 +80,6 @@ def photo_crops():
     return np.stack(images), np.asarray(labels)
 
 
-class _Python2Pickler(pickle._Pickler):
-    """Writes pickles as Python 2's cPickle wrote the official CIFAR batches: strings as byte strings
-    (SHORT_BINSTRING / BINSTRING), NumPy's array globals under their numpy.core names."""
-
-    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
-
-    def save_bytes(self, obj):
-        n = len(obj)
-        opcode = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
-        self.write(opcode + obj)
-        self.memoize(obj)
-
-    def save_str(self, obj):
-        self.save_bytes(obj.encode("latin-1"))
-
-    def save_global(self, obj, name=None):
-        name = name or obj.__qualname__
-        module = pickle.whichmodule(obj, name).replace("numpy._core", "numpy.core")
-        self.write(pickle.GLOBAL + f"{module}\n{name}\n".encode())
-        self.memoize(obj)
-
-    dispatch[bytes] = save_bytes
-    dispatch[str] = save_str
-
-
-def python2_pickle(obj) -> bytes:
-    buf = io.BytesIO()
-    _Python2Pickler(buf, protocol=2).dump(obj)
-    return buf.getvalue()
-
-
-def cifar_batch(images: np.ndarray, labels: np.ndarray, labels_key: bytes) -> bytes:
-    """One batch in the official layout: b'data' N x 3072 (all red, then green, then blue), labels a list."""
-    data = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-    return python2_pickle({b"batch_label": b"testing batch 1 of 1", labels_key: [int(v) for v in labels],
-                           b"data": data, b"filenames": [f"{i}.png".encode() for i in range(len(images))]})
-
-
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -126,15 +93,6 @@ def cifar10_files(images: np.ndarray, labels: np.ndarray) -> dict[str, bytes]:
                                             b"label_names": [n.encode() for n in CIFAR10_NAMES]})
     files["readme.html"] = b"<html>CIFAR-10</html>"
     return files
-
-
-def write_tar_gz(path: Path, top: str, files: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{top}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -163,6 +121,18 @@ def tree_state(root: Path) -> dict:
         st = p.stat()
         state[str(p.relative_to(root))] = (p.is_dir(), st.st_size, st.st_mtime_ns)
     return state
+
+
+@pytest.fixture
+def colour_sets(tmp_path):
+    """The colour data set of tests/colour_data.py as a PNG folder, a CIFAR-10 archive and its extracted
+    folder: (namespace of the three paths, {"train": (images, labels), "test": ...}, class names)."""
+    from types import SimpleNamespace
+
+    paths = SimpleNamespace(folder=write_colour_folder(tmp_path / "photos"),
+                            archive=write_colour_cifar(tmp_path / "archive"),
+                            extracted=write_colour_cifar(tmp_path / "extracted", archive=False))
+    return paths, colour_splits(), list(CLASS_NAMES)
 
 
 @pytest.fixture(scope="session")

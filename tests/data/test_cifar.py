@@ -9,6 +9,7 @@ import pytest
 
 from vfe.data import load_dataset, locate
 from vfe.data.cifar import CifarFormatError, UnsafePickleError, unpickle_batch
+from vfe.errors import DataError
 
 
 @pytest.fixture
@@ -90,6 +91,38 @@ def test_a_pickle_that_would_run_code_is_refused_before_running(tmp_path, photo_
     assert not marker.exists()
 
 
+def test_a_hostile_batch_or_meta_file_is_a_data_error_naming_the_file(tmp_path, photo_crops, formats):
+    """The CLI prints a DataError as one line; a refused pickle used to escape as an UnpicklingError."""
+    marker = tmp_path / "pwned"
+    evil = formats.python2_pickle({b"data": _RunsShellCommand(marker), b"labels": [0]})
+    for name in ("test_batch", "batches.meta"):
+        files = formats.cifar10_files(*photo_crops)
+        files[name] = evil
+        folder = tmp_path / name / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for file, data in files.items():
+            (folder / file).write_bytes(data)
+        with pytest.raises(DataError, match=f"{folder}:{name}: refused to load the global"):
+            load_dataset(folder, split="test")
+    assert not marker.exists()
+
+
+def test_a_fortran_order_array_is_refused_not_read_transposed(tmp_path, photo_crops, formats):
+    """One flipped bit (NEWFALSE -> NEWTRUE in the array's pickled state) marks the pixels as Fortran order;
+    NumPy would then lay them out transposed, a silently different data set."""
+    images, labels = photo_crops
+    blob = formats.cifar_batch(images[:3], labels[:3], b"labels")
+    flag = blob.index(pickle.NEWFALSE + pickle.BINSTRING)  # is_fortran, right before the pixel bytes
+    files = formats.cifar10_files(images, labels)
+    files["test_batch"] = blob[:flag] + pickle.NEWTRUE + blob[flag + 1:]
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    with pytest.raises(CifarFormatError, match=r"test_batch: b'data' must be .* got uint8 \(3, 3072\) in Fortran"):
+        load_dataset(folder, split="test")
+
+
 @pytest.mark.parametrize("payload, refused", [
     (pickle.dumps({"x": pickle.Unpickler}, protocol=2), r"global pickle\.Unpickler"),  # any other class
     (pickle.dumps(np.zeros(3, np.uint8), protocol=5), "numpy._core.numeric._frombuffer"),  # not official
@@ -114,7 +147,7 @@ def test_malformed_batches_are_named(tmp_path, photo_crops, formats):
     folder.mkdir()
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    wrong_shape = r"test_batch: b'data' must be a uint8 N x 3072 array, got uint8 \(4, 100\)"
+    wrong_shape = r"test_batch: b'data' must be a uint8 N x 3072 array \(in C order\), got uint8 \(4, 100\)"
     with pytest.raises(CifarFormatError, match=wrong_shape):
         load_dataset(folder, split="test")
     with pytest.raises(CifarFormatError, match="data_batch_2: labels span 0..10, outside the 10 classes"):

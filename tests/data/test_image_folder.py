@@ -8,10 +8,12 @@ import pytest
 from PIL import Image
 
 from vfe.backbones.engine import iter_uint8_batches
-from vfe.data import LazyImages, load_dataset
+from vfe.data import IMAGE_SUFFIXES, LazyImages, load_dataset, load_train_test
 from vfe.data import folder as folder_module
 from vfe.data import images as images_module
 from vfe.data.images import UnreadableImageError
+from vfe.data.split import validation_split_index
+from vfe.errors import DataError
 from vfe.features.cache import FeatureCache, content_hash
 
 
@@ -183,25 +185,47 @@ def break_two_files(root):
     return not_image, truncated
 
 
-def test_unreadable_images_name_the_file(flowers):
+def test_every_unreadable_image_is_named_in_one_error_with_the_cli_flag(flowers):
+    """Header failures (the text file) and decode failures (the cut JPEG) are reported together."""
     root = flowers[0]
     not_image, truncated = break_two_files(root)
-    with pytest.raises(UnreadableImageError, match=f"{not_image}: not a readable image"):
+    with pytest.raises(UnreadableImageError) as err:
         load_dataset(root)
+    message = str(err.value)
+    assert isinstance(err.value, DataError) and message.startswith(f"{root}: 2 unreadable image files: ")
+    assert f"{not_image}: not a readable image" in message and f"{truncated}: cannot decode image" in message
+    assert "--skip-bad" in message and "skip_bad=True" not in message.replace("(Python: skip_bad=True)", "")
     not_image.unlink()
-    with pytest.raises(UnreadableImageError, match=f"{truncated}: cannot decode image .*skip_bad=True"):
+    with pytest.raises(UnreadableImageError, match=f"1 unreadable image file: {truncated}: cannot decode"):
         load_dataset(root)
 
 
 def test_skip_bad_leaves_unreadable_files_out_with_a_warning_and_a_record(flowers):
     root, _, labels = flowers
     break_two_files(root)
-    with pytest.warns(RuntimeWarning, match="skipped 2 unreadable image file"):
+    with pytest.warns(RuntimeWarning, match=r"skipped 2 unreadable image file\(s\) \(--skip-bad\): "
+                                            r"cat/002.png, rocket/003.jpg; all are listed"):
         data = load_dataset(root, skip_bad=True)
     assert len(data) == len(labels) - 2
     assert data.meta["n_skipped"] == 2
-    assert sorted(data.meta["skipped"]) == ["cat/002.png", "rocket/003.jpg"]
+    assert [s["file"] for s in data.meta["skipped"]] == ["cat/002.png", "rocket/003.jpg"]
+    assert data.meta["skipped"][0]["error"].startswith("not a readable image")
+    assert data.meta["skipped"][1]["error"].startswith("cannot decode image")
     np.testing.assert_array_equal(np.bincount(data.labels), [6, 5, 5])
+
+
+def test_many_skipped_files_are_counted_and_the_first_few_named(flowers):
+    root, _, labels = flowers
+    broken = sorted((root / "cat").glob("*.png"))[:6] + sorted((root / "coffee").glob("*.png"))[:2]
+    for path in broken:
+        path.write_bytes(b"GIF89a but not really")
+    with pytest.warns(RuntimeWarning) as caught:
+        data = load_dataset(root, skip_bad=True)
+    message = next(str(w.message) for w in caught if "unreadable" in str(w.message))
+    assert "skipped 8 unreadable image file(s)" in message and message.count(".png") == 5
+    assert "and 3 more" in message
+    assert [s["file"] for s in data.meta["skipped"]] == [str(p.relative_to(root)) for p in broken]
+    assert len(data) == len(labels) - 8
 
 
 def test_lazy_images_decode_on_access_and_equal_the_eager_ones(flowers, formats, monkeypatch):
@@ -230,7 +254,7 @@ def test_lazy_content_hash_is_stable_cheap_and_content_sensitive(flowers, monkey
     def no_decoding(*args, **kwargs):
         raise AssertionError("the content hash of a lazy set must not decode images")
 
-    monkeypatch.setattr(images_module, "decode_image", no_decoding)
+    monkeypatch.setattr(images_module, "read_image", no_decoding)
     assert content_hash(first) == content_hash(second)
     part = first.subset(np.arange(5), tag="first5")
     assert content_hash(part) not in (content_hash(first), "")
@@ -245,8 +269,8 @@ def test_lazy_decode_errors_name_the_file(flowers):
     _, truncated = break_two_files(root)
     with pytest.warns(RuntimeWarning, match="skipped 1 unreadable"):
         lazy = load_dataset(root, lazy=True, skip_bad=True)  # the header check catches the text file
-    assert lazy.meta["skipped"] == ["cat/002.png"]
-    with pytest.raises(UnreadableImageError, match=f"{truncated}: cannot decode image"):
+    assert [s["file"] for s in lazy.meta["skipped"]] == ["cat/002.png"]
+    with pytest.raises(UnreadableImageError, match=f"1 unreadable image file: {truncated}: cannot decode image"):
         np.asarray(lazy.images)
 
 
@@ -277,3 +301,86 @@ def test_the_feature_cache_and_batching_read_a_lazy_folder_like_an_eager_one(flo
         eager = cache.extract(MeanColour(), load_dataset(root), shard_size=4, progress=False)
     np.testing.assert_allclose(lazy.array(), eager.array(), rtol=1e-6)
     np.testing.assert_array_equal(lazy.labels, eager.labels)
+
+
+def _link_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "symbolic link" in str(w.message)]
+
+
+def test_a_link_back_to_the_root_is_skipped_not_made_a_class_of_duplicates(flowers):
+    root, images, labels = flowers
+    (root / "everything").symlink_to(root, target_is_directory=True)  # at the class level, to the root
+    (root / "cat" / "again").symlink_to(root / "cat", target_is_directory=True)  # inside a class, to it
+    (root / "rocket" / "alias").symlink_to(root / "coffee", target_is_directory=True)  # another class: kept
+    with pytest.warns(RuntimeWarning) as caught:
+        data = load_dataset(root)
+    assert data.class_names == ["cat", "coffee", "rocket"]
+    assert len(data) == len(labels) + 5  # rocket also holds coffee's 5 images, through the link inside the root
+    np.testing.assert_array_equal(data.images[:len(labels)], images)
+    [message] = _link_warnings(caught)
+    assert "skipped 2 symbolic link(s)" in message
+    assert f"everything (loops back to {root})" in message and "cat/again (loops back to" in message
+    assert sorted(s["link"] for s in data.meta["skipped_links"]) == ["cat/again", "everything"]
+
+
+def test_links_out_of_the_root_are_skipped(flowers, tmp_path, photos):
+    root, images, _ = flowers
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "dogs").mkdir(parents=True)
+    Image.fromarray(photos["astronaut"]).save(elsewhere / "dogs" / "0.png")
+    Image.fromarray(photos["astronaut"]).save(elsewhere / "stray.png")
+    (root / "dogs").symlink_to(elsewhere / "dogs", target_is_directory=True)  # a class folder outside
+    (root / "cat" / "zz.png").symlink_to(elsewhere / "stray.png")  # one image file outside
+    (root / "cat" / "broken.png").symlink_to(tmp_path / "no-such-file.png")
+    with pytest.warns(RuntimeWarning) as caught:
+        data = load_dataset(root)
+    assert data.class_names == ["cat", "coffee", "rocket"]
+    np.testing.assert_array_equal(data.images, images)
+    [message] = _link_warnings(caught)
+    assert "skipped 3 symbolic link(s)" in message
+    assert f"dogs (points outside the folder, to {elsewhere / 'dogs'})" in message
+    assert "cat/zz.png (points outside" in message and "cat/broken.png (broken or circular link)" in message
+
+
+def test_a_class_too_small_for_the_test_split_is_warned_about(tmp_path, photos):
+    """A folder without split folders is split as Keras does (not stratified): a class with one image lands in
+    one part only, so the other part silently lacks it unless told."""
+    root = tmp_path / "small"
+    for name, count in (("cat", 9), ("coffee", 9), ("rocket", 1)):
+        (root / name).mkdir(parents=True)
+        photo = photos["chelsea" if name == "cat" else name]
+        for i, image in enumerate(variants(photo, count)):
+            Image.fromarray(image).save(root / name / f"{i}.png")
+    # the seed decides which part the rocket (the last of 19 files) goes to; pick one for each case
+    in_test = [s for s in range(50) if 18 in validation_split_index(19, 0.2, "validation", s)]
+    in_train = [s for s in range(50) if s not in in_test]
+    with pytest.warns(RuntimeWarning, match=r"1 of 3 classes have no image in the validation subset "
+                                            r"\(validation_split=0.2, seed=\d+\): 'rocket' \(1 image in all, "
+                                            r"too few for validation_split=0.2\)"):
+        train, test = load_train_test(root, test_fraction=0.2, seed=in_train[0])
+    assert 2 in train.labels and 2 not in test.labels
+    with pytest.warns(RuntimeWarning, match="no image in the training subset"):
+        train, test = load_train_test(root, test_fraction=0.2, seed=in_test[0])
+    assert 2 in test.labels and 2 not in train.labels
+
+
+def test_a_broken_image_in_a_test_split_folder_is_reported_not_replaced_by_a_holdout(tmp_path, photos):
+    root = tmp_path / "splits"
+    for split in ("train", "test"):
+        for name in ("cat", "rocket"):
+            (root / split / name).mkdir(parents=True)
+            Image.fromarray(photos["chelsea" if name == "cat" else "rocket"]).save(root / split / name / "0.png")
+    (root / "test" / "cat" / "1.png").write_text("not a PNG")
+    with pytest.raises(UnreadableImageError, match=r"test/cat/1.png: not a readable image"):
+        load_train_test(root)
+
+
+def test_tiff_images_are_read_by_every_command(tmp_path, photos):
+    root = tmp_path / "tiffs"
+    for name in ("cat", "rocket"):
+        (root / name).mkdir(parents=True)
+    Image.fromarray(photos["chelsea"]).save(root / "cat" / "0.tif")
+    Image.fromarray(photos["rocket"]).save(root / "rocket" / "0.TIFF")
+    assert {".tif", ".tiff"} <= set(IMAGE_SUFFIXES)
+    data = load_dataset(root)
+    np.testing.assert_array_equal(data.images, np.stack([photos["chelsea"], photos["rocket"]]))

@@ -84,7 +84,7 @@ def test_a_deleted_shard_is_recomputed_alone(tmp_path, counting, digits):
     cache = FeatureCache(tmp_path)
     fs = cache.extract(counting, digits, shard_size=16, progress=False)
     want = fs.array()
-    (fs.path / "shard-00001.npy").unlink()
+    (fs.path / fs.manifest["shards"][1]).unlink()
     again = cache.extract(counting, digits, shard_size=16, progress=False)
     assert counting.images == 40 + 16
     np.testing.assert_allclose(again.array(), want, rtol=1e-4, atol=1e-4)
@@ -120,7 +120,7 @@ def test_an_extraction_killed_with_sigkill_resumes_without_redoing_finished_shar
     worker = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
-        while not list(root.glob("*/shard-00000.npy")):
+        while not list(root.glob("*/shard-00000-*.npy")):
             assert worker.poll() is None, worker.stdout.read().decode()
             assert time.monotonic() < deadline, "the worker never wrote its first shard"
             time.sleep(0.1)
@@ -128,9 +128,9 @@ def test_an_extraction_killed_with_sigkill_resumes_without_redoing_finished_shar
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
     (entry,) = root.iterdir()
-    first_shard = entry / "shard-00000.npy"
+    (first_shard,) = entry.glob("shard-00000-*.npy")
     landed = first_shard.stat().st_mtime_ns
-    assert not (entry / "manifest.json").exists() and not (entry / "shard-00001.npy").exists()
+    assert not (entry / "manifest.json").exists() and not list(entry.glob("shard-00001-*"))
 
     fs = FeatureCache(root).extract(counting, digits, transform=lambda images, row: images,
                                     transform_key="identity", shard_size=16, progress=False)

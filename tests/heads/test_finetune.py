@@ -7,6 +7,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from vfe.backbones import create_backbone
+from vfe.data.split import balanced_index
 from vfe.heads import FinetuneHead, head_class
 from vfe.heads.finetune import top_block_parameters
 
@@ -62,3 +63,12 @@ def test_images_not_features_are_required(digit_images):
         FinetuneHead().fit(X_train.astype(np.float32), y_train)
     with pytest.raises(ValueError, match="200 images but 3 labels"):
         FinetuneHead().fit(X_train, y_train[:3])
+
+
+def test_max_images_picks_the_projects_balanced_subset(digit_images):
+    X_train, y_train, _, _ = digit_images
+    images, labels = FinetuneHead(max_images=50, random_state=3)._subset(X_train, y_train)
+    index = balanced_index(y_train, 50, 3)
+    np.testing.assert_array_equal(labels, y_train[index])
+    np.testing.assert_array_equal(images, X_train[index])
+    assert FinetuneHead(max_images=None)._subset(X_train, y_train)[1] is y_train

@@ -9,7 +9,7 @@ from sklearn.pipeline import make_pipeline
 
 from vfe.heads import SVMHead, adjust_priors, head_class
 from vfe.heads.priors import PriorCorrected
-from vfe.stages.clean import probability_metrics
+from vfe.robustness.calibration import probability_metrics
 
 # deployment priors: digit 0 is ten times and digit 9 six times as common as each other digit
 SHIFTED = np.array([10, 1, 1, 1, 1, 1, 1, 1, 1, 6], dtype=float)

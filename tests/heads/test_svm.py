@@ -6,7 +6,7 @@ import torch
 from sklearn.svm import LinearSVC
 
 from vfe.heads import SVMHead, head_class
-from vfe.stages.clean import probability_metrics
+from vfe.robustness.calibration import probability_metrics
 
 
 def _round_trip(head):

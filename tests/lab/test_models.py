@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from vfe.lab.models import PRESETS, AEConfig, build_model, load_model, preset, save_model
+from vfe.lab.config import PRESETS, AEConfig, preset
+from vfe.lab.models import build_model, load_model, save_model
 
 
 def _layers(module: nn.Module, kind: type) -> list[nn.Module]:

@@ -1,11 +1,15 @@
-"""Classifiers started from an autoencoder's encoder: what is copied, what is frozen, what is balanced."""
+"""Classifiers started from an autoencoder's encoder: what is copied, what is frozen, which images."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from vfe.data.split import balanced_index
+from vfe.lab import pretraining
+from vfe.lab.common import load_data
+from vfe.lab.config import LabSettings
 from vfe.lab.models import build_model
-from vfe.lab.pretraining import EncoderClassifier, fit_classifier_from, labelled_subset
+from vfe.lab.pretraining import EncoderClassifier, fit_classifier_from
 
 
 def test_the_classifier_starts_from_a_copy_of_the_encoder_body():
@@ -29,9 +33,21 @@ def test_frozen_arm_trains_only_the_new_layer_and_every_arm_starts_the_head_alik
     assert torch.equal(*untrained)
 
 
-def test_labelled_subsets_are_class_balanced_and_repeatable():
-    labels = np.repeat(np.arange(10), 50)
-    idx = labelled_subset(labels, 30, seed=0)
-    assert np.bincount(labels[idx], minlength=10).tolist() == [3] * 10
-    assert np.array_equal(idx, labelled_subset(labels, 30, seed=0))
-    assert not np.array_equal(idx, labelled_subset(labels, 30, seed=1))
+def test_the_labelled_images_are_the_projects_balanced_subset(colour_folder, tmp_path, monkeypatch):
+    settings = LabSettings(dataset=str(colour_folder), n_train=None, n_test=None, epochs=1, batch_size=16,
+                           patience=None, progress=False)
+    seen = []
+
+    def spy(source, x, y, *args, **kwargs):
+        seen.append((x, y))
+        return fit_classifier_from(source, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(pretraining, "fit_classifier_from", spy)
+    pretraining.run_pretrain(settings, out=tmp_path / "p", label_counts=(6, 10), seeds=(0, 1), steps=1)
+    data = load_data(settings)
+    expected = [data.train.labels[balanced_index(data.train.labels, n, seed)]
+                for n in (6, 10) for seed in (0, 1) for _ in pretraining.ARMS]
+    assert [y.tolist() for _, y in seen] == [e.tolist() for e in expected]
+    for (x, _), n, seed in zip(seen[::3], (6, 6, 10, 10), (0, 1, 0, 1), strict=True):
+        torch.testing.assert_close(x, data.x_train[balanced_index(data.train.labels, n, seed)])
+    assert seen[0][0].shape[1:] == (3, 32, 32)

@@ -3,7 +3,8 @@
 Real heads (linear and VFE, 3 seeds each) are fitted on the 64-d digit features; clean metrics come
 from the clean stage; the corruption numbers come from the heads on noised features; adversarial
 and OOD numbers are per-seed values generated here. Everything then goes through the real summary
-functions (corruption_summary, summarise), as in `vfe.experiment.run`.
+functions (corruption_summary, summarise), as in `vfe.benchmark.run.run`, and the results carry
+`report_inputs` as the run stores them: the report sees only the results.
 """
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from vfe.benchmark.clean import evaluate_clean
+from vfe.benchmark.config import AttackSettings, BackboneSettings, DataSettings, HeadSettings, RunSettings
+from vfe.benchmark.corruption import corruption_summary
+from vfe.benchmark.fit import fit_heads
+from vfe.benchmark.summary import summarise
+from vfe.benchmark.sweep import summarise_cells
 from vfe.data.types import ImageSet
-from vfe.experiment import ExperimentConfig, config_dict
-from vfe.stages.clean import evaluate_clean, probability_metrics
-from vfe.stages.fit import fit_heads
-from vfe.stages.robust_summary import corruption_summary, summarise
-from vfe.sweep import summarise as summarise_sweep
+from vfe.io import read_json, write_json
+from vfe.report.inputs import report_inputs
+from vfe.robustness.calibration import probability_metrics
 
 HEADS = ["linear", "vfe"]
 SEEDS = [0, 1, 2]
@@ -53,7 +58,7 @@ def _corrupted_metrics(models: dict, X: np.ndarray, y: np.ndarray, names: list[s
 
 
 def _adversarial(clean: dict, rng: np.random.Generator) -> dict:
-    """Per-seed attack accuracies shaped like vfe.stages.adversarial's: the sampling VFE head keeps part of
+    """Per-seed attack accuracies shaped like vfe.benchmark.adversarial's: the sampling VFE head keeps part of
     its accuracy under the naive attack only (gradient masking); for the deterministic linear head EOT is
     the plain attack, so its "_eot" numbers repeat the plain ones."""
     out: dict = {}
@@ -96,45 +101,52 @@ def _ood(models: dict, clean_probs: dict, X_test: np.ndarray) -> dict:
 
 
 @pytest.fixture(scope="session")
-def report_run():
-    """(results, models, test ImageSet, clean_probs) of a small but complete run."""
+def report_run(tmp_path_factory):
+    """The results of a small but complete run, as its results.json holds them."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: extra threads only contend on a shared machine
     try:
-        return _build_run()
+        results = _build_run()
     finally:
         torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("run") / "results.json"
+    write_json(path, results)
+    return read_json(path)
 
 
 def _build_run():
     from vfe.robustness.corruptions import BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
 
     X_train, y_train, X_test, test = digits_test_set()
-    config = ExperimentConfig(name="report-test", dataset="digits", backbone="identity", heads=HEADS,
-                              seeds=SEEDS, n_train=len(y_train), n_test=len(test), n_attack=64, n_eot=8,
-                              attack_steps=5, progress=False)
-    models, fit_seconds = fit_heads(HEADS, SEEDS, X_train, y_train, HEAD_PARAMS, progress=False)
+    settings = RunSettings(name="report-test", progress=False,
+                           data=DataSettings(dataset="digits", n_train=len(y_train), n_test=len(test)),
+                           backbone=BackboneSettings(backbone="identity", weights="none", image_size=32),
+                           heads=HeadSettings(heads=HEADS, seeds=SEEDS, head_params=HEAD_PARAMS),
+                           attacks=AttackSettings(n_attack=64, n_eot=8, attack_steps=5))
+    models, fit_seconds = fit_heads(settings.heads, HEADS, X_train, y_train, progress=False)
     clean, clean_probs = evaluate_clean(models, X_test, test.labels)
     names = list(BENCHMARK_CORRUPTIONS) + list(EXTRA_CORRUPTIONS)
-    per_model = _corrupted_metrics(models, X_test, test.labels, names, config.severities)
+    severities = settings.corruptions.severities
+    per_model = _corrupted_metrics(models, X_test, test.labels, names, severities)
     results = {
         "setting": {"dataset": "digits", "backbone": "identity", "weights": "none", "image_size": 32,
                     "feature_dim": X_train.shape[1], "n_train": len(y_train), "n_test": len(test), "seeds": SEEDS,
                     "heads": HEADS, "data_seed": 0, "torch": "2.14.1", "machine": "x86_64, 1 threads",
                     "device": "cpu"},
-        "config": config_dict(config),
+        "config": settings.to_dict(),
         "clean": {h: {str(s): clean[(h, s)] for s in SEEDS} for h in HEADS},
         "fit_seconds": fit_seconds,
         "histories": {f"{h}/seed{s}": m.history_ for (h, s), m in models.items()},
-        "corruptions": corruption_summary(per_model, clean, config),
+        "corruptions": corruption_summary(per_model, clean, severities),
         "corruption_seconds": {n: 0.5 for n in names},
         "adversarial": _adversarial(clean, np.random.default_rng(7)),
         "ood": _ood(models, clean_probs, X_test),
     }
-    results["summary"] = summarise(results, config)
-    results["sweep"] = summarise_sweep([
+    results["summary"] = summarise(results)
+    results["sweep"] = summarise_cells([
         {"head": h, "params": HEAD_PARAMS[h], "train_size": None, "n_train": len(y_train), "seed": s,
          "fit_seconds": fit_seconds[h][SEEDS.index(s)], "metrics": clean[(h, s)]} for h, s in models])
     results["timings"] = {"load data": 0.2, "fit heads": float(sum(map(sum, fit_seconds.values()))),
                           "corruptions (19 x 5 severities)": 190.0, "total": 412.5}
-    return results, models, test, clean_probs
+    results.update(report_inputs(models, test, clean_probs))
+    return results

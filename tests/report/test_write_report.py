@@ -1,18 +1,20 @@
-"""The report of a realistic run: tables with the summary's numbers, a self-contained HTML page that a
-real browser renders with its tables and figures, and honest notes for stages that did not run."""
+"""The report of a realistic run, written from its results alone: tables with the summary's numbers, a
+self-contained HTML page that a real browser renders with its tables and figures, and honest notes for
+stages that did not run."""
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vfe.experiment import ExperimentConfig
+from vfe.benchmark.summary import summarise
+from vfe.io import write_json
 from vfe.report import write_report
-from vfe.stages.robust_summary import summarise
 
 WINDOW = (1280, 4000)
 
@@ -23,9 +25,8 @@ def _cell(stat: dict, scale: float = 100, digits: int = 1) -> str:
 
 @pytest.fixture(scope="module")
 def written(report_run, tmp_path_factory):
-    results, models, test, clean_probs = report_run
     out = tmp_path_factory.mktemp("report")
-    return out, write_report(out, results, models=models, test=test, clean_probs=clean_probs), results
+    return out, write_report(out, report_run), report_run
 
 
 def _chromium() -> str:
@@ -56,6 +57,7 @@ def test_markdown_holds_the_summary_rows_with_the_summary_numbers(written):
     assert (f"| adversarial accuracy, PGD L∞ ε=8/255, EOT (%) | {_cell(table['linear'][eot])} | "
             f"{_cell(table['vfe'][eot])} | higher |") in md
     assert "OOD AUROC vs shuffled, reconstruction error score (%)" in md
+    assert "| parameters of one linear head | 650 |" in md  # 64 features x 10 classes + 10 biases
     comparison = results["summary"]["vs_baseline"]["vfe"]["clean_accuracy"]
     assert f"| {comparison['verdict']} |" in md
     for name in ("corruptions_mean", "corruptions_noise", "corruptions_digital", "adversarial", "reliability",
@@ -100,10 +102,9 @@ def test_chromium_renders_tables_and_every_figure(written, tmp_path):
 
 
 def test_missing_stages_render_as_skipped(report_run, tmp_path):
-    full, *_ = report_run
     keep = ("setting", "config", "clean", "fit_seconds", "histories")
-    results = {k: full[k] for k in keep}
-    results["summary"] = summarise(results, ExperimentConfig(**{k: v for k, v in full["config"].items()}))
+    results = {k: report_run[k] for k in keep}
+    results["summary"] = summarise(results)
     paths = write_report(tmp_path, results)
     md, html = paths["markdown"].read_text(), paths["html"].read_text()
     for stage in ("corruption", "adversarial", "out-of-distribution"):
@@ -117,3 +118,15 @@ def test_missing_stages_render_as_skipped(report_run, tmp_path):
 def test_results_without_clean_metrics_are_refused(tmp_path):
     with pytest.raises(ValueError, match="holding at least 'clean'"):
         write_report(tmp_path, {"setting": {}})
+
+
+def test_the_report_needs_no_stage_head_or_backbone_code(report_run, tmp_path):
+    """Written in a fresh process from results.json alone, the report loads none of the run's machinery."""
+    write_json(tmp_path / "results.json", report_run)
+    code = ("import sys; from vfe.io import read_json; from vfe.report import write_report; "
+            f"write_report({str(tmp_path)!r}, read_json({str(tmp_path / 'results.json')!r})); "
+            "print(sorted(m for m in sys.modules if m.startswith(('vfe.benchmark', 'vfe.stages', 'vfe.experiment', "
+            "'vfe.heads', 'vfe.backbones'))))")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "[]"
+    assert (tmp_path / "figures" / "corruption_grid.png").exists() and (tmp_path / "figures" / "reliability.png").exists()

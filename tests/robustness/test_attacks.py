@@ -1,26 +1,49 @@
 """End-to-end attacks: result names, the log-probability model torchattacks needs, EOT over the head
 only, and a real sanity check: PGD at 8/255 breaks a linear probe on real backbone features."""
-from types import SimpleNamespace
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
+from vfe.benchmark.adversarial import run_attacks
+from vfe.benchmark.config import AttackSettings
 from vfe.heads import make_head
 from vfe.report.names import parse_attack
-from vfe.robustness.attacks import LogProbabilities, attack_key, attack_specs, samples_randomly
-from vfe.stages.adversarial import run_attacks
+from vfe.robustness.attacks import AttackSpec, LogProbabilities, attack_specs, samples_randomly
+
+DEFAULT_EPS = ([1 / 255, 2 / 255, 4 / 255, 8 / 255], [0.25, 0.5, 1.0])
+# budgets whose short decimal is not exact (0.1 + 0.2), tiny, large, whole and off the pixel grid
+ODD_EPS = ([3 / 255, 0.01, 0.1 + 0.2, 1e-5, 0.5, 16 / 255, 1 / 3], [0.1 + 0.2, 1e-5, 2.0, 3, 1 / 3, 12.75])
 
 
-def test_attack_keys_are_stable_and_parsed_back_by_the_report():
-    assert attack_key("pgd", "linf", 8 / 255) == "pgd_linf_8/255"
-    assert attack_key("pgd", "linf", 8 / 255, eot=True) == "pgd_linf_8/255_eot"
-    assert attack_key("fgsm", "linf", 0.01) == "fgsm_linf_0.01"
-    assert attack_key("pgd", "l2", 0.5) == "pgd_l2_0.5"
-    for method, norm, eps, eot in [("pgd", "linf", 2 / 255, True), ("pgd", "l2", 0.25, False)]:
-        parsed = parse_attack(attack_key(method, norm, eps, eot))
-        assert (parsed.attack, parsed.norm, parsed.eot) == (method, norm, eot)
-        assert parsed.eps == pytest.approx(eps)
+def test_attack_keys_are_stable():
+    assert AttackSpec("pgd", "linf", 8 / 255).key == "pgd_linf_8/255"
+    assert AttackSpec("pgd", "linf", 8 / 255, eot=True).key == "pgd_linf_8/255_eot"
+    assert AttackSpec("fgsm", "linf", 0.01).key == "fgsm_linf_0.01"
+    assert AttackSpec("pgd", "l2", 0.5).key == "pgd_l2_0.5"
+    assert AttackSpec("pgd", "l2", 1.0).key == "pgd_l2_1"
+    assert AttackSpec("pgd", "linf", 0.031372549).key == "pgd_linf_8/255"  # 8/255 to 1e-8: that budget
+
+
+@pytest.mark.parametrize("eps_linf, eps_l2", [DEFAULT_EPS, ODD_EPS])
+def test_every_spec_parses_back_from_its_key_exactly(eps_linf, eps_l2):
+    specs = attack_specs(eps_linf, eps_l2, eot=True)
+    assert len({s.key for s in specs}) == len(specs) == 3 * len(eps_linf) + 2 * len(eps_l2)
+    for spec in specs:
+        assert AttackSpec.parse(spec.key) == spec
+        assert parse_attack(spec.key) == spec  # the report reads the same spec
+
+
+def test_labels_and_keys_that_name_no_attack():
+    assert AttackSpec.parse("pgd_linf_8/255_eot").label == "PGD L∞ ε=8/255, EOT"
+    assert AttackSpec.parse("fgsm_l2_0.5").label == "FGSM L2 ε=0.5"
+    for key in ("clean", "pgd_linf", "pgd_linf_x", "pgd_linf_8/255_eot20", "PGD_linf_8/255", "pgd_linf_0.0313725490196",
+                "pgd_l2_0.50", "pgd_l2_nan", "pgd_l2_inf"):
+        with pytest.raises(ValueError):
+            AttackSpec.parse(key)
+        assert parse_attack(key) is None
 
 
 def test_attack_specs_run_budgets_in_increasing_order_with_eot_for_pgd_only():
@@ -28,6 +51,11 @@ def test_attack_specs_run_budgets_in_increasing_order_with_eot_for_pgd_only():
     assert keys == ["fgsm_linf_2/255", "fgsm_linf_8/255", "pgd_linf_2/255", "pgd_linf_8/255",
                     "pgd_linf_2/255_eot", "pgd_linf_8/255_eot", "pgd_l2_0.5", "pgd_l2_0.5_eot"]
     assert not any(s.eot for s in attack_specs([8 / 255], [0.5], eot=False))
+
+
+def test_attack_specs_do_not_need_torch():
+    code = "import sys, vfe.robustness.attack_spec; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 class CountingIdentity(nn.Module):
@@ -91,9 +119,9 @@ def test_pgd_breaks_a_linear_probe_and_eot_is_reported_for_a_sampling_head(fashi
                                                                            fashion_heads):
     _, test = fashion_mnist
     _, _, models = fashion_heads
-    config = SimpleNamespace(n_attack=32, attack_eps_linf=[1 / 255, 8 / 255], attack_eps_l2=[],
-                             attack_steps=10, n_eot=8, data_seed=0, progress=False)
-    results = run_attacks(small_backbone, models, test, config, "cpu")
+    settings = AttackSettings(n_attack=32, attack_eps_linf=[1 / 255, 8 / 255], attack_eps_l2=[], attack_steps=10,
+                              n_eot=8)
+    results = run_attacks(settings, small_backbone, models, test, data_seed=0, device="cpu", progress=False)
 
     linear = results[("linear", 0)]
     acc = linear["accuracy"]

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from vfe.benchmark.ood import far_ood_set, match_shape, texture_crops
 from vfe.data.types import ImageSet
 from vfe.heads import make_head
 from vfe.robustness.ood import MahalanobisScore, auroc, fpr_at_95_tpr, head_scores, max_softmax_score
-from vfe.stages.ood import far_ood_set, match_shape, texture_crops
 
 
 @pytest.mark.parametrize("shift", [0.5, 1.0, 2.0])
@@ -102,17 +102,14 @@ def test_match_shape_resizes_and_converts_channels():
 
 @pytest.mark.slow
 def test_ood_stage_end_to_end(fashion_mnist, small_backbone, fashion_heads, tmp_path):
-    from types import SimpleNamespace
-
+    from vfe.benchmark.ood import run_ood
     from vfe.features.cache import FeatureCache
-    from vfe.stages.ood import run_ood
 
     train, test = fashion_mnist
     X_train, X_test, models = fashion_heads
     clean_probs = {key: model.predict_proba(X_test) for key, model in models.items()}
-    config = SimpleNamespace(data_seed=0, corruption_params="auto", progress=False)
     out = run_ood(FeatureCache(tmp_path), small_backbone, models, X_train, train.labels, X_test, clean_probs,
-                  test, "fashion-mnist", config)
+                  test, "fashion-mnist", data_seed=0, corruption_params="auto", progress=False)
 
     assert set(out["ood_sets"]) == {"digits", "gaussian_noise_s5"} and out["n_in"] == len(test)
     sets = ("digits", "gaussian_noise_s5")

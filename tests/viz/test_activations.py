@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from vfe.io import read_json
 from vfe.viz.activations import activation_maps, run_activations
@@ -56,8 +57,6 @@ def test_unknown_layers_are_named_with_close_matches(small_cnn_dir, efficientnet
 
 
 def test_images_come_from_files_photos_or_data_sets(tmp_path):
-    from PIL import Image
-
     Image.new("L", (20, 10), color=128).save(tmp_path / "grey.png")
     x, _ = load_image(str(tmp_path / "grey.png"))
     assert x.shape == (1, 1, 10, 20) and torch.allclose(x, torch.full_like(x, 128 / 255))

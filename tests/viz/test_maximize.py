@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from vfe.io import read_json
-from vfe.viz.maximize import AscentConfig, maximize_channels, run_maximize
+from vfe.lab.models import build_model, save_model
+from vfe.viz.config import AscentConfig
+from vfe.viz.maximize import maximize_channels, run_maximize
 from vfe.viz.network import load_network
 
 
@@ -29,8 +31,6 @@ def test_ascent_raises_each_channel_and_regularisers_keep_images_smooth():
 
 
 def test_a_dense_layer_of_a_model_trained_here_can_be_maximised(tmp_path):
-    from vfe.lab.models import build_model, save_model
-
     save_model(build_model("dense-ae", seed=0, latent_dim=4), tmp_path / "ae")
     network = load_network(str(tmp_path / "ae"))
     images, start, end = maximize_channels(network, "code", [0, 3], AscentConfig(steps=10, jitter=1))

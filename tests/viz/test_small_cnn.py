@@ -6,6 +6,9 @@ import torch
 from torch import nn
 
 from vfe.io import read_json
+from vfe.lab.common import load_data
+from vfe.lab.config import LabSettings
+from vfe.training import TrainConfig
 from vfe.viz.small_cnn import (
     VARIANTS,
     RandomAugment,
@@ -14,6 +17,7 @@ from vfe.viz.small_cnn import (
     fit_small_cnn,
     load_small_cnn,
     predict_classes,
+    run_small_cnn,
     save_small_cnn,
 )
 
@@ -44,9 +48,6 @@ def test_augmentation_is_identity_in_eval_and_flips_per_image_in_training():
 
 
 def test_it_learns_fashion_mnist_from_a_few_hundred_images():
-    from vfe.lab.common import LabSettings, load_data
-    from vfe.training import TrainConfig
-
     data = load_data(LabSettings(n_train=600, n_test=300))
     model = build_small_cnn(SmallCNNConfig(), seed=0)
     history = fit_small_cnn(model, data.x_train, data.train.labels,
@@ -68,9 +69,6 @@ def test_save_and_load_restore_the_same_model(tmp_path):
 
 @pytest.mark.slow
 def test_the_command_trains_both_variants_and_plots_their_histories(tmp_path):
-    from vfe.lab.common import LabSettings
-    from vfe.viz.small_cnn import run_small_cnn
-
     settings = LabSettings(n_train=300, n_test=100, epochs=2, batch_size=32, lr=3e-3, patience=None,
                            progress=False)
     run = run_small_cnn(settings, out=tmp_path / "cnn")

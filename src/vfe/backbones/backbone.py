@@ -15,8 +15,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vfe.backbones.engine import (
-    PipelineChoice,
     Prefetcher,
+    ThreadModeChoice,
     TracedFeatures,
     compute_threads,
     intra_op_threads,
@@ -75,7 +75,7 @@ class Backbone(nn.Module):
         self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
         use_jit = settings.jit and device.type == "cpu"
         self._fast = TracedFeatures(self._pooled) if use_jit else self._pooled
-        self._pipeline = PipelineChoice()  # used when settings.prefetch is None (measured per extraction)
+        self._thread_mode = ThreadModeChoice()  # used when settings.prefetch is None (measured per extraction)
         super().train(False)
         self.precision, self.precision_check = self._choose_precision()
 
@@ -112,7 +112,7 @@ class Backbone(nn.Module):
         """Whether `extract` preprocesses in a background thread: the setting, else the last measured choice."""
         if self.device.type != "cpu" or self.settings.prefetch is not None:
             return self.settings.prefetch is not False
-        return bool(self._pipeline.prefetch)
+        return bool(self._thread_mode.prefetch)
 
     @property
     def threads(self) -> int:
@@ -197,7 +197,7 @@ class Backbone(nn.Module):
     @torch.inference_mode()
     def _run(self, batches: Iterator) -> Iterator[np.ndarray]:
         if self.device.type == "cpu" and self.settings.prefetch is None:
-            yield from self._pipeline.run(batches, self._run_mode)
+            yield from self._thread_mode.run(batches, self._run_mode)
         else:
             yield from self._run_mode(batches, self.prefetch)
 

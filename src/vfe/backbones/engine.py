@@ -171,7 +171,7 @@ class TracedFeatures:
         return self.fn
 
 
-class PipelineChoice:
+class ThreadModeChoice:
     """Overlap preprocessing with compute (a prefetch thread, one network thread fewer) or give every
     core to the network: decided by timing both on the batches at hand, and kept for `ttl` seconds.
 
@@ -179,7 +179,7 @@ class PipelineChoice:
     network thread beside the prefetch thread was 1.7-12x faster than two (OpenMP threads stall at
     every barrier when a core is taken); on the same machine when quiet, two threads without prefetch
     were 1.6-1.8x faster (EfficientNet-Lite0 at 112 px 451 vs 280 img/s, DenseNet121 49 vs 28 img/s;
-    `benchmarks/bench_extraction.py --pipelines`).
+    `benchmarks/bench_extraction.py --thread-modes`).
     So the first batches of an extraction run in each mode in turn (the first batch of each untimed:
     it fills the pipeline), the faster one runs the rest, and the next extraction within `ttl`
     reuses the choice.
@@ -221,7 +221,7 @@ class PipelineChoice:
 
 def compute_threads(requested: int | None, prefetch: bool) -> int:
     """Intra-op threads for the network: `requested`, else torch's setting capped at one per core,
-    less the core the prefetch thread works on (see PipelineChoice for when each mode wins)."""
+    less the core the prefetch thread works on (see ThreadModeChoice for when each mode wins)."""
     if requested is not None:
         return int(requested)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

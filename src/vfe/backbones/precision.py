@@ -14,17 +14,11 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from vfe.hardware import cpu_has_native_bf16
+
 FAITHFUL_COSINE = 0.999  # every check photo's features must keep at least this cosine to fp32
 CHECK_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "moon", "page")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_has_native_bf16() -> bool:
-    """oneDNN runs bf16 convolutions natively (AVX512-BF16 or AMX); without it bf16 is emulated and slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def reduced_precision_for(device: torch.device) -> str | None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from vfe import defaults
+
+DEFAULT_BACKBONE = defaults.BACKBONE
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -53,7 +55,7 @@ class ExtractionSettings:
     reduced_precision: bool = True
     # preprocess the next batch in a background thread while this one runs (one network thread fewer);
     # None: on CPU, time both ways on each extraction's first batches and keep the faster
-    # (engine.PipelineChoice: which wins on 2 cores depends on what else the machine is running)
+    # (engine.ThreadModeChoice: which wins on 2 cores depends on what else the machine is running)
     prefetch: bool | None = None
     # intra-op threads while extracting, process-wide while it runs; None: one per core, less one for
     # the prefetch thread (engine.compute_threads)
@@ -66,8 +68,8 @@ class ExtractionSettings:
 # each round against eager fp32 NCHW batch 32 on uint8 Fashion-MNIST images; ratios are medians of 3.
 #   threads: 1 intra-op thread + the prefetch thread beat 2 threads for every model under load (Lite0
 #     112 px 6.4x vs 0.9x eager, 224 px 5.2x vs 3.0x; DenseNet121 3.2x vs 1.9x); on a quiet day
-#     (2026-11-23, load < 1.4, `--pipelines`) 2 threads without prefetch won by 1.6-1.8x instead, hence
-#     the run-time choice (engine.PipelineChoice).
+#     (2026-11-23, load < 1.4, `--thread-modes`) 2 threads without prefetch won by 1.6-1.8x instead, hence
+#     the run-time choice (engine.ThreadModeChoice).
 #   layout x jit x precision (1 thread): NHWC > NCHW everywhere; jit adds 1.4-1.6x in fp32 for Lite0;
 #     bf16 doubles Lite0's speed but is unfaithful with its ImageNet weights (min cosine 0.988-0.992 on
 #     Fashion-MNIST): fp32, and no precision check at build time. DenseNet121: NHWC bf16 jit 11.0x vs

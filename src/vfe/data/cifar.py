@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from vfe.data.download import Remote, find_or_fetch
+from vfe.data.errors import MissingSplitError
 from vfe.data.types import ImageSet
+from vfe.errors import DataError
 
 try:  # NumPy >= 2
     from numpy._core.multiarray import _reconstruct
@@ -26,11 +28,11 @@ except ImportError:  # NumPy 1.x
     from numpy.core.multiarray import _reconstruct
 
 
-class CifarFormatError(ValueError):
+class CifarFormatError(DataError):
     """A file is not a CIFAR python-version batch, archive or folder."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(CifarFormatError):
     """A pickle names a global that a CIFAR batch never needs: it was refused, not run."""
 
 
@@ -169,13 +171,17 @@ def _open_tar(path: Path) -> tarfile.TarFile:
 
 def _read(variant: CifarVariant, source: Path, split: str, name: str) -> ImageSet:
     if split not in variant.split_files:
-        raise ValueError(f"split {split!r}: {variant.name} has the splits 'train' and 'test'")
+        raise MissingSplitError(f"split {split!r}: {variant.name} has the splits 'train' and 'test'")
     wanted = [*variant.split_files[split], variant.meta_file]
     files = _read_files(source, variant, wanted)
     meta = unpickle_batch(files[variant.meta_file], f"{source}:{variant.meta_file}")
-    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(variant.names_key, [])]
-    if not class_names:
+    names = meta.get(variant.names_key)
+    if not (isinstance(names, list) and names and all(isinstance(n, (bytes, str)) for n in names)):
         raise CifarFormatError(f"{source}:{variant.meta_file}: no {variant.names_key!r} list of class names")
+    try:
+        class_names = [n.decode() if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as e:
+        raise CifarFormatError(f"{source}:{variant.meta_file}: a class name is not UTF-8 text ({e})") from None
     parts = [_batch_arrays(unpickle_batch(files[f], f"{source}:{f}"), variant, f"{source}:{f}",
                            len(class_names)) for f in variant.split_files[split]]
     images = np.concatenate([p[0] for p in parts])
@@ -211,12 +217,17 @@ def _read_files(source: Path, variant: CifarVariant, names: list[str]) -> dict[s
 def _batch_arrays(batch: dict, variant: CifarVariant, where: str,
                   n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     data, labels = batch.get(b"data"), batch.get(variant.labels_key)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (3072,)):
-        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise CifarFormatError(f"{where}: b'data' must be a uint8 N x 3072 array, got {got}")
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1:] == (3072,) and data.flags.c_contiguous):
+        got = (f"{data.dtype} {data.shape}{'' if data.flags.c_contiguous else ' in Fortran order'}"
+               if isinstance(data, np.ndarray) else type(data).__name__)
+        raise CifarFormatError(f"{where}: b'data' must be a uint8 N x 3072 array (in C order), got {got}")
+    integer_array = isinstance(labels, np.ndarray) and labels.dtype.kind in "iu"
+    if not (integer_array or (isinstance(labels, list) and all(type(v) is int for v in labels))):
+        raise CifarFormatError(f"{where}: {variant.labels_key!r} must be a list of ints")
     try:
         labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as e:
+    except (OverflowError, ValueError) as e:
         raise CifarFormatError(f"{where}: {variant.labels_key!r} must be a list of ints ({e})") from e
     if labels.shape != (len(data),):
         raise CifarFormatError(f"{where}: {len(data)} images but {variant.labels_key!r} has shape "

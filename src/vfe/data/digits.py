@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vfe.data.errors import MissingSplitError
 from vfe.data.types import ImageSet
 
 TEST_FRACTION = 0.2
@@ -15,7 +16,7 @@ def load_digits_split(split: str = "train") -> ImageSet:
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test"):
-        raise ValueError(f"split {split!r}: digits has the splits 'train' and 'test'")
+        raise MissingSplitError(f"split {split!r}: digits has the splits 'train' and 'test'")
     bunch = load_digits()
     images, labels = bunch.images, bunch.target
     images = np.rint(images * (255.0 / 16.0)).astype(np.uint8)

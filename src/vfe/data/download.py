@@ -18,7 +18,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from vfe.data.errors import MissingDataError
 from vfe.data.locate import download_dir, locate, search_dirs
+from vfe.errors import VfeError
 from vfe.io import publish
 
 MIRROR_ENV = "VFE_DATA_MIRROR"
@@ -26,8 +28,8 @@ DEFAULT_TIMEOUT = 60.0
 _CHUNK = 1 << 20
 
 
-class DownloadError(OSError):
-    """A file could not be fetched."""
+class DownloadError(VfeError, OSError):
+    """A file could not be fetched (still an OSError, as network failures are)."""
 
 
 class ChecksumError(DownloadError):
@@ -134,7 +136,7 @@ def find_or_fetch(name: str, holds: Callable[[Path], bool], remote: Remote, file
         if holds(folder):
             return folder
     looked = ", ".join(str(d) for d in search_dirs(name, data_dir))
-    raise FileNotFoundError(f"{name}: files not found (looked in {looked}).\n"
+    raise MissingDataError(f"{name}: files not found (looked in {looked}).\n"
                             f"{how_to_provide(name, remote, files, apt_package)}")
 
 

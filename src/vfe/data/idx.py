@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from vfe.data.download import Remote, find_or_fetch
+from vfe.data.errors import MissingDataError, MissingSplitError
 from vfe.data.locate import locate
 from vfe.data.types import ImageSet
+from vfe.errors import DataError
 
 _WHAT = {1: "labels", 3: "images"}
 _FILE_NAME = re.compile(r"^(?P<prefix>.*?)(?P<split>train|t10k|test)-(?P<kind>images|labels)"
@@ -27,7 +29,7 @@ _FILE_NAME = re.compile(r"^(?P<prefix>.*?)(?P<split>train|t10k|test)-(?P<kind>im
 _SPLIT_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(DataError):
     """A file is not the IDX file it should be (magic number, dimensions or size)."""
 
 
@@ -112,7 +114,7 @@ def find_split_files(folder: str | os.PathLike, split: str) -> tuple[Path, Path]
     a '.' instead of the '-' before 'idx' is accepted too (as in some re-distributions).
     """
     if split not in _SPLIT_PREFIXES:
-        raise ValueError(f"split {split!r}: IDX data sets have the splits 'train' and 'test'")
+        raise MissingSplitError(f"split {split!r}: IDX data sets have the splits 'train' and 'test'")
     found: dict[str, dict[str, Path]] = {"images": {}, "labels": {}}
     for path in sorted(Path(folder).iterdir(), key=lambda p: (p.name.endswith(".gz"), p.name)):
         m = _FILE_NAME.match(path.name)
@@ -122,7 +124,7 @@ def find_split_files(folder: str | os.PathLike, split: str) -> tuple[Path, Path]
     if not stems:
         return None
     if len(stems) > 1:
-        raise ValueError(f"{folder}: several IDX {split} sets ({', '.join(stems)}); keep one per folder")
+        raise DataError(f"{folder}: several IDX {split} sets ({', '.join(stems)}); keep one per folder")
     return found["images"][stems[0]], found["labels"][stems[0]]
 
 
@@ -140,7 +142,7 @@ def load_idx_folder(folder: str | os.PathLike, split: str = "train") -> ImageSet
     folder = Path(folder).resolve()
     files = find_split_files(folder, split)
     if files is None:
-        raise FileNotFoundError(f"{folder}: no IDX {split} files (expected e.g. "
+        raise MissingDataError(f"{folder}: no IDX {split} files (expected e.g. "
                                 f"{' and '.join(SPLIT_FILES[split])}, gzipped or not)")
     images, labels = read_split(*files)
     class_names = [str(i) for i in range(int(labels.max(initial=0)) + 1)]
@@ -152,7 +154,7 @@ def load_idx_dataset(dataset: IdxDataset, split: str = "train", data_dir: str | 
                      download: bool = False) -> ImageSet:
     """A split of a named IDX data set, found on this machine (see vfe.data.locate) or downloaded."""
     if split not in SPLIT_FILES:
-        raise ValueError(f"split {split!r}: {dataset.name} has the splits 'train' and 'test'")
+        raise MissingSplitError(f"split {split!r}: {dataset.name} has the splits 'train' and 'test'")
     folder = find_or_fetch(dataset.name, lambda d: find_split_files(d, split) is not None, dataset.remote,
                            SPLIT_FILES[split], data_dir, download, dataset.apt_package)
     files = find_split_files(folder, split)

@@ -7,7 +7,12 @@ does for the same seed, so results can be compared with a Keras pipeline file fo
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+
 import numpy as np
+
+from vfe.errors import SettingsError
 
 SUBSETS = ("training", "validation")
 
@@ -15,15 +20,15 @@ SUBSETS = ("training", "validation")
 def check_validation_split(validation_split: float | None, subset: str | None) -> None:
     """Both given or neither; the fraction strictly between 0 and 1; a known subset name."""
     if (validation_split is None) != (subset is None):
-        raise ValueError("validation_split and subset go together: give both (e.g. validation_split=0.2, "
-                         "subset='training') or neither; got "
-                         f"validation_split={validation_split}, subset={subset!r}")
+        raise SettingsError("validation_split and subset go together: give both (e.g. validation_split=0.2, "
+                            "subset='training') or neither; got "
+                            f"validation_split={validation_split}, subset={subset!r}")
     if validation_split is None:
         return
     if not 0 < validation_split < 1:
-        raise ValueError(f"validation_split must be between 0 and 1 (exclusive), got {validation_split}")
+        raise SettingsError(f"validation_split must be between 0 and 1 (exclusive), got {validation_split}")
     if subset not in SUBSETS:
-        raise ValueError(f"subset must be 'training' or 'validation', got {subset!r}")
+        raise SettingsError(f"subset must be 'training' or 'validation', got {subset!r}")
 
 
 def validation_split_index(n: int, validation_split: float, subset: str, seed: int) -> np.ndarray:
@@ -32,7 +37,7 @@ def validation_split_index(n: int, validation_split: float, subset: str, seed: i
     n_val = int(validation_split * n)
     if n_val == 0 or n_val == n:
         empty = "validation" if n_val == 0 else "training"
-        raise ValueError(f"validation_split={validation_split} of {n} items leaves the {empty} subset empty")
+        raise SettingsError(f"validation_split={validation_split} of {n} items leaves the {empty} subset empty")
     order = np.random.RandomState(seed).permutation(n)
     return np.sort(order[-n_val:] if subset == "validation" else order[:-n_val])
 
@@ -40,6 +45,36 @@ def validation_split_index(n: int, validation_split: float, subset: str, seed: i
 def split_tag(validation_split: float, subset: str, seed: int) -> str:
     """How the subset was chosen, for ImageSet.source (it names the data in cache listings and reports)."""
     return f"{subset}:validation_split={validation_split}:seed={seed}"
+
+
+def warn_missing_classes(listed: np.ndarray, labels: np.ndarray, class_names: Sequence[str], where: str,
+                         validation_split: float | None = None, subset: str | None = None, seed: int = 0) -> None:
+    """Warn about classes with no image in `labels` (the part returned) although they are in `class_names`.
+
+    `listed` are the labels before the validation split and before unreadable files were skipped, to say
+    why each is missing. A class too small for the split lands wholly in one subset (the split is not
+    stratified, as in Keras), and would otherwise be missing from training or from the test in silence.
+    """
+    before = np.bincount(np.asarray(listed, dtype=np.int64), minlength=len(class_names))
+    present = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names)) > 0
+    missing = [c for c in range(len(class_names)) if not present[c]]
+    if not missing:
+        return
+    reasons = []
+    for c in missing[:10]:
+        n = int(before[c])
+        if n == 0:
+            why = "no images in this split"
+        elif validation_split is not None:
+            why = f"{n} image{'s' * (n != 1)} in all, too few for validation_split={validation_split}"
+        else:
+            why = "its images were skipped as unreadable"
+        reasons.append(f"{class_names[c]!r} ({why})")
+    more = f", and {len(missing) - 10} more" if len(missing) > 10 else ""
+    part = f"the {subset} subset (validation_split={validation_split}, seed={seed})" if subset else "this set"
+    warnings.warn(f"{where}: {len(missing)} of {len(class_names)} classes have no image in {part}: "
+                  f"{', '.join(reasons)}{more}; a model cannot learn, or be tested on, a class it does not "
+                  "see: add images to these classes or leave them out", RuntimeWarning, stacklevel=3)
 
 
 # --- the one way vfe picks "n images" and holds out a validation part -------------------------------

@@ -10,7 +10,7 @@ The reference's "compare model" and the usual recipe (Chollet; the Keras transfe
 `two_stage=False` skips step 1. The head takes uint8 images (`inputs = "images"`), not features, and
 saves the whole fine-tuned backbone with the head, as tensors.
 
-By default it trains on a stratified subset of at most `max_images` images, so it runs on a CPU;
+By default it trains on a class-balanced subset of at most `max_images` images, so it runs on a CPU;
 it uses the GPU when there is one (`device="auto"`).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from tqdm.auto import tqdm
 
+from vfe.data.split import balanced_index
 from vfe.heads.base import SoftmaxOutput, TorchHead, fit_classifier
 
 
@@ -144,14 +145,10 @@ class FinetuneHead(TorchHead):
         return self
 
     def _subset(self, images: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """At most `max_images`, stratified and seeded."""
+        """At most `max_images`, picked as every `n_train` in vfe is (balanced_index, seeded)."""
         if self.max_images is None or len(y) <= self.max_images:
             return images, y
-        from sklearn.model_selection import train_test_split
-
-        index, _ = train_test_split(np.arange(len(y)), train_size=self.max_images, stratify=y,
-                                    random_state=self.random_state)
-        index = np.sort(index)
+        index = balanced_index(y, self.max_images, self.random_state)
         return images[index], y[index]
 
     def _augmentation(self) -> nn.Module | None:

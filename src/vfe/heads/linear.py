@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vfe.heads.base import TorchHead, batched_numpy, fit_classifier
+from vfe.heads.base import SoftmaxOutput, TorchHead, batched_numpy, fit_classifier
 
 
 class LinearHead(TorchHead):
@@ -46,13 +46,5 @@ class LinearHead(TorchHead):
 
     def probability_module(self) -> nn.Module:
         """Features -> class probabilities, as a torch module (for end-to-end attacks)."""
-        return _Softmax(self.module_)
+        return SoftmaxOutput(self.module_)
 
-
-class _Softmax(nn.Module):
-    def __init__(self, logits_module: nn.Module):
-        super().__init__()
-        self.logits_module = logits_module
-
-    def forward(self, features: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
-        return torch.softmax(self.logits_module(features), 1)

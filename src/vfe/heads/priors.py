@@ -112,7 +112,7 @@ class PriorCorrected(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict) -> PriorCorrected:
-        from vfe.heads import head_class
+        from vfe.heads.registry import head_class
 
         wrapped = head_class(meta["wrapped"]["head"]).from_state(tensors, meta["wrapped"])
         model = cls(wrapped, **meta["params"])

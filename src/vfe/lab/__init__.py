@@ -5,19 +5,20 @@ uses (compression, features, denoising, in-painting, pre-training) and their fig
     run_train("conv-vae", LabSettings(n_train=5000))       # = `vfe lab train --model conv-vae --n-train 5000`
 
 Training goes through the core loop (`vfe.training.train`) and checkpoints (`vfe.checkpoint`).
-Names are imported on first use, so `vfe --help` does not pay for matplotlib and scikit-learn.
+Names are imported on first use, so `vfe --help` does not pay for torch, matplotlib and scikit-learn.
+The lab never imports `vfe.viz`; run folders and charts come from `vfe.rundir` and `vfe.plotting`.
 """
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "LabData": "common", "LabSettings": "common", "load_data": "common",
+    "LabData": "common", "load_data": "common", "LabSettings": "config",
     "run_compress": "compression", "run_denoise": "denoising", "run_features": "features",
     "evaluate_reconstruction": "fit", "fit_autoencoder": "fit", "mean_image_mse": "fit",
     "run_inpaint": "inpainting", "autoencoder_loss": "losses",
-    "PRESETS": "models", "AEConfig": "models", "ImageAutoencoder": "models", "build_model": "models",
-    "load_model": "models", "preset": "models", "save_model": "models",
+    "PRESETS": "config", "AEConfig": "config", "preset": "config",
+    "ImageAutoencoder": "models", "build_model": "models", "load_model": "models", "save_model": "models",
     "run_pretrain": "pretraining", "run_train": "train", "run_traverse": "traverse",
 }
 

@@ -1,10 +1,12 @@
-"""`vfe lab ...`: the autoencoder lab on the command line (the same functions as `vfe.lab`)."""
+"""`vfe lab ...`: the autoencoder lab on the command line (the same functions as `vfe.lab`).
+
+Only plain-data settings are imported here; each command imports torch and the rest when it runs.
+"""
 from __future__ import annotations
 
 import argparse
 
-from vfe.lab.common import COMPRESS_EPOCHS, LabSettings
-from vfe.lab.models import ACTIVATIONS, DECODERS, PRESETS, RECON_LOSSES
+from vfe.lab.config import ACTIVATIONS, COMPRESS_EPOCHS, DECODERS, PRESETS, RECON_LOSSES, LabSettings
 
 EXAMPLES = {
     "train": "vfe lab train --model conv-vae                 # latent 2: traversal grid + latent plane\n"
@@ -44,8 +46,9 @@ def add_data_and_training_args(p: argparse.ArgumentParser, default_out: str, epo
     g.add_argument("--data-dir", help="where to look for named data sets first")
     g.add_argument("--image-size", type=int, help="resize an image folder's images to this side (e.g. 32)")
     g.add_argument("--n-train", type=int, default=d.n_train,
-                   help="training images, a seeded random subset (default: %(default)s; 0 = all)")
-    g.add_argument("--n-test", type=int, default=d.n_test, help="test images (default: %(default)s; 0 = all)")
+                   help="training images, a seeded class-balanced subset (default: %(default)s; 0 = all)")
+    g.add_argument("--n-test", type=int, default=d.n_test,
+                   help="test images, chosen the same way (default: %(default)s; 0 = all)")
     g.add_argument("--epochs", type=int, default=epochs or d.epochs, help="most epochs (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")

@@ -1,45 +1,23 @@
-"""Settings every lab command shares (data, sizes, optimisation), and the steps they all take."""
+"""The steps every lab command takes: load the data as tensors, build a model's config, train it."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vfe.data.types import ImageSet
+from vfe.lab.config import AEConfig, LabSettings, preset
 from vfe.lab.data import describe, load_train_test, to_tensor
 from vfe.lab.fit import fit_autoencoder
-from vfe.lab.models import AEConfig, ImageAutoencoder, build_model, preset
+from vfe.lab.models import ImageAutoencoder, build_model
 from vfe.training import History, TrainConfig
 
-COMPRESS_EPOCHS = 40  # `vfe lab compress` trains one small dense model per code size: cheap epochs,
-                      # and the usual 15 leave them under-trained (the error curve flattens too early)
 
-
-@dataclass
-class LabSettings:
-    """Defaults sized for a 2-core CPU: each command takes a few minutes on Fashion-MNIST."""
-
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    image_size: int | None = None  # resize an image folder's images to this side
-    n_train: int | None = 10000
-    n_test: int | None = 2000
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 1e-3
-    patience: int | None = 3
-    val_fraction: float = 0.1
-    keep: int = 2  # best checkpoints kept on disk
-    seed: int = 0
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def train_config(self, desc: str) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-                           seed=self.seed, progress=self.progress, desc=desc)
+def train_config(settings: LabSettings, desc: str) -> TrainConfig:
+    """The core loop's settings for one training run of a lab command."""
+    return TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+                       patience=settings.patience, seed=settings.seed, progress=settings.progress, desc=desc)
 
 
 @dataclass
@@ -58,7 +36,7 @@ class LabData:
 
 
 def load_data(settings: LabSettings) -> LabData:
-    """The train and test splits of `settings.dataset`, subsets drawn with the settings' seed."""
+    """The train and test splits of `settings.dataset`, balanced subsets drawn with the settings' seed."""
     train, test = load_train_test(settings.dataset, settings.n_train, settings.n_test, settings.seed,
                                   settings.data_dir, settings.image_size)
     return LabData(train, test, to_tensor(train), to_tensor(test))
@@ -75,6 +53,6 @@ def train_model(config: AEConfig, data: LabData, settings: LabSettings, checkpoi
                 desc: str = "autoencoder") -> tuple[ImageAutoencoder, History]:
     """A fresh model (initialised with the settings' seed) fitted on the training images."""
     model = build_model(config, seed=settings.seed)
-    history = fit_autoencoder(model, data.x_train, settings.train_config(desc), settings.val_fraction,
+    history = fit_autoencoder(model, data.x_train, train_config(settings, desc), settings.val_fraction,
                               checkpoint_dir=checkpoint_dir, keep=settings.keep)
     return model, history

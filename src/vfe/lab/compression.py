@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from vfe.lab.common import COMPRESS_EPOCHS, LabSettings, load_data, make_config, train_model
+from vfe import plotting
+from vfe.lab.common import load_data, make_config, train_model
+from vfe.lab.config import COMPRESS_EPOCHS, LabSettings
 from vfe.lab.figures import examples
 from vfe.lab.fit import mean_image_mse
 from vfe.lab.losses import psnr
 from vfe.lab.models import ImageAutoencoder
-from vfe.viz import figures
-from vfe.viz.run import Run
+from vfe.rundir import Run
 
 CODE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -73,14 +74,14 @@ def run_compress(settings: LabSettings | None = None, out: str | Path | None = N
     run.record(data=data.describe(), code_dtype=code_dtype, scores=scores, mean_image_mse=baseline)
     run.table(f"test set ({len(data.x_test)} images), codes stored as {code_dtype}", scores)
     setting = f"{model}, {settings.dataset} n_train={len(data.x_train)}, codes as {code_dtype}, seed {settings.seed}"
-    figures.line_figure([s["code_size"] for s in scores], {"test MSE per pixel": [s["mse"] for s in scores]},
-                        run.figure("compression.png", "reconstruction error against code size (the bytes each "
-                                   "image takes are in the title and the table)"),
-                        xlabel="code size (numbers per image)", ylabel="MSE per pixel", logx=True, logy=True,
-                        hlines={"mean-image baseline": baseline},
-                        title=f"{setting}\nimage {scores[0]['raw_bytes']} B; codes "
-                              + ", ".join(f"{s['code_bytes']} B" for s in scores))
-    figures.image_rows(rows, run.figure("reconstructions.png", "test images decoded from stored codes of each size"),
-                       title=setting)
+    plotting.line_figure([s["code_size"] for s in scores], {"test MSE per pixel": [s["mse"] for s in scores]},
+                         run.figure("compression.png", "reconstruction error against code size (the bytes each "
+                                    "image takes are in the title and the table)"),
+                         xlabel="code size (numbers per image)", ylabel="MSE per pixel", logx=True, logy=True,
+                         hlines={"mean-image baseline": baseline},
+                         title=f"{setting}\nimage {scores[0]['raw_bytes']} B; codes "
+                               + ", ".join(f"{s['code_bytes']} B" for s in scores))
+    plotting.image_rows(rows, run.figure("reconstructions.png", "test images decoded from stored codes of each size"),
+                        title=setting)
     run.finish()
     return run

@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 from scipy.ndimage import gaussian_filter
 
-from vfe.lab.common import LabSettings, load_data, make_config, train_model
+from vfe import plotting
+from vfe.lab.common import load_data, make_config, train_model
+from vfe.lab.config import LabSettings
 from vfe.lab.figures import examples
 from vfe.lab.losses import add_noise, psnr
-from vfe.viz import figures
-from vfe.viz.run import Run
+from vfe.rundir import Run
 
 
 def _summary(values: torch.Tensor) -> dict[str, float]:
@@ -44,10 +45,10 @@ def run_denoise(settings: LabSettings | None = None, out: str | Path | None = No
     setting = (f"{model}, noise factor {noise_factor}, {settings.dataset} n_train={len(data.x_train)}; "
                f"PSNR noisy {scores['noisy']['mean']:.1f} dB -> denoised {scores['denoised']['mean']:.1f} dB")
     idx = examples(data.test.labels, n=12)
-    figures.image_rows([("clean", clean[idx]), ("noisy", noisy[idx]), ("denoised", denoised[idx])],
-                       run.figure("denoising.png", "test images: clean, noisy input, autoencoder output"),
-                       title=setting)
-    figures.history_figure(history.records, run.figure("loss_curves.png", "training curves"),
-                           best_epoch=history.best_epoch, title=setting)
+    plotting.image_rows([("clean", clean[idx]), ("noisy", noisy[idx]), ("denoised", denoised[idx])],
+                        run.figure("denoising.png", "test images: clean, noisy input, autoencoder output"),
+                        title=setting)
+    plotting.history_figure(history.records, run.figure("loss_curves.png", "training curves"),
+                            best_epoch=history.best_epoch, title=setting)
     run.finish()
     return run

@@ -16,11 +16,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from vfe import plotting
 from vfe.data.split import holdout_index
-from vfe.lab.common import LabSettings, load_data, make_config, train_model
+from vfe.lab.common import load_data, make_config, train_model
+from vfe.lab.config import LabSettings
 from vfe.lab.figures import project_latents
-from vfe.viz import figures
-from vfe.viz.run import Run
+from vfe.rundir import Run
 
 C_GRID = (0.001, 0.01, 0.1)  # inverse L2 strengths tried; smaller converges faster on raw pixels
 
@@ -67,12 +68,12 @@ def run_features(settings: LabSettings | None = None, out: str | Path | None = N
     run.record(data=data.describe(), autoencoder_best_epoch=history.best_epoch, probes=results)
     run.table("logistic regression, test accuracy", [{"input": name, **r} for name, r in results.items()])
     setting = f"{model}, {settings.dataset} n_train={len(y_train)}, n_test={len(y_test)}, seed {settings.seed}"
-    figures.bar_figure({name: r["accuracy"] for name, r in results.items()},
-                       run.figure("accuracy.png", "test accuracy of the same linear classifier on each input"),
-                       ylabel="test accuracy", title=setting)
+    plotting.bar_figure({name: r["accuracy"] for name, r in results.items()},
+                        run.figure("accuracy.png", "test accuracy of the same linear classifier on each input"),
+                        ylabel="test accuracy", title=setting)
     points, axes = project_latents(code_test, projection, settings.seed)
-    figures.scatter_classes(points, y_test, data.test.class_names,
-                            run.figure("latent.png", f"test codes coloured by class ({projection})"),
-                            title=setting, axis_labels=axes)
+    plotting.scatter_classes(points, y_test, data.test.class_names,
+                             run.figure("latent.png", f"test codes coloured by class ({projection})"),
+                             title=setting, axis_labels=axes)
     run.finish()
     return run

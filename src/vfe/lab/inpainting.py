@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
-from vfe.lab.common import LabSettings, load_data, make_config, train_model
+from vfe import plotting
+from vfe.lab.common import load_data, make_config, train_model
+from vfe.lab.config import LabSettings
 from vfe.lab.figures import examples
 from vfe.lab.losses import apply_mask, psnr, square_masks
-from vfe.viz import figures
-from vfe.viz.run import Run
+from vfe.rundir import Run
 
 
 def run_inpaint(settings: LabSettings | None = None, out: str | Path | None = None, overwrite: bool = False,
@@ -43,9 +44,9 @@ def run_inpaint(settings: LabSettings | None = None, out: str | Path | None = No
     setting = (f"{model}, {mask_size}x{mask_size} square, {settings.dataset} n_train={len(data.x_train)}; "
                f"PSNR in square {scores['masked (zeros)']:.1f} -> {scores['restored']:.1f} dB")
     idx = examples(data.test.labels, n=12)
-    figures.image_rows([("original", clean[idx]), ("masked", masked[idx]), ("restored", restored[idx])],
-                       run.figure("inpainting.png", "test images: original, masked input, restored"), title=setting)
-    figures.history_figure(history.records, run.figure("loss_curves.png", "training curves"),
-                           best_epoch=history.best_epoch, title=setting)
+    plotting.image_rows([("original", clean[idx]), ("masked", masked[idx]), ("restored", restored[idx])],
+                        run.figure("inpainting.png", "test images: original, masked input, restored"), title=setting)
+    plotting.history_figure(history.records, run.figure("loss_curves.png", "training curves"),
+                            best_epoch=history.best_epoch, title=setting)
     run.finish()
     return run

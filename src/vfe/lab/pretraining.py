@@ -25,12 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from vfe import plotting
+from vfe.data.split import balanced_index
 from vfe.heads.base import classification_loss
-from vfe.lab.common import LabSettings, load_data, make_config, train_model
+from vfe.lab.common import load_data, make_config, train_model
+from vfe.lab.config import LabSettings
 from vfe.lab.models import ImageAutoencoder, build_model
+from vfe.rundir import Run
 from vfe.training import TrainConfig, train
-from vfe.viz import figures
-from vfe.viz.run import Run
 
 ARMS = ("pretrained", "frozen", "random")
 
@@ -45,18 +47,6 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
-
-
-def labelled_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """`n` indices with the classes as balanced as `n` allows (round-robin over shuffled classes)."""
-    rng = np.random.default_rng(seed)
-    pools = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)]
-    chosen: list[int] = []
-    while len(chosen) < n and any(pools):
-        for pool in pools:
-            if pool and len(chosen) < n:
-                chosen.append(pool.pop())
-    return np.sort(np.asarray(chosen))
 
 
 @torch.no_grad()
@@ -98,7 +88,7 @@ def run_pretrain(settings: LabSettings | None = None, out: str | Path | None = N
     rows = []
     for n in label_counts:
         for seed in seeds:
-            idx = labelled_subset(data.train.labels, n, seed)
+            idx = balanced_index(data.train.labels, n, seed)
             x, y = data.x_train[idx], data.train.labels[idx]
             for arm in ARMS:
                 source = build_model(config, seed=seed + 1) if arm == "random" else ae
@@ -119,9 +109,9 @@ def run_pretrain(settings: LabSettings | None = None, out: str | Path | None = N
                f"classifier, mean and std over {len(seeds)} seeds")
     legend = {"pretrained": "autoencoder init, fine-tuned", "frozen": "autoencoder init, frozen (linear probe)",
               "random": "random init"}
-    figures.line_figure(list(label_counts), {legend[arm]: [s[f"{arm} mean"] for s in summary] for arm in ARMS},
-                        run.figure("pretraining.png", "test accuracy against the number of labelled images"),
-                        xlabel="labelled training images", ylabel="test accuracy", logx=True, title=setting,
-                        errors={legend[arm]: [s[f"{arm} std"] for s in summary] for arm in ARMS})
+    plotting.line_figure(list(label_counts), {legend[arm]: [s[f"{arm} mean"] for s in summary] for arm in ARMS},
+                         run.figure("pretraining.png", "test accuracy against the number of labelled images"),
+                         xlabel="labelled training images", ylabel="test accuracy", logx=True, title=setting,
+                         errors={legend[arm]: [s[f"{arm} std"] for s in summary] for arm in ARMS})
     run.finish()
     return run

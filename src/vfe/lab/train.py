@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vfe.lab.common import LabSettings, load_data, make_config, train_model
-from vfe.lab.figures import draw_model_figures, save_history
+from vfe.io import write_json
+from vfe.lab.common import load_data, make_config, train_model
+from vfe.lab.config import LabSettings
+from vfe.lab.figures import draw_model_figures
 from vfe.lab.fit import evaluate_reconstruction, mean_image_mse
 from vfe.lab.models import AEConfig, save_model
-from vfe.viz.run import Run
+from vfe.rundir import Run
 
 
 def run_train(model: str | AEConfig = "conv-ae", settings: LabSettings | None = None,
@@ -25,7 +27,7 @@ def run_train(model: str | AEConfig = "conv-ae", settings: LabSettings | None = 
               settings={"model": name, **settings.to_dict(), **overrides})
     ae, history = train_model(config, data, settings, checkpoint_dir=run.path("checkpoints"), desc=name)
     save_model(ae, run.dir, preset_name=name if isinstance(model, str) else None, data=data.describe())
-    save_history(history, run.path("history.json"))
+    write_json(run.path("history.json"), history.to_dict())
     scores = evaluate_reconstruction(ae, data.x_test, seed=settings.seed)
     baseline = mean_image_mse(data.x_train, data.x_test)
     run.record(model=name, config=config.to_dict(), data=data.describe(), test_mse=scores["mse"],

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from vfe.lab.data import load_images, to_tensor
-from vfe.lab.figures import traversal
+from vfe.lab.figures import traversal, traversal_figure
 from vfe.lab.models import load_model
-from vfe.viz import figures
-from vfe.viz.run import Run
+from vfe.rundir import Run
 
 
 def run_traverse(model_dir: str | Path, out: str | Path | None = None, overwrite: bool = False,
@@ -24,7 +23,7 @@ def run_traverse(model_dir: str | Path, out: str | Path | None = None, overwrite
         reference = to_tensor(load_images(dataset, "train", n_reference, 0, data_dir))
     images, values = traversal(model, tuple(dims), n, span, reference)
     unit = "z" if model.config.variational else "code std. devs around the mean code"
-    figures.traversal_figure(images, values, tuple(dims), run.figure(
+    traversal_figure(images, values, tuple(dims), run.figure(
         "traversal.png", f"{n} x {n} decoded images over [-{span}, {span}] ({unit}) on dims {tuple(dims)}"),
         title=f"{model_dir.name}: latent dims {tuple(dims)}, others fixed")
     run.record(model_dir=str(model_dir), dims=list(dims), values=values.tolist())

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter
 
-from vfe.report.names import NORM_LABELS, Attack
+from vfe.robustness.attack_spec import NORM_LABELS, AttackSpec
 
 DPI = 100
 BOOKKEEPING = ("epoch", "lr", "seconds", "time")
@@ -97,7 +97,7 @@ def severity_curves(curves: dict[str, dict[str, np.ndarray]], severities: Sequen
     return to_png(fig)
 
 
-def adversarial_curves(curves: dict[str, dict[Attack, np.ndarray]], clean: dict[str, np.ndarray],
+def adversarial_curves(curves: dict[str, dict[AttackSpec, np.ndarray]], clean: dict[str, np.ndarray],
                        colours: dict[str, tuple], subject: str, setting_line: str) -> bytes:
     """Accuracy (%) against attack radius, one panel per norm; naive attacks dashed, EOT solid.
 
@@ -110,9 +110,9 @@ def adversarial_curves(curves: dict[str, dict[Attack, np.ndarray]], clean: dict[
     for ax, norm in zip(axes[0], norms, strict=True):
         ticks: dict[float, str] = {0.0: "0"}
         for head, per_attack in curves.items():
-            lines = sorted({(a.attack, a.eot) for a in per_attack if a.norm == norm})
+            lines = sorted({(a.method, a.eot) for a in per_attack if a.norm == norm})
             for attack_name, eot in lines:
-                points = sorted((a for a in per_attack if a.norm == norm and a.attack == attack_name
+                points = sorted((a for a in per_attack if a.norm == norm and a.method == attack_name
                                  and a.eot == eot), key=lambda a: a.eps)
                 ticks.update({a.eps: a.eps_text for a in points})
                 columns = [per_attack[a] for a in points]

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 
-from vfe.stages.robust_summary import LOWER_IS_BETTER
+from vfe.robustness.attack_spec import AttackSpec
+from vfe.robustness.stats import higher_is_better
 
-ATTACK_NAME = re.compile(r"^(?P<attack>[A-Za-z0-9-]+)_(?P<norm>linf|l\d+)_(?P<eps>[0-9.]+(?:/[0-9.]+)?)"
-                         r"(?P<eot>_eot\d*)?$", re.IGNORECASE)
 OOD_NAME = re.compile(r"^(?P<score>.+?)_(?P<stat>auroc|fpr95|aupr(?:_in|_out)?)_(?P<dataset>.+)$")
 
-NORM_LABELS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 OOD_STAT_LABELS = {"auroc": "AUROC", "fpr95": "FPR at 95% TPR", "aupr": "AUPR", "aupr_in": "AUPR-in",
                    "aupr_out": "AUPR-out"}
 OOD_SCORE_LABELS = {"msp": "max softmax", "energy": "energy", "entropy": "entropy",
@@ -36,30 +33,12 @@ FIXED = {  # key: (group, label, shown in percent)
 GROUP_ORDER = ("accuracy", "adversarial", "calibration", "ood", "other")
 
 
-@dataclass(frozen=True)
-class Attack:
-    """One adversarial setting parsed from its result key, e.g. pgd_linf_8/255_eot."""
-
-    attack: str
-    norm: str
-    eps_text: str
-    eot: bool
-
-    @property
-    def eps(self) -> float:
-        return float(Fraction(self.eps_text)) if "/" in self.eps_text else float(self.eps_text)
-
-    @property
-    def label(self) -> str:
-        eot = ", EOT" if self.eot else ""
-        return f"{self.attack.upper()} {NORM_LABELS.get(self.norm, self.norm)} ε={self.eps_text}{eot}"
-
-
-def parse_attack(name: str) -> Attack | None:
-    m = ATTACK_NAME.match(name)
-    if m is None:
+def parse_attack(name: str) -> AttackSpec | None:
+    """The attack a result key names, None for any other key (e.g. "clean")."""
+    try:
+        return AttackSpec.parse(name)
+    except ValueError:
         return None
-    return Attack(m["attack"].lower(), m["norm"].lower(), m["eps"], m["eot"] is not None)
 
 
 @dataclass(frozen=True)
@@ -89,7 +68,7 @@ class Metric:
 
     @property
     def higher_is_better(self) -> bool:
-        return not any(t in self.key for t in LOWER_IS_BETTER)
+        return higher_is_better(self.key)
 
     def value(self, x: float) -> str:
         """A value in the metric's unit (percent numbers carry no % sign; the label says it)."""
@@ -104,7 +83,7 @@ class Metric:
         return " points" if self.percent else ""
 
 
-def describe(key: str) -> Metric:
+def metric_of(key: str) -> Metric:
     """The label, unit and reading position of a summary metric key."""
     if key in FIXED:
         group, label, percent = FIXED[key]
@@ -117,7 +96,7 @@ def describe(key: str) -> Metric:
             return Metric(key, "adversarial", "accuracy on the attacked images, before attack", True, (rank, 0))
         if attack is not None:
             return Metric(key, "adversarial", f"adversarial accuracy, {attack.label}", True,
-                          (rank, 1, attack.norm != "linf", attack.norm, attack.attack, attack.eps, attack.eot))
+                          (rank, 1, attack.norm != "linf", attack.norm, attack.method, attack.eps, attack.eot))
         return Metric(key, "adversarial", f"adversarial accuracy, {name}", True, (rank, 2, name))
     if kind == "ood":
         rank = GROUP_ORDER.index("ood")
@@ -130,4 +109,4 @@ def describe(key: str) -> Metric:
 
 def ordered(keys) -> list[Metric]:
     """Metrics in reading order: accuracies, attacks (by norm, attack, eps), calibration, OOD."""
-    return sorted((describe(k) for k in keys), key=lambda m: m.sort_key)
+    return sorted((metric_of(k) for k in keys), key=lambda m: m.sort_key)

@@ -5,9 +5,11 @@ Every statement quotes a difference with its spread and the verdict of `paired_c
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from vfe.report import numbers
 from vfe.report.document import Bullets
-from vfe.report.names import NORM_LABELS, describe, parse_attack, parse_ood
+from vfe.report.names import metric_of, parse_attack, parse_ood
 
 HEADLINE = ("clean_accuracy", "corruption_accuracy", "mCE", "relative_mCE", "clean_ece", "clean_nll")
 BETTER, WORSE = "better than baseline", "worse than baseline"
@@ -43,11 +45,11 @@ def what_this_says(results: dict) -> list[Bullets]:
 
 
 def _short(key: str) -> str:
-    return describe(key).label.removeprefix(ATTACK_PREFIX)
+    return metric_of(key).label.removeprefix(ATTACK_PREFIX)
 
 
 def _difference(key: str, comparison: dict) -> str:
-    metric = describe(key)
+    metric = metric_of(key)
     return f"{metric.label}: {numbers.signed_difference(metric, comparison)} ({comparison.get('verdict', '?')})"
 
 
@@ -59,9 +61,9 @@ def _strongest_attacks(keys) -> list[str]:
         in_norm = {k: a for k, a in attacks.items() if a.norm == norm}
         top = max(a.eps for a in in_norm.values())
         at_top = {k: a for k, a in in_norm.items() if a.eps == top}
-        kinds = {a.attack for a in at_top.values()}
+        kinds = {a.method for a in at_top.values()}
         kind = "pgd" if "pgd" in kinds else min(kinds)
-        chosen += sorted((k for k, a in at_top.items() if a.attack == kind), key=lambda k: at_top[k].eot)
+        chosen += sorted((k for k, a in at_top.items() if a.method == kind), key=lambda k: at_top[k].eot)
     return chosen
 
 
@@ -70,7 +72,7 @@ def _eot_twin(key: str, keys) -> str | None:
     if attack is None or attack.eot:
         return None
     return next((k for k in keys if k.startswith("adv:") and (a := parse_attack(k[4:])) is not None and a.eot
-                 and (a.attack, a.norm, a.eps_text) == (attack.attack, attack.norm, attack.eps_text)), None)
+                 and replace(a, eot=False) == attack), None)
 
 
 def _eot_survival(head: str, per_metric: dict) -> list[str]:
@@ -80,7 +82,7 @@ def _eot_survival(head: str, per_metric: dict) -> list[str]:
         twin = _eot_twin(key, per_metric)
         if twin is None or naive.get("verdict") != BETTER:
             continue
-        metric, eot = describe(key), per_metric[twin]
+        metric, eot = metric_of(key), per_metric[twin]
         gain = f"{head}'s advantage under {_short(key)} ({numbers.signed_difference(metric, naive)})"
         if eot.get("verdict") == BETTER:
             out.append(f"{gain} survives EOT ({numbers.signed_difference(metric, eot)}).")
@@ -121,15 +123,14 @@ def _eot_effect(table: dict, sampling: set[str]) -> list[str]:
             a, b = per_metric[key], per_metric[twin]
             if not (numbers.is_number(a.get("mean")) and numbers.is_number(b.get("mean"))):
                 continue
-            metric, attack = describe(key), parse_attack(key[4:])
+            metric, attack = metric_of(key), parse_attack(key[4:])
             if min(a.get("n", 0), b.get("n", 0)) < 2:
                 spread = "one seed: no spread to compare with"
             elif abs(a["mean"] - b["mean"]) > a["std"] + b["std"]:
                 spread = "beyond the seed spread"
             else:
                 spread = "within the seed spread"
-            out.append(f"{head}: EOT takes its accuracy under {attack.attack.upper()} "
-                       f"{NORM_LABELS.get(attack.norm, attack.norm)} ε={attack.eps_text} from "
+            out.append(f"{head}: EOT takes its accuracy under {attack.label} from "
                        f"{numbers.mean_pm_std(metric, a)} % to {numbers.mean_pm_std(metric, b)} % ({spread}).")
     return out
 
@@ -148,6 +149,6 @@ def _ood_best(table: dict) -> list[str]:
     out = []
     for dataset, per_head in by_set.items():
         parts = [f"{head} best with the {parse_ood(key[4:]).label.rpartition(', ')[2]} "
-                 f"({numbers.mean_pm_std(describe(key), stat)} %)" for head, (key, stat) in per_head.items()]
+                 f"({numbers.mean_pm_std(metric_of(key), stat)} %)" for head, (key, stat) in per_head.items()]
         out.append(f"Telling {dataset} from the test set (AUROC, 50 % = chance): {'; '.join(parts)}.")
     return out

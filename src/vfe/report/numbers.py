@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from vfe.report.names import Attack, Metric, parse_attack
+from vfe.report.names import Metric, parse_attack
+from vfe.robustness.attack_spec import AttackSpec
 
 MISSING = "–"
 
@@ -107,7 +108,7 @@ def severity_curves(results: dict, benchmark_label: str) -> tuple[dict, list[int
     return curves, severities
 
 
-def adversarial_series(results: dict) -> tuple[dict[str, dict[Attack, np.ndarray]], dict[str, np.ndarray]]:
+def adversarial_series(results: dict) -> tuple[dict[str, dict[AttackSpec, np.ndarray]], dict[str, np.ndarray]]:
     """Per head: per-seed accuracies of every parsed attack, and per-seed accuracy before attack.
 
     A head whose results say it does not sample (`samples_randomly` false) keeps only the EOT series of

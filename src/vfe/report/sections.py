@@ -1,27 +1,19 @@
-"""One function per report section: results (and, for some figures, the live run's objects) in,
-a `Section` of tables, figures and notes out. A stage missing from the results gives a note
-saying it was skipped, never an error.
+"""One function per report section: results in, a `Section` of tables, figures and notes out.
+A stage missing from the results gives a note saying it was skipped, never an error.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from torch import nn
 
 from vfe.report import figures, numbers
 from vfe.report.document import Figure, Note, Paragraph, Section, Table
-from vfe.report.names import describe, ordered, parse_ood
+from vfe.report.inputs import decode_image
+from vfe.report.names import metric_of, ordered, parse_ood
 from vfe.report.narrative import what_this_says
-from vfe.stages.summary import mean_std
+from vfe.robustness.stats import mean_std
 
-# corruption families as in ImageNet-C (the 4 extra corruptions join the family they belong to)
-FAMILIES = {
-    "noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
-    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
-    "weather": ("snow", "frost", "fog", "brightness", "spatter"),
-    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"),
-}
 BENCHMARK_MEAN = "mean over benchmark corruptions"
 # what the summary table shows; the rest of the metrics are in the stage sections
 SUMMARY_METRICS = ("clean_accuracy", "corruption_accuracy", "mCE", "relative_mCE", "clean_ece", "clean_nll")
@@ -29,12 +21,9 @@ SUMMARY_METRICS = ("clean_accuracy", "corruption_accuracy", "mCE", "relative_mCE
 
 @dataclass
 class Context:
-    """What every section needs: the results, and the run's live objects when the report is written by it."""
+    """What every section needs: the results and what follows from them."""
 
     results: dict
-    models: dict | None = None
-    test: object | None = None
-    clean_probs: dict | None = None
     heads: list[str] = field(init=False)
     setting_line: str = field(init=False)
     colours: dict = field(init=False)
@@ -73,10 +62,8 @@ def setting_section(ctx: Context) -> Section:
             ["test images", s.get("n_test")], ["heads", s.get("heads") or ctx.heads], ["seeds", s.get("seeds")],
             ["data seed", s.get("data_seed")], ["device", s.get("device")], ["machine", s.get("machine")],
             ["torch", s.get("torch")]]
-    for head in ctx.heads:
-        model = next((m for (h, _), m in (ctx.models or {}).items() if h == head), None)
-        if model is not None:
-            rows.append([f"parameters of one {head} head", f"{parameter_count(model):,}"])
+    counts = ctx.results.get("head_parameters") or {}
+    rows += [[f"parameters of one {head} head", f"{counts[head]:,}"] for head in ctx.heads if head in counts]
     blocks = [Table(["setting", "value"], [[k, numbers.general(v)] for k, v in rows])]
     timings = ctx.results.get("timings")
     if timings:
@@ -89,13 +76,6 @@ def setting_section(ctx: Context) -> Section:
     else:
         blocks.append(Note("No stage timings in these results."))
     return Section("Setting", blocks)
-
-
-def parameter_count(model) -> int:
-    """Learned parameters of a fitted head: every torch module it holds, shared parameters counted once."""
-    params = {id(p): p.numel() for attr in vars(model).values() if isinstance(attr, nn.Module)
-              for p in attr.parameters()}
-    return sum(params.values())
 
 
 def narrative_section(ctx: Context) -> Section:
@@ -168,17 +148,17 @@ def corruption_section(ctx: Context) -> Section:
 
 
 def _families(names: list[str]) -> dict[str, list[str]]:
+    """Corruptions by family as the registry groups them (a name it does not know: "other")."""
+    from vfe.robustness.corruptions import REGISTRY
+
     out: dict[str, list[str]] = {}
     for name in names:
-        family = next((f for f, members in FAMILIES.items() if name in members), None)
-        if family is None:
-            family = next((f for f in ("noise", "blur") if name.endswith(f"_{f}")), "other")
-        out.setdefault(family, []).append(name)
+        out.setdefault(REGISTRY[name].family if name in REGISTRY else "other", []).append(name)
     return out
 
 
 def _per_corruption_table(ctx: Context, corr: dict, names: list[str]) -> Table:
-    acc_metric, ce_metric = describe("clean_accuracy"), describe("mCE")
+    acc_metric, ce_metric = metric_of("clean_accuracy"), metric_of("mCE")
     per_head = corr.get("per_head", {})
     rows = []
     for name in names:
@@ -197,17 +177,15 @@ def _per_corruption_table(ctx: Context, corr: dict, names: list[str]) -> Table:
 
 
 def _corruption_grid(ctx: Context, names: list[str], severities: list[int]) -> Figure | Note:
-    if ctx.test is None:
-        return Note("The corruption picture grid needs the test images; it is drawn when the report is "
-                    "written by the run itself.")
-    try:
-        from vfe.robustness.corruptions import corrupt
-        from vfe.robustness.corruptions.parameters import parameter_set
-    except ImportError as e:
-        return Note(f"The corruption picture grid was not drawn: vfe.robustness.corruptions is unavailable ({e}).")
+    if "example_image" not in ctx.results:
+        return Note("The corruption picture grid needs a test image (`example_image`), which these results "
+                    "do not hold.")
+    from vfe.robustness.corruptions import corrupt
+    from vfe.robustness.corruptions.parameters import parameter_set
+
     config = ctx.results.get("config", {})
     seed, params = config.get("data_seed", 0), config.get("corruption_params", "auto")
-    image = ctx.test.images[0]
+    image = decode_image(ctx.results["example_image"])
     table = parameter_set(params, max(image.shape[:2]))
 
     def one(picture: np.ndarray, name: str, severity: int) -> np.ndarray:
@@ -269,12 +247,11 @@ def _attack_facts(results: dict) -> list[str]:
 
 def _eot_gap_table(ctx: Context, curves: dict) -> Table | Note:
     """Naive vs EOT accuracy for each attack run both ways: a gain that vanishes under EOT is obfuscation."""
-    metric = describe("clean_accuracy")
+    metric = metric_of("clean_accuracy")
     rows = []
     for head, per_attack in curves.items():
-        for attack in sorted((a for a in per_attack if not a.eot), key=lambda a: (a.norm != "linf", a.attack, a.eps)):
-            twin = next((a for a in per_attack if a.eot and (a.attack, a.norm, a.eps_text)
-                         == (attack.attack, attack.norm, attack.eps_text)), None)
+        for attack in sorted((a for a in per_attack if not a.eot), key=lambda a: (a.norm != "linf", a.method, a.eps)):
+            twin = next((a for a in per_attack if a.eot and replace(a, eot=False) == attack), None)
             if twin is None:
                 continue
             naive, eot = per_attack[attack], per_attack[twin]
@@ -290,19 +267,16 @@ def _eot_gap_table(ctx: Context, curves: dict) -> Table | Note:
 
 def calibration_section(ctx: Context) -> Section:
     title = "Calibration"
-    if ctx.clean_probs is None or ctx.test is None:
-        return Section(title, [Note("Reliability diagrams need the clean test probabilities; they are drawn when "
-                                    "the report is written by the run itself.")])
-    from vfe.robustness.calibration import reliability_curve
-
-    bins: dict[str, list] = {}
-    for (head, _seed), probs in sorted(ctx.clean_probs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        curve = reliability_curve(probs, ctx.test.labels)  # the binning of the clean stage's ECE
-        bins.setdefault(head, []).append({"edges": np.asarray(curve["bin_edges"]),
-                                          **{k: np.asarray(curve[k], dtype=float)
-                                             for k in ("accuracy", "confidence", "count")}})
+    curves = ctx.results.get("reliability")
+    if not curves:
+        return Section(title, [Note("Reliability diagrams need the clean test probabilities per confidence bin "
+                                    "(`reliability`), which these results do not hold.")])
+    bins = {head: [{"edges": np.asarray(curve["bin_edges"]),
+                    **{k: np.asarray(curve[k], dtype=float) for k in ("accuracy", "confidence", "count")}}
+                   for curve in (curves[head][s] for s in numbers.seed_keys(curves[head]))]
+            for head in sorted(curves)}
     table = (ctx.results.get("summary") or {}).get("table", {})
-    ece = {h: numbers.mean_pm_std(describe("clean_ece"), table.get(h, {}).get("clean_ece")) + " %" for h in bins}
+    ece = {h: numbers.mean_pm_std(metric_of("clean_ece"), table.get(h, {}).get("clean_ece")) + " %" for h in bins}
     png = figures.reliability_diagrams(bins, ece, ctx.colours, "Reliability on the clean test set",
                                        ctx.setting_line)
     return Section(title, [Figure("reliability", png, "Accuracy per confidence bin (mean ± std over seeds) with "

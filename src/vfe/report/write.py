@@ -12,11 +12,11 @@ from vfe.report.to_markdown import to_markdown
 FIGURE_DIR = "figures"
 
 
-def build_document(results: dict, models: dict | None = None, test=None, clean_probs: dict | None = None) -> Document:
-    """The report's content; figures that need live objects (test images, probabilities) are noted when absent."""
+def build_document(results: dict) -> Document:
+    """The report's content, from results alone (see `vfe.report.inputs` for what the run adds for it)."""
     if not isinstance(results, dict) or "clean" not in results:
         raise ValueError("results must be the dict of a run (vfe.experiment.run), holding at least 'clean'")
-    ctx = sections.Context(results, models=models, test=test, clean_probs=clean_probs)
+    ctx = sections.Context(results)
     parts = [sections.setting_section(ctx), sections.narrative_section(ctx), sections.summary_section(ctx),
              sections.comparison_section(ctx), sections.corruption_section(ctx), sections.adversarial_section(ctx),
              sections.calibration_section(ctx), sections.ood_section(ctx), sections.training_section(ctx),
@@ -26,14 +26,13 @@ def build_document(results: dict, models: dict | None = None, test=None, clean_p
     return Document(title, ctx.setting_line, [p for p in parts if p is not None])
 
 
-def write_report(out_dir: str | Path, results: dict, models: dict | None = None, test=None,
-                 clean_probs: dict | None = None) -> dict[str, Path]:
+def write_report(out_dir: str | Path, results: dict) -> dict[str, Path]:
     """Write report.md (figures linked), report.html (self-contained) and figures/*.png into `out_dir`.
 
     Returns {"markdown": path, "html": path, <figure name>: path, ...}.
     """
     out_dir = Path(out_dir)
-    doc = build_document(results, models=models, test=test, clean_probs=clean_probs)
+    doc = build_document(results)
     paths: dict[str, Path] = {}
     for figure in doc.figures():
         paths[figure.name] = out_dir / FIGURE_DIR / f"{figure.name}.png"

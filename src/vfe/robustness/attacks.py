@@ -17,17 +17,36 @@ tensor), at about 1/n_eot of the cost. (torchattacks.EOTPGD would re-run the bac
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torchattacks
 from torch import nn
 
+from vfe.robustness.attack_spec import AttackSpec, attack_specs
+
+__all__ = ["AttackSpec", "LogProbabilities", "attack_specs", "make_attack", "perturb", "samples_randomly",
+           "to_unit_float"]
+
 # PGD step size as a multiple of eps / steps (Madry et al. use 2.5: the walk can cross the ball)
 STEP_SIZE_FACTOR = 2.5
 # floor under probabilities before the log; -log(1e-30) = 69 nats is beyond any real loss value
 _LOG_FLOOR = 1e-30
+
+
+class _ContiguousGradient(torch.autograd.Function):
+    """Identity whose gradient comes back in contiguous NCHW memory.
+
+    The backbone runs channels-last, so the gradient w.r.t. a colour input arrives channels-last, and
+    torchattacks' L2 attacks flatten it with `.view`, which fails on that layout.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
 
 
 class LogProbabilities(nn.Module):
@@ -39,7 +58,8 @@ class LogProbabilities(nn.Module):
         self.backbone, self.head, self.n_samples = backbone, head, n_samples
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x01), n_samples=self.n_samples).clamp_min(_LOG_FLOOR).log()
+        features = self.backbone(_ContiguousGradient.apply(x01))
+        return self.head(features, n_samples=self.n_samples).clamp_min(_LOG_FLOOR).log()
 
 
 @torch.no_grad()
@@ -47,42 +67,6 @@ def samples_randomly(head: nn.Module, features: torch.Tensor) -> bool:
     """Whether a head's probability module gives different outputs for the same features (it samples)."""
     head.eval()
     return not torch.equal(head(features), head(features))
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """One attack setting; `key` is its name in results (see `attack_key`)."""
-
-    method: str  # "fgsm" | "pgd"
-    norm: str  # "linf" | "l2"
-    eps: float
-    eot: bool = False
-
-    @property
-    def key(self) -> str:
-        return attack_key(self.method, self.norm, self.eps, self.eot)
-
-
-def eps_label(norm: str, eps: float) -> str:
-    """L-inf budgets as k/255 when they are whole pixel levels ("8/255"), anything else as a number."""
-    levels = eps * 255
-    if norm == "linf" and abs(levels - round(levels)) < 1e-6:
-        return f"{round(levels)}/255"
-    return f"{eps:g}"
-
-
-def attack_key(method: str, norm: str, eps: float, eot: bool = False) -> str:
-    """Stable result names: "fgsm_linf_2/255", "pgd_linf_8/255", "pgd_linf_8/255_eot", "pgd_l2_0.5"."""
-    return f"{method}_{norm}_{eps_label(norm, eps)}" + ("_eot" if eot else "")
-
-
-def attack_specs(eps_linf: list[float], eps_l2: list[float], eot: bool) -> list[AttackSpec]:
-    """FGSM and PGD at every L-inf budget, PGD at every L2 budget; each PGD also with EOT when `eot`."""
-    specs = [AttackSpec("fgsm", "linf", e) for e in sorted(eps_linf)]
-    for norm, budgets in (("linf", eps_linf), ("l2", eps_l2)):
-        for flag in ((False, True) if eot else (False,)):
-            specs += [AttackSpec("pgd", norm, e, flag) for e in sorted(budgets)]
-    return specs
 
 
 def make_attack(spec: AttackSpec, model: nn.Module, steps: int) -> torchattacks.Attack:
@@ -99,12 +83,17 @@ def make_attack(spec: AttackSpec, model: nn.Module, steps: int) -> torchattacks.
 
 def perturb(attack: torchattacks.Attack, images: torch.Tensor, labels: torch.Tensor,
             batch_size: int = 100) -> torch.Tensor:
-    """Adversarial versions of `images` (float [0, 1], N x C x H x W), computed in batches."""
+    """Adversarial versions of `images` (float [0, 1], N x C x H x W), computed in batches.
+
+    Each batch goes in contiguous: torchattacks' L2 attacks flatten with `.view`, which fails on a
+    permuted (channels-last) colour tensor.
+    """
     starts = range(0, len(images), batch_size)
-    out = [attack(images[i:i + batch_size], labels[i:i + batch_size]) for i in starts]
+    out = [attack(images[i:i + batch_size].contiguous(), labels[i:i + batch_size]) for i in starts]
     return torch.cat(out) if out else images.clone()
 
 
 def to_unit_float(images_uint8_nhwc: np.ndarray) -> torch.Tensor:
     """uint8 N x H x W x C images -> float N x C x H x W in [0, 1], the attacks' input space."""
-    return torch.from_numpy(np.ascontiguousarray(images_uint8_nhwc)).permute(0, 3, 1, 2).float().div(255)
+    images = torch.from_numpy(np.ascontiguousarray(images_uint8_nhwc)).permute(0, 3, 1, 2)
+    return images.float().div(255).contiguous()  # NCHW memory: colour images permuted are not

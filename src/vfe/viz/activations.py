@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from vfe.viz import figures
+from vfe import plotting
+from vfe.rundir import Run
 from vfe.viz.hooks import run_until
 from vfe.viz.images import load_image
 from vfe.viz.network import Network, load_network
-from vfe.viz.run import Run
 
 
 @torch.no_grad()
@@ -35,17 +35,17 @@ def run_activations(model: str = "efficientnet_lite0", image: str = "chelsea", l
               overwrite=overwrite, settings={"model": model, "image": description, "layers": layers,
                                              "n_channels": n_channels})
     maps = activation_maps(network, x01, layers)
-    figures.image_grid(x01, run.figure("input.png", f"input: {description}"), nrow=1, size=3,
-                       title=description)
+    plotting.image_grid(x01, run.figure("input.png", f"input: {description}"), nrow=1, size=3,
+                        title=description)
     stats = []
     for layer, a in maps.items():
         k = min(n_channels, a.shape[0])
         safe = layer.replace("/", "_")
-        figures.image_grid(a[:k, None], run.figure(f"activations_{safe}.png",
-                                                   f"{layer}: first {k} of {a.shape[0]} channels, {a.shape[1]}x"
-                                                   f"{a.shape[2]}, each scaled to its own range"),
-                           nrow=min(8, k), normalize_each=True, cmap="viridis",
-                           title=f"{network.name} - {layer} ({a.shape[0]} x {a.shape[1]} x {a.shape[2]})")
+        plotting.image_grid(a[:k, None], run.figure(f"activations_{safe}.png",
+                                                    f"{layer}: first {k} of {a.shape[0]} channels, {a.shape[1]}x"
+                                                    f"{a.shape[2]}, each scaled to its own range"),
+                            nrow=min(8, k), normalize_each=True, cmap="viridis",
+                            title=f"{network.name} - {layer} ({a.shape[0]} x {a.shape[1]} x {a.shape[2]})")
         stats.append({"layer": layer, "channels": a.shape[0], "height": a.shape[1], "width": a.shape[2],
                       "mean": float(a.mean()), "fraction_zero": float((a == 0).float().mean())})
     run.record(model=model, image=description, layers=stats)

@@ -1,9 +1,14 @@
-"""`vfe viz ...`: CNN visualisation on the command line (the same functions as `vfe.viz`)."""
+"""`vfe viz ...`: CNN visualisation on the command line (the same functions as `vfe.viz`).
+
+Only plain-data settings are imported here; each command imports torch and the rest when it runs.
+`small-cnn` trains with the lab's data and training options (`vfe.lab.cli`).
+"""
 from __future__ import annotations
 
 import argparse
 
 from vfe.lab.cli import add_data_and_training_args, settings_from_args
+from vfe.viz.config import AscentConfig
 
 EXAMPLES = {
     "activations": "vfe viz activations                            # efficientnet_lite0 on skimage's chelsea\n"
@@ -60,7 +65,7 @@ def cmd_activations(args) -> int:
 
 
 def cmd_maximize(args) -> int:
-    from vfe.viz.maximize import AscentConfig, run_maximize
+    from vfe.viz.maximize import run_maximize
 
     config = AscentConfig(steps=args.steps, lr=args.lr, l2_decay=args.l2_decay, blur_every=args.blur_every,
                           blur_sigma=args.blur_sigma, jitter=args.jitter, size=args.size, seed=args.seed)
@@ -76,8 +81,6 @@ def cmd_small_cnn(args) -> int:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add `viz` and its sub-commands to the `vfe` command's subparsers."""
-    from vfe.viz.maximize import AscentConfig
-
     viz = subparsers.add_parser(
         "viz", help="CNN visualisation: activation maps, inputs that maximise a channel, a small CNN baseline.",
         description="Look inside CNNs: a timm backbone (packaged ImageNet weights) or a model trained here. "

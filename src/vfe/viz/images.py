@@ -5,6 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
+from vfe.data import load_dataset
 
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "horse")
 
@@ -14,16 +17,12 @@ def load_image(spec: str, data_dir: str | None = None) -> tuple[torch.Tensor, st
     name (chelsea, coffee, astronaut, ...); or DATASET:INDEX, e.g. fashion-mnist:0 (its test split)."""
     path = Path(spec)
     if path.is_file():
-        from PIL import Image
-
         with Image.open(path) as im:
             arr = np.asarray(im.convert("L" if im.mode in ("L", "I;16", "1") else "RGB"))
         return _to_tensor(arr), str(path)
     if ":" in spec and not path.exists():
         dataset, _, index = spec.rpartition(":")
         if index.isdigit():
-            from vfe.data import load_dataset
-
             kwargs = {"data_dir": data_dir} if data_dir else {}
             images = load_dataset(dataset, split="test", **kwargs)
             i = int(index)
@@ -31,7 +30,7 @@ def load_image(spec: str, data_dir: str | None = None) -> tuple[torch.Tensor, st
                 raise ValueError(f"{spec}: the {dataset} test split has {len(images)} images")
             return _to_tensor(images.images[i]), f"{dataset} test image {i} ({images.class_names[images.labels[i]]})"
     if spec in SKIMAGE_PHOTOS:
-        import skimage.data
+        import skimage.data  # heavy (about a second), and only for the sample photos
 
         return _to_tensor(getattr(skimage.data, spec)()), f"skimage.data.{spec}"
     raise FileNotFoundError(f"image {spec!r}: not a file, not a scikit-image photo ({', '.join(SKIMAGE_PHOTOS)}) "

@@ -14,30 +14,18 @@ stops at the layer (later layers are never computed).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
+from vfe import plotting
+from vfe.rundir import Run
+from vfe.viz.config import AscentConfig
 from vfe.viz.hooks import run_until
 from vfe.viz.network import Network, load_network
-
-if TYPE_CHECKING:
-    from vfe.viz.run import Run
-
-
-@dataclass
-class AscentConfig:
-    steps: int = 64
-    lr: float = 0.05  # pixels per step (the gradient is RMS-normalised)
-    l2_decay: float = 0.002
-    blur_every: int = 4
-    blur_sigma: float = 0.6
-    jitter: int = 4  # pixels
-    size: int | None = None  # image side (default: the network's input size)
-    seed: int = 0
 
 
 def maximize_channels(network: Network, layer: str, channels: Sequence[int], config: AscentConfig | None = None,
@@ -46,8 +34,6 @@ def maximize_channels(network: Network, layer: str, channels: Sequence[int], con
 
     Returns the images, the channels' mean activation at the start, and at the end of the ascent.
     """
-    from torchvision.transforms.functional import gaussian_blur  # imported here: torchvision takes seconds
-
     config = config or AscentConfig()
     c, h, _ = network.input_shape
     size = config.size or h
@@ -90,9 +76,6 @@ def run_maximize(model: str = "efficientnet_lite0", layer: str | None = None, ch
                  n_channels: int = 16, config: AscentConfig | None = None, out: str | Path | None = None,
                  overwrite: bool = False, weights: str = "default", progress: bool = True) -> Run:
     """A grid of the images that maximise each channel (default: the first `n_channels`) of `layer`."""
-    from vfe.viz import figures
-    from vfe.viz.run import Run
-
     config = config or AscentConfig()
     network = load_network(model, weights, config.size)
     layer = layer or (network.default_layers[len(network.default_layers) // 2] if network.default_layers else None)
@@ -107,9 +90,9 @@ def run_maximize(model: str = "efficientnet_lite0", layer: str | None = None, ch
     setting = (f"{network.name} - {layer}, channels {channels[0]}..{channels[-1]}; {config.steps} steps, "
                f"jitter {config.jitter}px, L2 decay {config.l2_decay}, blur sigma {config.blur_sigma} "
                f"every {config.blur_every}")
-    figures.image_grid(images, run.figure("maximize.png", "images maximising each channel's mean activation "
-                                          "(row-major, channel order)"),
-                       nrow=min(8, len(channels)), title=setting, size=9)
+    plotting.image_grid(images, run.figure("maximize.png", "images maximising each channel's mean activation "
+                                           "(row-major, channel order)"),
+                        nrow=min(8, len(channels)), title=setting, size=9)
     rows = [{"channel": c, "activation at start": float(s), "activation at end": float(e)}
             for c, s, e in zip(channels, start, end, strict=True)]
     run.record(model=model, layer=layer, channels=rows, config=asdict(config))

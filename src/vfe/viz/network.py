@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfe.io import read_json
+from vfe.lab.models import load_model
+from vfe.viz.small_cnn import load_small_cnn
 
 
 @dataclass
@@ -74,8 +76,6 @@ def _folder_network(folder: Path) -> Network:
     meta = read_json(folder / "model.json")
     family = meta.get("family")
     if family == "lab-autoencoder":
-        from vfe.lab.models import load_model
-
         model = load_model(folder)
         defaults = tuple(n for n, m in model.body.named_children() if isinstance(m, nn.Conv2d))
         defaults = tuple(f"body.{n}" for n in defaults) or ("body",)
@@ -83,8 +83,6 @@ def _folder_network(folder: Path) -> Network:
         return Network(f"{folder.name} (lab autoencoder)", model, lambda x: _fit_to(x, shape), shape,
                        run=lambda x: model(x)[0], default_layers=defaults)
     if family == "small-cnn":
-        from vfe.viz.small_cnn import load_small_cnn
-
         model = load_small_cnn(folder)
         shape = model.config.input_shape
         defaults = tuple(f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d))

@@ -20,10 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vfe import plotting
 from vfe.checkpoint import Checkpointer
 from vfe.data.split import holdout_index
 from vfe.heads.base import classification_loss
 from vfe.io import load_tensors, read_json, save_tensors, write_json
+from vfe.lab.common import load_data, train_config
+from vfe.lab.config import LabSettings
+from vfe.rundir import Run
 from vfe.training import History, TrainConfig, train
 
 FAMILY = "small-cnn"
@@ -161,18 +165,13 @@ def load_small_cnn(directory: str | Path) -> SmallCNN:
     return model.eval()
 
 
-def run_small_cnn(settings=None, out: str | Path | None = None, overwrite: bool = False,
-                  variants: Sequence[str] = ("plain", "augmented"), flip: bool = False):
+def run_small_cnn(settings: LabSettings | None = None, out: str | Path | None = None, overwrite: bool = False,
+                  variants: Sequence[str] = ("plain", "augmented"), flip: bool = False) -> Run:
     """Train each variant on the same images; save them (`<out>/<variant>/`) with history plots and accuracy.
 
     `flip` adds random horizontal flips to the augmented variant (right for photos of flowers, wrong
     for Fashion-MNIST, whose shoes all face left).
     """
-    from vfe.lab.common import LabSettings, load_data
-    from vfe.lab.figures import save_history
-    from vfe.viz import figures
-    from vfe.viz.run import Run
-
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"variants {unknown or list(variants)}: choose from {', '.join(VARIANTS)}")
@@ -187,11 +186,11 @@ def run_small_cnn(settings=None, out: str | Path | None = None, overwrite: bool 
         config = SmallCNNConfig(input_shape=data.input_shape, n_classes=data.train.num_classes, **VARIANTS[name],
                                 **augment)
         model = build_small_cnn(config, seed=settings.seed)
-        history = fit_small_cnn(model, data.x_train, y_train, settings.train_config(f"small CNN ({name})"),
+        history = fit_small_cnn(model, data.x_train, y_train, train_config(settings, f"small CNN ({name})"),
                                 settings.val_fraction, checkpoint_dir=run.path(f"{name}/checkpoints"),
                                 keep=settings.keep)
         save_small_cnn(model, run.path(name), data=data.describe())
-        save_history(history, run.path(f"{name}/history.json"))
+        write_json(run.path(f"{name}/history.json"), history.to_dict())
         best = history.records[history.best_epoch - 1] if history.best_epoch else history.records[-1]
         rows.append({"variant": name, "test_accuracy": float((predict_classes(model, data.x_test) == y_test).mean()),
                      "train_accuracy": best["acc"], "val_accuracy": best.get("val_acc", float("nan")),
@@ -199,9 +198,9 @@ def run_small_cnn(settings=None, out: str | Path | None = None, overwrite: bool 
                      "parameters": sum(p.numel() for p in model.parameters())})
         setting = (f"small CNN ({name}), {settings.dataset} n_train={len(y_train)}, seed {settings.seed}; "
                    f"test accuracy {rows[-1]['test_accuracy']:.3f}")
-        figures.history_figure(history.records, run.figure(f"{name}/history.png",
-                                                           f"{name}: training history; dashed: best epoch"),
-                               keys=["loss", "acc"], best_epoch=history.best_epoch, title=setting)
+        plotting.history_figure(history.records, run.figure(f"{name}/history.png",
+                                                            f"{name}: training history; dashed: best epoch"),
+                                keys=["loss", "acc"], best_epoch=history.best_epoch, title=setting)
     run.record(data=data.describe(), variants=rows)
     run.table(f"test accuracy on {len(y_test)} images", rows)
     run.finish()

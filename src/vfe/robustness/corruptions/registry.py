@@ -50,3 +50,11 @@ _ALL = (
 REGISTRY = MappingProxyType({c.name: c for c in _ALL})
 BENCHMARK_CORRUPTIONS = tuple(c.name for c in _ALL[:15])
 EXTRA_CORRUPTIONS = tuple(c.name for c in _ALL[15:])
+
+
+def families() -> dict[str, tuple[str, ...]]:
+    """{family: corruption names} in registry order (noise, blur, weather, digital)."""
+    out: dict[str, list[str]] = {}
+    for c in _ALL:
+        out.setdefault(c.family, []).append(c.name)
+    return {family: tuple(names) for family, names in out.items()}

@@ -1,10 +1,23 @@
-"""Spread over seeds, and whether a head's difference from the baseline exceeds it."""
+"""Spread over seeds, and whether a head's difference from the baseline exceeds it.
+
+One home for the statistics the summary computes and the report prints, so both read numbers the same
+way; no torch, so the report can use it on results.json alone.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 from scipy import stats
+
+# metrics where lower is better (matched as substrings of the metric key, e.g. "clean_nll", "relative_mCE",
+# "ood:msp_fpr95_mnist"); everything else is higher-is-better
+LOWER_IS_BETTER = ("nll", "ece", "mCE", "fpr95")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a summary metric key: False for NLL, ECE, (relative) mCE and FPR at 95 % TPR."""
+    return not any(t in metric for t in LOWER_IS_BETTER)
 
 
 def mean_std(values) -> dict:
@@ -23,10 +36,10 @@ def paired_comparison(head: dict[int, float], baseline: dict[int, float], higher
     The paired t-test p-value is given too (weak with 3 seeds; read it with that in mind).
     """
     seeds = sorted(set(head) & set(baseline))
-    a = np.array([head[s] for s in seeds], dtype=float)
-    b = np.array([baseline[s] for s in seeds], dtype=float)
     if len(seeds) == 0:
         return {"n": 0}
+    a = np.array([head[s] for s in seeds], dtype=float)
+    b = np.array([baseline[s] for s in seeds], dtype=float)
     diff = a - b
     sa = a.std(ddof=1) if len(a) > 1 else 0.0
     sb = b.std(ddof=1) if len(b) > 1 else 0.0

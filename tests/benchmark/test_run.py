@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from vfe.experiment import ExperimentConfig, run
+from vfe.benchmark.config import RunSettings, with_overrides
+from vfe.benchmark.run import run
+from vfe.errors import SettingsError
 
 
-def tiny_config(tmp_path, **overrides) -> ExperimentConfig:
+def tiny_config(tmp_path, **overrides) -> RunSettings:
     settings = {"name": "tiny", "dataset": "digits", "image_size": 32, "n_train": 300, "n_test": 100,
                 "heads": ["linear", "vfe"], "seeds": [0, 1],
                 "head_params": {"vfe": {"encoder_units": 64, "latent_dim": 16, "decoder_units": 64,
@@ -18,7 +20,7 @@ def tiny_config(tmp_path, **overrides) -> ExperimentConfig:
                 "corruptions": ["gaussian_noise", "defocus_blur"], "severities": [1, 5], "n_attack": 8,
                 "attack_eps_linf": [8 / 255], "attack_eps_l2": [1.0], "attack_steps": 3, "n_eot": 2,
                 "runs_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"), "progress": False}
-    return ExperimentConfig(**{**settings, **overrides})
+    return with_overrides(RunSettings(), {**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def test_every_stage_fills_its_section(tiny_run):
 
 def test_a_finished_run_is_not_overwritten_unless_asked(tiny_run):
     tmp, _, _ = tiny_run
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(SettingsError, match="overwrite"):
         run(tiny_config(tmp), log=lambda *_: None)
 
 

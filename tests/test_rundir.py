@@ -1,10 +1,11 @@
-"""Run folders: never overwritten unless asked, numbers written as they come, one page listing it all."""
+"""Run folders (`vfe.rundir`, shared by lab and viz): never overwritten unless asked, numbers written as they
+come, one page listing it all."""
 from __future__ import annotations
 
 import pytest
 
 from vfe.io import read_json
-from vfe.viz.run import Run
+from vfe.rundir import Run
 
 
 def test_a_run_folder_is_not_overwritten_unless_asked(tmp_path):

@@ -4,7 +4,7 @@ Result per (head, seed):
     {"accuracy": {"clean": ..., "fgsm_linf_2/255": ..., "pgd_linf_8/255": ..., "pgd_linf_8/255_eot": ...,
                   "pgd_l2_0.5": ..., "pgd_l2_0.5_eot": ...},
      "n": images attacked, "samples_randomly": bool, "steps": ..., "n_eot": ..., "seconds": ...}
-Keys are `vfe.robustness.attacks.attack_key` names; the summary reports them as `adv:<key>`.
+Keys are `vfe.robustness.attack_spec.AttackSpec.key` names; the summary reports them as `adv:<key>`.
 
 Accuracy is that of the head's own prediction (`predict`, with its predict_mode and n_samples) on
 the adversarial images: what a user of the head would get. For a deterministic head EOT is the
@@ -26,6 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vfe.benchmark.config import AttackSettings
+from vfe.benchmark.context import RunContext
+from vfe.benchmark.summary import by_head
+from vfe.data.split import balanced_subset
 from vfe.data.types import ImageSet
 from vfe.robustness.attacks import (
     AttackSpec,
@@ -43,34 +47,39 @@ from vfe.robustness.attacks import (
 BATCH_SIZE = 16
 
 
-def run_attacks(backbone, models: dict, test: ImageSet, config, device: str | torch.device) -> dict:
-    """{(head, seed): result} (see the module docstring) on a class-balanced subset of `config.n_attack`
-    test images chosen with `config.data_seed`; the same images for every head."""
-    from vfe.experiment import stratified_subset
+def run_stage(settings: AttackSettings, ctx: RunContext) -> dict:
+    """results.json's "adversarial" section: {head: {seed: result}}."""
+    return {"adversarial": by_head(run_attacks(settings, ctx.prepared.backbone, ctx.models, ctx.prepared.test,
+                                               ctx.data_seed, ctx.device, ctx.progress))}
 
-    subset = stratified_subset(test, config.n_attack, config.data_seed, "attack")
+
+def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet, data_seed: int,
+                device: str | torch.device, progress: bool = True) -> dict:
+    """{(head, seed): result} (see the module docstring) on a class-balanced subset of `settings.n_attack`
+    test images chosen with `data_seed`; the same images for every head."""
+    subset = balanced_subset(test, settings.n_attack, data_seed, "attack")
     images = to_unit_float(subset.images).to(device)
-    specs = attack_specs(config.attack_eps_linf, config.attack_eps_l2, eot=True)
+    specs = attack_specs(settings.attack_eps_linf, settings.attack_eps_l2, eot=True)
     results = {}
-    with tqdm(total=len(models) * len(specs), desc="attacks", unit="attack", disable=not config.progress,
+    with tqdm(total=len(models) * len(specs), desc="attacks", unit="attack", disable=not progress,
               dynamic_ncols=True) as bar:
         for (head, seed), model in models.items():
             started = time.perf_counter()
-            results[(head, seed)] = _attack_one(backbone, model, images, subset.labels, specs, config, device,
-                                                bar, f"{head}/seed{seed}")
+            results[(head, seed)] = _attack_one(backbone, model, images, subset.labels, specs, settings, data_seed,
+                                                device, bar, f"{head}/seed{seed}")
             results[(head, seed)]["seconds"] = round(time.perf_counter() - started, 3)
     return results
 
 
-def _attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec], config,
-                device, bar, name: str) -> dict:
+def _attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],
+                settings: AttackSettings, data_seed: int, device, bar, name: str) -> dict:
     head = _on_device(model.probability_module(), device).eval()
     target = torch.from_numpy(_class_index(model, labels)).to(device)
     clean = _features(backbone, images)
     random_head = samples_randomly(head, torch.from_numpy(clean[:8]).to(device))
-    draws = config.n_eot if random_head else 1
+    draws = settings.n_eot if random_head else 1
     plain = LogProbabilities(backbone, head)
-    eot = LogProbabilities(backbone, head, n_samples=config.n_eot)
+    eot = LogProbabilities(backbone, head, n_samples=settings.n_eot)
     accuracy = {"clean": float(np.mean(model.predict(clean) == labels))}
     clean_settled = _settled(model, head, clean, labels, target, draws)
     # per PGD attack: features of the adversarial images held so far, and which of them are settled
@@ -88,16 +97,16 @@ def _attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs
             features, settled = clean.copy(), np.zeros(len(images), bool)
         todo = np.flatnonzero(~settled)
         if len(todo):
-            attack = make_attack(spec, eot if spec.eot else plain, config.attack_steps)
+            attack = make_attack(spec, eot if spec.eot else plain, settings.attack_steps)
             with torch.random.fork_rng():
-                torch.manual_seed(config.data_seed)  # the same random starts for every head
+                torch.manual_seed(data_seed)  # the same random starts for every head
                 features[todo] = _features(backbone, perturb(attack, images[todo], target[todo], BATCH_SIZE))
             settled[todo] = _settled(model, head, features[todo], labels[todo], target[todo], draws)
         if spec.method == "pgd":
             held[family] = features, settled
         accuracy[spec.key] = float(np.mean(model.predict(features) == labels))
     return {"accuracy": accuracy, "n": len(images), "samples_randomly": bool(random_head),
-            "steps": int(config.attack_steps), "n_eot": int(config.n_eot)}
+            "steps": int(settings.attack_steps), "n_eot": int(settings.n_eot)}
 
 
 @torch.no_grad()

@@ -6,13 +6,13 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from vfe import sweep
-from vfe.sweep import (
+from vfe.benchmark import sweep
+from vfe.benchmark.sweep import (
     expand_grid,
     markdown_table,
     pixel_features,
     run_sweep,
-    summarise,
+    summarise_cells,
     train_size_sweep,
     transfer_gain,
 )
@@ -50,7 +50,7 @@ def test_sweep_writes_cells_resumes_and_summarises(digits_features, tmp_path, mo
     with pytest.raises(AssertionError, match="fitted again"):  # other data: nothing is reused
         run_sweep(GRID, X_train, y_train, X_test[:-1], y_test[:-1], out, progress=False)
 
-    rows = summarise(records)
+    rows = summarise_cells(records)
     assert len(rows) == 6 and all(r["n_seeds"] == 2 for r in rows)
     row = next(r for r in rows if r["head"] == "svm" and r["params"] == {"C": 1.0} and r["train_size"] == 100)
     accuracies = [r["metrics"]["accuracy"] for r in records

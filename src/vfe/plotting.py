@@ -1,7 +1,9 @@
-"""The figures the lab and the visualisation tools draw, written atomically as PNG.
+"""Generic figures both `vfe lab` and `vfe viz` draw, written atomically as PNG.
 
 Images come in as N x C x H x W tensors (or arrays) in [0, 1]; grids are composed with
-torchvision's `make_grid` and drawn with matplotlib's Agg backend (no display needed).
+torchvision's `make_grid` and drawn with matplotlib's Agg backend (no display needed). Figures
+that only one package draws (the lab's latent traversal) live in that package; this module
+imports neither, so the two stay independent.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from torchvision.utils import make_grid
 
 from vfe.io import atomic_write_bytes
@@ -30,22 +33,21 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
     return Path(path)
 
 
-def _wrap(title: str | None, width: int = 100) -> str | None:
+def wrap_title(title: str | None, width: int = 100) -> str | None:
     """Long titles wrapped at `width`, keeping the line breaks they already have."""
     return "\n".join(textwrap.fill(line, width) for line in title.splitlines()) if title else title
 
 
 def _plain_log_ticks(axis, values: Sequence[float] | None = None) -> None:
     """Numbers like 2, 50, 0.03 on a log axis instead of 2x10^0; ticks at `values` when given."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
     if values is not None:
         axis.set_ticks(list(values))
         axis.set_minor_formatter(NullFormatter())
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
-def _as_tensor(images) -> torch.Tensor:
+def as_images(images) -> torch.Tensor:
+    """A float N x C x H x W CPU tensor from a tensor or array (N x H x W and N x H x W x C accepted)."""
     t = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images).detach().cpu().float()
     if t.ndim == 3:
         t = t[:, None]
@@ -58,7 +60,7 @@ def _as_tensor(images) -> torch.Tensor:
 
 def grid_array(images, nrow: int, padding: int = 1, pad_value: float = 1.0) -> np.ndarray:
     """One H x W x 3 array in [0, 1] holding `images` in rows of `nrow` (torchvision's make_grid)."""
-    t = _as_tensor(images)
+    t = as_images(images)
     grid = make_grid(t.clamp(0, 1), nrow=nrow, padding=padding, pad_value=pad_value)
     return grid.permute(1, 2, 0).numpy()
 
@@ -66,7 +68,7 @@ def grid_array(images, nrow: int, padding: int = 1, pad_value: float = 1.0) -> n
 def image_rows(rows: Sequence[tuple[str, object]], path: str | Path, title: str | None = None,
                scale: float = 0.6) -> Path:
     """Labelled rows of images (e.g. originals / noisy / reconstructed), one image per column."""
-    n_cols = max(len(_as_tensor(images)) for _, images in rows)
+    n_cols = max(len(as_images(images)) for _, images in rows)
     fig, axes = plt.subplots(len(rows), 1, figsize=(max(4.0, scale * n_cols), scale * 1.15 * len(rows) + 0.4),
                              squeeze=False)
     for ax, (label, images) in zip(axes[:, 0], rows):
@@ -75,7 +77,7 @@ def image_rows(rows: Sequence[tuple[str, object]], path: str | Path, title: str 
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
-        fig.suptitle(_wrap(title), fontsize=10)
+        fig.suptitle(wrap_title(title), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -92,7 +94,7 @@ def image_grid(images, path: str | Path, nrow: int, title: str | None = None, no
 
     Single-channel images are drawn through `cmap` when given (e.g. viridis for feature maps).
     """
-    t = _as_tensor(images)
+    t = as_images(images)
     if normalize_each:
         lo = t.flatten(1).min(1).values[:, None, None, None]
         hi = t.flatten(1).max(1).values[:, None, None, None]
@@ -104,29 +106,8 @@ def image_grid(images, path: str | Path, nrow: int, title: str | None = None, no
     ax.imshow(arr, interpolation="antialiased")
     ax.axis("off")
     if title:
-        ax.set_title(_wrap(title, int(14 * size)), fontsize=9)
+        ax.set_title(wrap_title(title, int(14 * size)), fontsize=9)
     return save_figure(fig, path, dpi=max(110, int(1.2 * arr.shape[1] / size)))
-
-
-def traversal_figure(images, values: np.ndarray, dims: tuple[int, int], path: str | Path,
-                     title: str | None = None) -> Path:
-    """A k x k grid of decoded images; columns vary latent `dims[0]`, rows `dims[1]` over `values`
-    (top row = largest value), drawn at about 1.6 screen pixels per image pixel."""
-    k = len(values)
-    t = _as_tensor(images)
-    h = t.shape[-2] + 1
-    arr = grid_array(t, nrow=k, padding=1, pad_value=0.0)
-    fig, ax = plt.subplots(figsize=(9, 9))
-    ax.imshow(arr, interpolation="antialiased")
-    centres = np.arange(k) * h + h / 2
-    ticks = np.unique(np.linspace(0, k - 1, min(k, 5)).round().astype(int))
-    ax.set_xticks(centres[ticks], [f"{values[i]:g}" for i in ticks])
-    ax.set_yticks(centres[ticks], [f"{values[::-1][i]:g}" for i in ticks])
-    ax.set_xlabel(f"z[{dims[0]}]")
-    ax.set_ylabel(f"z[{dims[1]}]")
-    if title:
-        ax.set_title(_wrap(title, 80), fontsize=10)
-    return save_figure(fig, path, dpi=max(110, int(1.6 * arr.shape[0] / (9 * 0.78))))
 
 
 def scatter_classes(points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | Path,
@@ -142,7 +123,7 @@ def scatter_classes(points: np.ndarray, labels: np.ndarray, class_names: Sequenc
     ax.set_ylabel(axis_labels[1])
     ax.legend(markerscale=4, fontsize=8, loc="best", framealpha=0.8)
     if title:
-        ax.set_title(_wrap(title, 80), fontsize=10)
+        ax.set_title(wrap_title(title, 80), fontsize=10)
     return save_figure(fig, path)
 
 
@@ -166,7 +147,7 @@ def history_figure(records: Sequence[dict], path: str | Path, keys: Sequence[str
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
-        fig.suptitle(_wrap(title), fontsize=10)
+        fig.suptitle(wrap_title(title), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -194,7 +175,7 @@ def line_figure(x: Sequence[float], series: dict[str, Sequence[float]], path: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
     if title:
-        ax.set_title(_wrap(title, 80), fontsize=10)
+        ax.set_title(wrap_title(title, 80), fontsize=10)
     return save_figure(fig, path)
 
 
@@ -208,5 +189,5 @@ def bar_figure(values: dict[str, float], path: str | Path, ylabel: str, title: s
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, max(values.values()) * 1.15)
     if title:
-        ax.set_title(_wrap(title, 80), fontsize=10)
+        ax.set_title(wrap_title(title, 80), fontsize=10)
     return save_figure(fig, path)

@@ -3,8 +3,7 @@ augmentation (`vfe-aug`, `dae-aug`: `fit(X, y, X_aug=...)`).
 
 Training on a family the benchmark also tests would turn a robustness test into an in-distribution
 one, so only one family (noise, by default) is used and the other families stay held out;
-`describe` says which, for the results file, and `corruption_family` lets a report mark every
-benchmark corruption as seen or held out. Each training image gets one corruption of the family
+`augmentation_record` says which, for the results file. Each training image gets one corruption of the family
 and one severity, drawn at random (seeded per shard); the features are cached like any others.
 """
 from __future__ import annotations
@@ -12,39 +11,27 @@ from __future__ import annotations
 import numpy as np
 
 from vfe.data.types import ImageSet
+from vfe.errors import SettingsError
 from vfe.features.cache import FeatureCache
-from vfe.robustness.corruptions import CORRUPTIONS_VERSION, REGISTRY, SEVERITIES, corrupt
+from vfe.robustness.corruptions import CORRUPTIONS_VERSION, SEVERITIES, corrupt
+from vfe.robustness.corruptions.registry import families
 
 
-def corruption_families() -> dict[str, tuple[str, ...]]:
-    """{family: corruption names}, from the corruption registry (noise, blur, weather, digital)."""
-    families: dict[str, list[str]] = {}
-    for name, corruption in REGISTRY.items():
-        families.setdefault(corruption.family, []).append(name)
-    return {family: tuple(names) for family, names in families.items()}
-
-
-def corruption_family(name: str) -> str:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown corruption {name!r}; known: {', '.join(REGISTRY)}")
-    return REGISTRY[name].family
-
-
-def describe(family: str, severities: tuple[int, ...]) -> dict:
-    """What the augmented heads saw in training, and which families stayed held out."""
-    families = corruption_families()
-    return {"train_family": family, "train_corruptions": list(families[family]),
-            "train_severities": list(severities), "held_out_families": [f for f in families if f != family]}
+def augmentation_record(family: str, severities: tuple[int, ...]) -> dict:
+    """What the augmented heads saw in training, and which families stayed held out (for results.json)."""
+    everything = families()
+    return {"train_family": family, "train_corruptions": list(everything[family]),
+            "train_severities": list(severities), "held_out_families": [f for f in everything if f != family]}
 
 
 def augmented_features(cache: FeatureCache, backbone, train: ImageSet, family: str = "noise",
                        severities: tuple[int, ...] = SEVERITIES, seed: int = 0, params: str = "auto",
                        progress: bool = True) -> tuple[np.ndarray, dict]:
     """(X_aug, description): features row-aligned with the training images, each image corrupted once."""
-    families = corruption_families()
-    if family not in families:
-        raise ValueError(f"unknown corruption family {family!r}; one of {sorted(families)}")
-    names = families[family]
+    everything = families()
+    if family not in everything:
+        raise SettingsError(f"unknown corruption family {family!r}; one of {', '.join(everything)}")
+    names = everything[family]
     severities = tuple(int(s) for s in severities)
 
     def transform(images: np.ndarray, first_row: int) -> np.ndarray:
@@ -63,4 +50,4 @@ def augmented_features(cache: FeatureCache, backbone, train: ImageSet, family: s
            f":v{CORRUPTIONS_VERSION}")
     features = cache.extract(backbone, train, transform=transform, transform_key=key, progress=progress,
                              desc=f"augment ({family})")
-    return features.array(), describe(family, severities)
+    return features.array(), augmentation_record(family, severities)

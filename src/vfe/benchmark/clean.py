@@ -3,13 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vfe.robustness.calibration import expected_calibration_error, negative_log_likelihood
-
-
-def probability_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"accuracy": float((probs.argmax(1) == labels).mean()),
-            "nll": float(negative_log_likelihood(probs, labels)),
-            "ece": float(expected_calibration_error(probs, labels, n_bins=15))}
+from vfe.robustness.calibration import probability_metrics
 
 
 def evaluate_clean(models: dict, X: np.ndarray, y: np.ndarray) -> tuple[dict, dict]:

@@ -1,7 +1,9 @@
 """One output folder per command: its figures (PNG), its numbers (metrics.json) and an HTML page.
 
-A folder that already holds a run is never overwritten unless asked (`overwrite=True`), or
-reopened to continue it (`resume=True`, e.g. training that restarts from its last checkpoint).
+Shared by `vfe lab` and `vfe viz` (and anything else that writes a run folder), so it lives at the
+top of the package and imports neither. A folder that already holds a run is never overwritten
+unless asked (`overwrite=True`), or reopened to continue it (`resume=True`, e.g. training that
+restarts from its last checkpoint).
 """
 from __future__ import annotations
 

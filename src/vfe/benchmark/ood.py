@@ -20,25 +20,35 @@ from __future__ import annotations
 import numpy as np
 from skimage.transform import resize
 
+from vfe.benchmark.config import OODSettings
+from vfe.benchmark.context import RunContext
+from vfe.benchmark.corruption import corrupted_features
 from vfe.data.types import ImageSet
 from vfe.features.cache import FeatureCache
 from vfe.robustness.ood import MahalanobisScore, detection_metrics, head_scores
-from vfe.stages.corruption import corrupted_features
 
 CORRUPTED_OOD = ("gaussian_noise", 5)
 TEXTURES = ("brick", "grass", "gravel")
 
 
+def run_stage(settings: OODSettings, ctx: RunContext) -> dict:
+    """results.json's "ood" section for every fitted head (see the module docstring)."""
+    p = ctx.prepared
+    return {"ood": run_ood(p.cache, p.backbone, ctx.models, p.X_train, p.train.labels, p.X_test, ctx.clean_probs,
+                           p.test, p.dataset, ctx.data_seed, ctx.corruption_params, ctx.progress)}
+
+
 def run_ood(cache: FeatureCache, backbone, models: dict, X_train: np.ndarray, y_train: np.ndarray,
-            X_test: np.ndarray, clean_probs: dict, test: ImageSet, dataset: str, config) -> dict:
+            X_test: np.ndarray, clean_probs: dict, test: ImageSet, dataset: str, data_seed: int,
+            corruption_params: str, progress: bool = True) -> dict:
     """Every head's OOD scores, test features (in) vs each OOD set's (out); see the module docstring."""
-    name, far = far_ood_set(dataset, test, config.data_seed)
+    name, far = far_ood_set(dataset, test, data_seed)
     corruption, severity = CORRUPTED_OOD
     corrupted = f"{corruption}_s{severity}"
     ood_features = {
-        name: cache.extract(backbone, far, progress=config.progress, desc=f"extract OOD {name}").array(),
-        corrupted: corrupted_features(cache, backbone, test, corruption, severity, config.data_seed,
-                                      config.corruption_params, config.progress),
+        name: cache.extract(backbone, far, progress=progress, desc=f"extract OOD {name}").array(),
+        corrupted: corrupted_features(cache, backbone, test, corruption, severity, data_seed, corruption_params,
+                                      progress),
     }
     ood_sets = {name: {"n": len(far), "source": far.source},
                 corrupted: {"n": len(test), "source": f"{test.source}, {corruption} at severity {severity}"}}

@@ -7,7 +7,7 @@ data), so a re-run skips finished cells and a changed setting never reuses a sta
     grid = {"heads": {"linear": {}, "vfe": {"beta": [0.1, 1.0, 10.0], "latent_dim": 64}},
             "seeds": [0, 1, 2], "train_sizes": [100, 1000, None]}      # None: the whole training set
     cells = run_sweep(grid, X_train, y_train, X_test, y_test, "runs/demo/sweep")
-    print(markdown_table(summarise(cells)))
+    print(markdown_table(summarise_cells(cells)))
 
 `train_size_sweep` asks where transfer features beat learning from raw pixels as labels grow.
 """
@@ -19,28 +19,37 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import ParameterGrid, train_test_split
+from sklearn.model_selection import ParameterGrid
 from tqdm.auto import tqdm
 
-from vfe.heads import is_augmented, make_head, registered_class
+from vfe.benchmark.config import SweepSettings
+from vfe.benchmark.prepare import prepare
+from vfe.benchmark.timer import StageTimer
+from vfe.data.split import balanced_index
+from vfe.errors import SettingsError
+from vfe.heads.registry import is_augmented, make_head, spec
 from vfe.io import read_json, write_json
+from vfe.robustness.calibration import probability_metrics
+from vfe.robustness.stats import mean_std
 
 GRID_KEYS = ("heads", "seeds", "train_sizes")
 METRICS = ("accuracy", "nll", "ece")
+# how a cell's training subset is drawn; part of each cell's file name, so cells drawn another way are redone
+SELECTOR = "balanced_index-v1"
 
 
 def expand_grid(grid: dict) -> list[dict]:
     """Every cell of a grid: {"head", "params", "train_size", "seed"}; scalar parameters count as one value."""
     unknown = set(grid) - set(GRID_KEYS)
     if unknown or "heads" not in grid:
-        raise ValueError(f"sweep grid: keys must be among {GRID_KEYS} with 'heads' required, got {sorted(grid)}")
+        raise SettingsError(f"sweep grid: keys must be among {GRID_KEYS} with 'heads' required, got {sorted(grid)}")
     heads = grid["heads"]
     if isinstance(heads, (list, tuple)):
         heads = {name: {} for name in heads}
     cells = []
     for head, space in heads.items():
-        if registered_class(head).inputs != "features":  # also raises on an unknown name, before any work
-            raise ValueError(f"sweep grid: head {head!r} takes images; sweeps run on cached features")
+        if spec(head).inputs != "features":  # also raises on an unknown name, before any work
+            raise SettingsError(f"sweep grid: head {head!r} takes images; sweeps run on cached features")
         space = {k: v if isinstance(v, (list, tuple)) else [v] for k, v in (space or {}).items()}
         for params in ParameterGrid(space):
             for train_size in grid.get("train_sizes", [None]):
@@ -61,23 +70,9 @@ def data_key(*arrays: np.ndarray) -> str:
 
 
 def cell_file(cell: dict, key: str) -> str:
-    spec = json.dumps({**cell, "data": key}, sort_keys=True, default=str)
+    spec = json.dumps({**cell, "data": key, "selector": SELECTOR}, sort_keys=True, default=str)
     size = "all" if cell["train_size"] is None else cell["train_size"]
     return f"{cell['head']}-n{size}-seed{cell['seed']}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.json"
-
-
-def stratified_indices(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of a class-stratified random subset of n rows (all rows when n is None)."""
-    if n is None:
-        return np.arange(len(y))
-    n_classes = len(np.unique(y))
-    if not n_classes <= n <= len(y):
-        raise ValueError(f"train size {n} must be between the number of classes ({n_classes}) and the "
-                         f"training set's size ({len(y)})")
-    if n == len(y):
-        return np.arange(len(y))
-    index, _ = train_test_split(np.arange(len(y)), train_size=n, stratify=y, random_state=seed)
-    return np.sort(index)
 
 
 def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
@@ -90,13 +85,16 @@ def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.n
     X_train) feeds the heads that train on corrupted-image features (e.g. `vfe-aug`).
     Returns one record per cell: head, params, train_size, n_train, seed, metrics, fit_seconds.
     """
-    from vfe.stages.clean import probability_metrics
-
     out_dir = Path(out_dir)
     cells = expand_grid(grid)
     needs_aug = sorted({c["head"] for c in cells if is_augmented(c["head"])})
     if needs_aug and X_aug is None:
-        raise ValueError(f"heads {needs_aug} train on corrupted-image features: pass X_aug (see vfe.stages.augment)")
+        raise ValueError(f"heads {needs_aug} train on corrupted-image features: pass X_aug (see vfe.benchmark.augment)")
+    n_classes = len(np.unique(y_train))
+    for size in {c["train_size"] for c in cells} - {None}:
+        if not n_classes <= size <= len(y_train):
+            raise SettingsError(f"sweep grid: train size {size} must be between the number of classes "
+                                f"({n_classes}) and the training set's size ({len(y_train)}), or null for all")
     key = data_key(X_train, y_train, X_test, y_test, *([X_aug] if needs_aug else []))
     records = []
     for cell in tqdm(cells, desc="sweep", unit="cell", disable=not progress):
@@ -104,7 +102,7 @@ def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.n
         if path.exists():
             records.append(read_json(path))
             continue
-        index = stratified_indices(y_train, cell["train_size"], cell["seed"])
+        index = balanced_index(y_train, cell["train_size"], cell["seed"])
         head = make_head(cell["head"], **{"random_state": cell["seed"], **cell["params"]})
         if "device" in head.get_params():
             head.set_params(device=device)
@@ -119,7 +117,7 @@ def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.n
     return records
 
 
-def summarise(records: list[dict], metrics: tuple[str, ...] = METRICS) -> list[dict]:
+def summarise_cells(records: list[dict], metrics: tuple[str, ...] = METRICS) -> list[dict]:
     """Mean and standard deviation (over seeds, ddof=1) of each metric per (head, params, train_size)."""
     groups: dict[str, list[dict]] = {}
     for r in records:
@@ -135,8 +133,8 @@ def summarise(records: list[dict], metrics: tuple[str, ...] = METRICS) -> list[d
         series = {m: [r["metrics"][m] for r in members] for m in metrics}
         series["fit_seconds"] = [r["fit_seconds"] for r in members]
         for m, values in series.items():
-            row[f"{m}_mean"] = float(np.mean(values))
-            row[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            spread = mean_std(values)
+            row[f"{m}_mean"], row[f"{m}_std"] = spread["mean"], spread["std"]
         rows.append(row)
     return rows
 
@@ -181,7 +179,7 @@ def train_size_sweep(features: tuple[np.ndarray, np.ndarray], pixels: tuple[np.n
         cells = run_sweep(grid, X_train, y_train, X_test, y_test, Path(out_dir) / tag, device=device,
                           progress=progress)
         records += [{"input": tag, **c} for c in cells]
-    return summarise(records)
+    return summarise_cells(records)
 
 
 def transfer_gain(rows: list[dict]) -> list[dict]:
@@ -197,3 +195,52 @@ def transfer_gain(rows: list[dict]) -> list[dict]:
                     "scratch_head": best["pixels"]["head"], "scratch_accuracy": best["pixels"]["accuracy_mean"],
                     "gain": best["features"]["accuracy_mean"] - best["pixels"]["accuracy_mean"]})
     return out
+
+
+def load_grid(text_or_path: str) -> dict:
+    """A grid from JSON text or a .json file, refused with a one-line reason when it is not valid JSON."""
+    text = Path(text_or_path).read_text() if text_or_path.endswith(".json") else text_or_path
+    try:
+        grid = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SettingsError(f"--grid: not valid JSON ({err})") from None
+    if not isinstance(grid, dict):
+        raise SettingsError(f"--grid: expected a JSON object with 'heads', got {type(grid).__name__}")
+    return grid
+
+
+def run_sweep_job(settings: SweepSettings, grid: dict | None = None) -> dict:
+    """`vfe sweep`: prepare the data once (as `vfe run` does), run every cell, write runs/<name>/sweep.json.
+
+    Cells land in runs/<name>/sweep/ as they finish; the summary (mean +/- std over seeds) goes to
+    sweep.json. `compare_pixels` adds the same sizes on raw pixels (transfer vs scratch).
+    """
+    grid = load_grid(settings.grid) if grid is None else grid
+    cells = expand_grid(grid)  # unknown heads and keys are refused before any work
+    if not settings.name:
+        raise SettingsError("--name: give the sweep a name (its folder under --runs-dir)")
+    out = Path(settings.runs_dir) / settings.name
+    augmented = any(is_augmented(cell["head"]) for cell in cells)
+    prepared = prepare(settings.data, settings.backbone, settings.cache_dir,
+                       augment_family=settings.augment_family if augmented else None,
+                       corruption_params=settings.corruption_params, progress=settings.progress,
+                       timer=StageTimer(log=lambda *_: None))
+    train, test, device = prepared.train, prepared.test, str(prepared.backbone.device)
+    records = run_sweep(grid, prepared.X_train, train.labels, prepared.X_test, test.labels, out / "sweep",
+                        X_aug=prepared.X_aug, device=device, progress=settings.progress)
+    rows = summarise_cells(records)
+    result = {"setting": {"dataset": prepared.dataset, "backbone": prepared.backbone.name,
+                          "image_size": prepared.backbone.image_size, "n_train": len(train), "n_test": len(test),
+                          "data_seed": settings.data.data_seed},
+              "grid": grid, "rows": rows, "augmentation": prepared.augmentation}
+    if settings.compare_pixels:
+        sizes = tuple(grid.get("train_sizes", [100, 1000, None]))
+        seeds = tuple(grid.get("seeds", [0, 1, 2]))
+        pixel_rows = train_size_sweep((prepared.X_train, prepared.X_test),
+                                      (pixel_features(train.images), pixel_features(test.images)),
+                                      train.labels, test.labels, out / "train-size", sizes=sizes, seeds=seeds,
+                                      device=device, progress=settings.progress)
+        result["train_size"] = {"rows": pixel_rows, "gain": transfer_gain(pixel_rows)}
+    result["markdown"] = markdown_table(rows)
+    write_json(out / "sweep.json", result)
+    return result

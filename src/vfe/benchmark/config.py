@@ -1,0 +1,245 @@
+"""The main job's settings: one typed dataclass per concern, composed into `RunSettings`.
+
+Every field is a command-line flag of `vfe run` (and the data/backbone ones of `vfe sweep`): the flags
+are generated from these dataclasses by `vfe.benchmark.flags`, so a field added here is settable at once.
+A field's flag is its name with dashes (`n_train` -> `--n-train`); names are unique across the
+sub-settings for that reason. This module imports no torch: `vfe --help` reads it.
+
+Defaults are the main job's (`vfe run`), chosen by measurement; `quick_settings()` are `vfe run --quick`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+
+from vfe import defaults
+from vfe.errors import SettingsError
+
+DEFAULT_CORRUPTION_PARAMS = "auto"
+
+
+def _help(text: str, **kwargs) -> dict:
+    return {"metadata": {"help": text}, **kwargs}
+
+
+@dataclass
+class DataSettings:
+    """Which images: the data set, and the class-balanced subsets drawn from its train and test splits."""
+
+    dataset: str = field(default=defaults.DATASET, **_help(
+        "'fashion-mnist', 'digits', an IDX folder, a CIFAR archive/folder, or a folder of class folders"))
+    data_dir: str | None = field(default=None, **_help("where to look for named data sets first"))
+    n_train: int | None = field(default=10000, **_help("training images (class-balanced; none = all)"))
+    n_test: int | None = field(default=2000, **_help("test images (class-balanced; none = all)"))
+    data_seed: int = field(default=0, **_help("seed of the image subsets (and of corruption noise)"))
+
+
+@dataclass
+class BackboneSettings:
+    """The frozen feature extractor."""
+
+    backbone: str = field(default=defaults.BACKBONE, **_help("timm model name"))
+    weights: str = field(default=defaults.WEIGHTS, **_help(
+        "'default' (packaged ImageNet weights), 'timm', 'none' (random) or a checkpoint PATH"))
+    image_size: int | None = field(default=defaults.IMAGE_SIZE, **_help("input resolution in pixels"))
+    device: str = field(default="auto", **_help("'auto', 'cpu', 'cuda', ..."))
+
+
+@dataclass
+class HeadSettings:
+    """Which heads are compared, over which seeds, with which hyperparameters."""
+
+    heads: list[str] = field(default_factory=lambda: ["linear", "vfe"], **_help(
+        "heads to compare; 'all' = every head of the feature benchmark"))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], **_help("training seeds"))
+    # The reference trained its feature VAE for 2000 epochs (hours here); on the default features an epoch
+    # costs ~0.9 s and downstream accuracy is flat from 100 to 300 epochs (benchmarks/README.md), so the
+    # main job caps the VAE (and the AE) at 100 epochs with early stopping.
+    head_params: dict[str, dict] = field(
+        default_factory=lambda: {"vfe": {"vae_epochs": 100}, "ae": {"ae_epochs": 100}},
+        **_help("per-head hyperparameters, --head-param HEAD.KEY=VALUE (repeatable; JSON values)"))
+    augment_family: str = field(default="noise", **_help(
+        "the one corruption family the augmented heads (vfe-aug, dae-aug) train on"))
+
+
+@dataclass
+class CorruptionSettings:
+    """The common-corruption stage: every corruption x severity of the test images."""
+
+    corruptions: list[str] | None = field(default=None, **_help(
+        "corruption names (default: all 19); give none to skip the stage"))
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5], **_help("severities, 1-5"))
+    corruption_params: str = field(default=DEFAULT_CORRUPTION_PARAMS, **_help(
+        "severity parameters: 'auto' (by image size), 'imagenet' or 'cifar'"))
+
+
+@dataclass
+class AttackSettings:
+    """White-box attacks end to end through the backbone, with EOT for heads that sample."""
+
+    n_attack: int = field(default=100, **_help("images attacked (0 skips the stage)"))
+    attack_eps_linf: list[float] = field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255, 8 / 255],
+                                         **_help("L-inf budgets on [0, 1] pixels"))
+    attack_eps_l2: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0], **_help("L2 budgets"))
+    attack_steps: int = field(default=10, **_help("PGD steps"))
+    n_eot: int = field(default=20, **_help("samples per EOT gradient (AutoAttack's rand version uses 20)"))
+
+
+@dataclass
+class OODSettings:
+    """Out-of-distribution detection: another data set, and the test set under heavy noise."""
+
+    ood: bool = field(default=True, **_help("run the out-of-distribution stage"))
+
+
+@dataclass
+class RunSettings:
+    """Everything that defines a run of the main job."""
+
+    name: str = field(default="default", **_help("run folder under --runs-dir"))
+    runs_dir: str = field(default="runs", **_help("where run folders go"))
+    cache_dir: str | None = field(default=None, **_help(
+        "feature cache folder (default: $VFE_CACHE or ~/.cache/vfe/features)"))
+    progress: bool = field(default=True, **_help("progress bars"))
+    data: DataSettings = field(default_factory=DataSettings)
+    backbone: BackboneSettings = field(default_factory=BackboneSettings)
+    heads: HeadSettings = field(default_factory=HeadSettings)
+    corruptions: CorruptionSettings = field(default_factory=CorruptionSettings)
+    attacks: AttackSettings = field(default_factory=AttackSettings)
+    ood: OODSettings = field(default_factory=OODSettings)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict:
+        """The settings as saved in results.json: flat, one key per flag (field names are unique)."""
+        return flat_dict(self)
+
+    @classmethod
+    def from_dict(cls, flat: dict) -> RunSettings:
+        """The settings saved by `to_dict` (e.g. results.json's "config"); unknown keys are refused."""
+        return with_overrides(cls(), flat)
+
+
+@dataclass
+class SweepSettings:
+    """A sweep: a grid of heads x hyperparameters x training sizes x seeds on the same prepared data."""
+
+    name: str = field(default="", metadata={"help": "results go to RUNS_DIR/NAME/ (finished cells are reused)",
+                                            "required": True})
+    grid: str = field(default="", metadata={
+        "help": 'JSON text or a .json file: {"heads": {head: {param: [values]}}, "seeds": [..], '
+                '"train_sizes": [100, null]} (null = the whole training set)', "required": True})
+    runs_dir: str = field(default="runs", **_help("where run folders go"))
+    cache_dir: str | None = field(default=None, **_help(
+        "feature cache folder (default: $VFE_CACHE or ~/.cache/vfe/features)"))
+    augment_family: str = field(default="noise", **_help(
+        "the one corruption family the augmented heads (vfe-aug, dae-aug) train on"))
+    corruption_params: str = field(default=DEFAULT_CORRUPTION_PARAMS, **_help(
+        "severity parameters of the augmented heads' corruptions: 'auto', 'imagenet' or 'cifar'"))
+    compare_pixels: bool = field(default=False, **_help(
+        "also train on raw pixels at the grid's train sizes: where does transfer win?"))
+    progress: bool = field(default=True, **_help("progress bars"))
+    data: DataSettings = field(default_factory=DataSettings)
+    backbone: BackboneSettings = field(default_factory=BackboneSettings)
+
+
+def quick_settings() -> RunSettings:
+    """`vfe run --quick`: every stage, on sizes small enough for a few minutes on 2 cores."""
+    return RunSettings(
+        name="quick",
+        data=DataSettings(n_train=2000, n_test=500),
+        heads=HeadSettings(seeds=[0, 1], head_params={"vfe": {"vae_epochs": 40}, "ae": {"ae_epochs": 40}}),
+        corruptions=CorruptionSettings(severities=[1, 3, 5]),
+        attacks=AttackSettings(n_attack=32, attack_eps_linf=[2 / 255, 8 / 255], attack_eps_l2=[0.5],
+                               attack_steps=5, n_eot=8))
+
+
+def sections(settings) -> dict[str, object]:
+    """{name: sub-settings} of a settings dataclass (its fields that are dataclasses), in field order."""
+    return {f.name: getattr(settings, f.name) for f in fields(settings) if is_dataclass(getattr(settings, f.name))}
+
+
+def flat_dict(settings) -> dict:
+    """Settings as one flat {field name: value} dict, one key per flag (field names are unique)."""
+    own = sections(settings)
+    flat = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in own}
+    for sub in own.values():
+        flat.update(asdict(sub))
+    return flat
+
+
+def with_overrides(settings, values: dict):
+    """A copy of `settings` with flat {field name: value} overrides placed in their sections."""
+    own = sections(settings)
+    top = {f.name for f in fields(settings)} - set(own)
+    new = {k: v for k, v in values.items() if k in top}
+    known = set(top)
+    for section, sub in own.items():
+        names = {f.name for f in fields(sub)}
+        known |= names
+        mine = {k: v for k, v in values.items() if k in names}
+        if mine:
+            new[section] = replace(sub, **mine)
+    unknown = set(values) - known
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return replace(settings, **new)
+
+
+def check(settings: RunSettings, overwrite: bool = False) -> None:
+    """Every cheap check of a run's settings, before any image is loaded: names, sizes, budgets, output.
+
+    Raises SettingsError naming the setting (as its flag) and the valid choices.
+    """
+    from vfe.heads.registry import check_params, expand_heads, spec
+    from vfe.robustness.corruptions.registry import REGISTRY
+
+    data, heads, corr, att = settings.data, settings.heads, settings.corruptions, settings.attacks
+    for flag, value in (("--n-train", data.n_train), ("--n-test", data.n_test)):
+        if value is not None and value < 1:
+            raise SettingsError(f"{flag} must be at least 1 (or 'none' for all images), got {value}")
+    if settings.backbone.image_size is not None and not 8 <= settings.backbone.image_size <= 1024:
+        raise SettingsError(f"--image-size must be between 8 and 1024 pixels, got {settings.backbone.image_size}")
+    if not heads.heads:
+        raise SettingsError("--heads: give at least one head")
+    if not heads.seeds:
+        raise SettingsError("--seeds: give at least one seed")
+    expand_heads(heads.heads)  # unknown or non-benchmark heads raise here, naming the choices
+    for head, params in heads.head_params.items():
+        spec(head)
+        check_params(head, params)
+    families = sorted({c.family for c in REGISTRY.values()})
+    if heads.augment_family not in families:
+        raise SettingsError(f"--augment-family {heads.augment_family!r} is not a corruption family; one of "
+                            f"{', '.join(families)}")
+    unknown = [c for c in corr.corruptions or [] if c not in REGISTRY]
+    if unknown:
+        raise SettingsError(f"--corruptions: unknown {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
+    bad = [s for s in corr.severities if s not in (1, 2, 3, 4, 5)]
+    if bad or not corr.severities:
+        raise SettingsError(f"--severities must be among 1 2 3 4 5, got {corr.severities}")
+    if corr.corruption_params not in ("auto", "imagenet", "cifar"):
+        raise SettingsError(f"--corruption-params must be 'auto', 'imagenet' or 'cifar', "
+                            f"got {corr.corruption_params!r}")
+    if att.n_attack < 0 or att.attack_steps < 1 or att.n_eot < 1:
+        raise SettingsError(f"--n-attack must be >= 0, --attack-steps and --n-eot >= 1; got {att.n_attack}, "
+                            f"{att.attack_steps}, {att.n_eot}")
+    if any(e <= 0 for e in [*att.attack_eps_linf, *att.attack_eps_l2]):
+        raise SettingsError("--attack-eps-linf and --attack-eps-l2 must be positive")
+    out = settings.run_dir
+    if (out / "results.json").exists() and not overwrite:
+        raise SettingsError(f"{out} already holds a run; pass --overwrite or choose another --name")
+    _check_writable(out)
+
+
+def _check_writable(folder: Path) -> None:
+    """The run folder can be created and written (the nearest existing parent is writable)."""
+    parent = folder
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise SettingsError(f"{folder}: cannot write there ({parent} is not a writable folder); "
+                            "choose another --runs-dir")

@@ -1,0 +1,70 @@
+"""load -> subset -> backbone -> extract -> augment: the set-up every benchmark job shares (`run`, `sweep`).
+
+Written once so that `vfe run` and `vfe sweep` with the same data settings see the same images
+(`vfe.data.split.balanced_subset`) and the same cached features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vfe.backbones import Backbone, create_backbone
+from vfe.benchmark.augment import augmented_features
+from vfe.benchmark.config import BackboneSettings, DataSettings
+from vfe.benchmark.timer import StageTimer
+from vfe.data import available_fashion_mnist, load_train_test
+from vfe.data.split import balanced_subset
+from vfe.data.types import ImageSet
+from vfe.features.cache import FeatureCache
+
+
+@dataclass
+class Prepared:
+    """The images, the backbone and their cached features, ready for heads."""
+
+    dataset: str  # the data set actually used (digits when Fashion-MNIST is missing)
+    train: ImageSet
+    test: ImageSet
+    backbone: Backbone
+    cache: FeatureCache
+    X_train: np.ndarray
+    X_test: np.ndarray
+    X_aug: np.ndarray | None = None  # features of corrupted training images, row-aligned with X_train
+    augmentation: dict | None = None  # what the augmented heads saw, and which families stayed held out
+
+
+def load_data(data: DataSettings, log=print) -> tuple[ImageSet, ImageSet, str]:
+    """The class-balanced train and test subsets; falls back to digits when Fashion-MNIST is not installed."""
+    name = data.dataset
+    if name == "fashion-mnist" and data.data_dir is None and available_fashion_mnist() is None:
+        log("[vfe] Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist, or put the four "
+            "IDX .gz files in ~/.cache/vfe/fashion-mnist); falling back to scikit-learn's digits.")
+        name = "digits"
+    train, test = load_train_test(name, data_dir=data.data_dir, seed=data.data_seed)
+    return (balanced_subset(train, data.n_train, data.data_seed, "train"),
+            balanced_subset(test, data.n_test, data.data_seed, "test"), name)
+
+
+def prepare(data: DataSettings, backbone: BackboneSettings, cache_dir: str | None, *,
+            augment_family: str | None = None, corruption_params: str = "auto", progress: bool = True,
+            timer: StageTimer | None = None, log=print) -> Prepared:
+    """Load, subset, build the backbone, extract (or read cached) features; augmented features when
+    `augment_family` is given (the heads that train on corrupted images need them)."""
+    timer = timer or StageTimer(log=log)
+    with timer.timed("load data"):
+        train, test, dataset = load_data(data, log)
+    with timer.timed("load backbone"):
+        bb = create_backbone(backbone.backbone, weights=backbone.weights, image_size=backbone.image_size,
+                             device=backbone.device)
+    cache = FeatureCache(cache_dir)
+    with timer.timed("extract features"):
+        X_train = cache.extract(bb, train, progress=progress, desc="extract train").array()
+        X_test = cache.extract(bb, test, progress=progress, desc="extract test").array()
+    prepared = Prepared(dataset, train, test, bb, cache, X_train, X_test)
+    if augment_family is not None:
+        with timer.timed(f"features of corrupted training images ({augment_family})"):
+            prepared.X_aug, prepared.augmentation = augmented_features(
+                cache, bb, train, family=augment_family, seed=data.data_seed + 1, params=corruption_params,
+                progress=progress)
+    return prepared

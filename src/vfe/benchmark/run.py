@@ -1,0 +1,86 @@
+"""The main job: the reference experiment, then its robustness benchmark, stage by stage.
+
+    prepare (data -> backbone -> cached features) -> heads x seeds -> clean accuracy
+        -> the robustness stages of vfe.benchmark.stages (corruptions, attacks, OOD) -> summary -> report
+
+Every stage is timed; every expensive artefact comes from the feature cache, so a re-run with the same
+settings skips extraction and gives the same numbers.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from vfe.backbones import resolve_device
+from vfe.benchmark.clean import evaluate_clean
+from vfe.benchmark.config import RunSettings, check
+from vfe.benchmark.context import RunContext
+from vfe.benchmark.fit import fit_heads
+from vfe.benchmark.prepare import Prepared, prepare
+from vfe.benchmark.stages import STAGES
+from vfe.benchmark.summary import by_head, summarise
+from vfe.benchmark.timer import StageTimer, peak_rss_mb
+from vfe.heads.registry import expand_heads, is_augmented
+from vfe.io import write_json
+from vfe.report import write_report
+from vfe.report.inputs import report_inputs
+
+
+def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
+    """Run every stage; write results.json and the report into runs/<name>/. Returns that folder."""
+    check(settings, overwrite)  # every cheap check before any image is loaded
+    heads = expand_heads(settings.heads.heads)
+    out = settings.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    device = str(resolve_device(settings.backbone.device))
+    timer = StageTimer(log=log)
+    started = time.perf_counter()
+
+    augmented = any(is_augmented(h) for h in heads)
+    prepared = prepare(settings.data, settings.backbone, settings.cache_dir,
+                       augment_family=settings.heads.augment_family if augmented else None,
+                       corruption_params=settings.corruptions.corruption_params, progress=settings.progress,
+                       timer=timer, log=log)
+    with timer.timed("fit heads"):
+        models, fit_seconds = fit_heads(settings.heads, heads, prepared.X_train, prepared.train.labels,
+                                        device=device, progress=settings.progress, X_aug=prepared.X_aug)
+    with timer.timed("clean evaluation"):
+        clean, clean_probs = evaluate_clean(models, prepared.X_test, prepared.test.labels)
+
+    results = {"setting": setting_of(settings, heads, prepared, device), "config": settings.to_dict(),
+               "clean": by_head(clean), "fit_seconds": fit_seconds,
+               "histories": {f"{h}/seed{s}": getattr(m, "history_", None) for (h, s), m in models.items()}}
+    if prepared.augmentation is not None:
+        results["augmentation"] = prepared.augmentation
+
+    ctx = RunContext(prepared, heads, models, clean, clean_probs, device, settings.data.data_seed,
+                     settings.corruptions.corruption_params, settings.progress, timer)
+    for stage in STAGES:
+        own = getattr(settings, stage.settings)
+        if stage.enabled(own):
+            with timer.timed(stage.label(own)):
+                results.update(stage.function()(own, ctx))
+
+    results["summary"] = summarise(results)
+    results.update(report_inputs(models, prepared.test, clean_probs))  # the report reads results.json only
+    results["timings"] = {**timer.seconds, "total": round(time.perf_counter() - started, 3)}
+    results["peak_rss_mb"] = peak_rss_mb()
+    results["peak_rss_mb_after_stage"] = timer.peak_rss_mb
+    write_json(out / "results.json", results)
+    with timer.timed("report"):
+        write_report(out, results)
+    return out
+
+
+def setting_of(settings: RunSettings, heads: list[str], prepared: Prepared, device: str) -> dict:
+    """What a reader needs to interpret every number of the run."""
+    bb = prepared.backbone
+    return {"dataset": prepared.dataset, "backbone": bb.name, "weights": settings.backbone.weights,
+            "image_size": int(bb.data_config["input_size"][-1]), "feature_dim": int(bb.feature_dim),
+            "n_train": len(prepared.train), "n_test": len(prepared.test), "seeds": list(settings.heads.seeds),
+            "heads": heads, "data_seed": settings.data.data_seed, "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "device": device}

@@ -1,0 +1,228 @@
+"""The one list of heads: each registered once, with what every command needs to know about it.
+
+The CLI's choices, the benchmark's `--heads all`, the sweep's input check, the fit stage's parameters
+and the classes a saved pipeline may name all derive from `REGISTRY`. Head classes are named as
+"module:Class" strings and imported on first use, so listing or validating heads does not load torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import numbers
+import types
+import typing
+from collections.abc import Mapping
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vfe.errors import PipelineFileError, SettingsError
+
+if TYPE_CHECKING:
+    from vfe.heads.base import Head
+
+INPUTS = ("features", "images")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """A registered head: its class (`target`), or for a preset the `base` head and the `params` it sets.
+
+    A preset inherits its base head's class, inputs and user parameters; its own `params` override the
+    class defaults and are overridden by the user's.
+    """
+
+    name: str
+    target: str = ""  # "module:Class", imported on first use; a preset's is filled in from its base
+    inputs: str = "features"  # what fit takes: "features" (N x D floats) or "images" (uint8)
+    base: str | None = None
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    augmented: bool = False  # fitted with fit(X, y, X_aug=...) on features of corrupted training images
+    benchmark: bool = True  # compared by the feature benchmark (`vfe run --heads all`)
+    excluded_because: str = ""
+    about: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "params", types.MappingProxyType(dict(self.params)))
+        if not (self.target or self.base):
+            raise TypeError(f"head {self.name!r}: give its class (target) or the head it is a preset of (base)")
+        if self.inputs not in INPUTS:
+            raise TypeError(f"head {self.name!r}: inputs must be one of {INPUTS}, got {self.inputs!r}")
+        if self.benchmark == bool(self.excluded_because):
+            raise TypeError(f"head {self.name!r}: a head left out of the benchmark says why, and only then")
+
+
+def _preset(name: str, base: str, params: dict | None = None, **kwargs) -> HeadSpec:
+    return HeadSpec(name, base=base, params=params or {}, **kwargs)
+
+
+def _registry(*entries: HeadSpec) -> dict[str, HeadSpec]:
+    """{name: spec}, each preset given its base's class and inputs (the base is registered before it)."""
+    out: dict[str, HeadSpec] = {}
+    for entry in entries:
+        if entry.base is not None:
+            base = out[entry.base]
+            entry = dataclasses.replace(entry, target=base.target, inputs=base.inputs)
+        out[entry.name] = entry
+    return out
+
+
+REGISTRY: dict[str, HeadSpec] = _registry(
+    HeadSpec("linear", "vfe.heads.linear:LinearHead", about="Dropout -> Dense on the features (the reference)"),
+    HeadSpec("vfe", "vfe.heads.vfe:VFEHead", about="variational feature encoder + classifier on a sampled z"),
+    _preset("vfe-mean", "vfe", {"classifier_input": "mean", "predict_mode": "mean"},
+            about="VFE, classifier trained and run on z_mean (deterministic)"),
+    _preset("vfe-k8", "vfe", {"predict_mode": "average", "n_samples": 8},
+            about="VFE, probabilities averaged over 8 sampled z"),
+    _preset("vfe-aug", "vfe", augmented=True, about="VFE trained on clean + corrupted-image features"),
+    HeadSpec("pca", "vfe.heads.pca:PCAHead", about="PCA to the VFE's latent size, then the linear head"),
+    HeadSpec("ae", "vfe.heads.autoencoder:AutoencoderHead",
+             about="deterministic feature autoencoder, classifier on its code"),
+    _preset("dae", "ae", {"noise_std": 0.3}, about="denoising autoencoder: Gaussian noise on the features"),
+    _preset("dae-aug", "ae", augmented=True,
+            about="denoising autoencoder: features of corrupted images -> their clean features"),
+    HeadSpec("vib", "vfe.heads.vib:VIBHead", about="deep variational information bottleneck (Alemi et al.)"),
+    HeadSpec("svm", "vfe.heads.svm:SVMHead", benchmark=False,
+             excluded_because="a head for very small data sets (measured: minutes per fit at 10,000 labels)",
+             about="linear SVM with calibrated probabilities, for tens of labels per class"),
+    HeadSpec("finetune", "vfe.heads.finetune:FinetuneHead", inputs="images", benchmark=False,
+             excluded_because="trains the backbone on images: use `vfe fit --head finetune`",
+             about="the backbone's top blocks fine-tuned with Dropout -> Dense, on images"),
+)
+
+# Classes a saved pipeline may name besides the registered ones (wrappers around a head).
+_WRAPPERS = ("vfe.heads.priors:PriorCorrected",)
+
+
+def _import(target: str) -> type:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def head_names() -> list[str]:
+    """Every name make_head accepts, in registry order."""
+    return list(REGISTRY)
+
+
+def spec(name: str) -> HeadSpec:
+    """The registry entry of `name`; an unknown name is a SettingsError listing the valid ones."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise SettingsError(f"unknown head {name!r}; available: {', '.join(head_names())}") from None
+
+
+def feature_heads() -> list[str]:
+    """Heads fitted on backbone features (what `vfe fit` and sweeps on cached features can run)."""
+    return [n for n, s in REGISTRY.items() if s.inputs == "features"]
+
+
+def benchmark_heads() -> list[str]:
+    """What `--heads all` compares: linear and vfe first (the reference pair), then registry order."""
+    names = [n for n, s in REGISTRY.items() if s.benchmark]
+    first = [n for n in ("linear", "vfe") if n in names]
+    return first + [n for n in names if n not in first]
+
+
+def expand_heads(heads: list[str]) -> list[str]:
+    """`heads` with "all" replaced by benchmark_heads(), in order, without repeats.
+
+    A head the benchmark does not compare (or an unknown name) is a SettingsError saying why.
+    """
+    names = [n for h in heads for n in (benchmark_heads() if h == "all" else [h])]
+    for name in names:
+        entry = spec(name)
+        if not entry.benchmark:
+            raise SettingsError(f"head {name!r} is not part of the feature benchmark: {entry.excluded_because}")
+    return list(dict.fromkeys(names))
+
+
+def head_class_of(name: str) -> type:
+    """The class behind a head or preset name (imported now)."""
+    return _import(spec(name).target)
+
+
+def is_augmented(name: str) -> bool:
+    """Whether `name` is fitted with features of corrupted training images (fit(X, y, X_aug=...))."""
+    return spec(name).augmented
+
+
+def params_for(name: str, head_params: dict[str, dict]) -> dict:
+    """A head's user parameters: those given for its base head (e.g. "vfe" for "vfe-k8"), then its own."""
+    base = spec(name).base
+    head_params = head_params or {}
+    return {**(head_params.get(base, {}) if base is not None else {}), **head_params.get(name, {})}
+
+
+def make_head(name: str, **params) -> Head:
+    """A head by name, e.g. make_head("vfe", latent_dim=64), make_head("vfe-k8"); user params win over a
+    preset's. The parameters are checked first (check_params)."""
+    check_params(name, params)
+    return head_class_of(name)(**{**spec(name).params, **params})
+
+
+def check_params(name: str, params: dict) -> None:
+    """Unknown keys and values of the wrong type are a SettingsError naming the head and the valid keys.
+
+    Run it before loading data or backbones, so a typo costs nothing. Types follow each parameter's
+    annotation (int, float, bool, str, None, list); a float parameter also takes an int.
+    """
+    allowed = _parameter_types(spec(name).target)
+    valid = ", ".join(sorted(allowed))
+    for key, value in params.items():
+        if key not in allowed:
+            near = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise SettingsError(f"head {name!r} has no parameter {key!r}{hint}; valid parameters: {valid}")
+        kinds = allowed[key]
+        if kinds is not None and not any(_is_kind(value, kind) for kind in kinds):
+            wanted = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+            raise SettingsError(f"head {name!r}: parameter {key!r} must be {wanted}, got {value!r} "
+                                f"({type(value).__name__}); valid parameters: {valid}")
+
+
+def _is_kind(value, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    if isinstance(value, bool):
+        return False  # True is an int to Python, never a count or a rate here
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if kind is float:
+        return isinstance(value, numbers.Real)
+    if kind is list:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, kind)
+
+
+_CHECKED = (int, float, bool, str, list, type(None))
+
+
+@cache
+def _parameter_types(target: str) -> dict[str, tuple[type, ...] | None]:
+    """{parameter: accepted types} of a head class's __init__; None where the annotation is not checked."""
+    init = _import(target).__init__
+    hints = typing.get_type_hints(init)
+    out = {}
+    for p in list(inspect.signature(init).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        unannotated = Any if p.default is p.empty or p.default is None else type(p.default)
+        hint = hints.get(p.name, unannotated)
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        kinds = tuple(typing.get_origin(k) or k for k in (typing.get_args(hint) if union else (hint,)))
+        out[p.name] = kinds if all(k in _CHECKED for k in kinds) else None
+    return out
+
+
+def head_class(class_name: str) -> type:
+    """The head class saved under `class_name` (its __name__) in a pipeline's JSON."""
+    targets = dict.fromkeys([*(s.target for s in REGISTRY.values()), *_WRAPPERS])
+    for target in targets:
+        if target.partition(":")[2] == class_name:
+            return _import(target)
+    raise PipelineFileError(f"unknown head class {class_name!r} in saved pipeline; known: "
+                            f"{', '.join(t.partition(':')[2] for t in targets)}")

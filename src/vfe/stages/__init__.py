@@ -1,1 +1,0 @@
-"""The stages of the main job, one module each; `vfe.experiment.run` calls them in order."""

@@ -1,0 +1,47 @@
+"""scikit-learn's estimator checks on every feature head (and each preset's settings), with tiny models."""
+from __future__ import annotations
+
+import pytest
+from sklearn.utils.estimator_checks import check_classifiers_train, parametrize_with_checks
+
+from vfe.heads import feature_heads, make_head, spec
+
+CODE = {"encoder_units": 16, "latent_dim": 4, "decoder_units": 16}
+TINY = {"linear": {"epochs": 2}, "pca": {"latent_dim": 4, "epochs": 2}, "svm": {},
+        "vfe": {**CODE, "vae_epochs": 2, "epochs": 2}, "ae": {**CODE, "ae_epochs": 2, "epochs": 2},
+        "vib": {"encoder_units": 16, "latent_dim": 4, "epochs": 2}}
+
+# Enough training for check_classifiers_train's > 0.83 training accuracy on three blobs.
+STAGE_2 = {"epochs": 20, "lr": 0.05}
+TRAINED = {"linear": STAGE_2, "pca": {"latent_dim": 4, **STAGE_2},
+           "vfe": {**CODE, "encoder_units": 32, "decoder_units": 32, "vae_epochs": 20, "vae_lr": 0.01, **STAGE_2},
+           "ae": {**CODE, "encoder_units": 32, "decoder_units": 32, "ae_epochs": 20, "ae_lr": 0.01, **STAGE_2},
+           "vib": {"encoder_units": 32, "latent_dim": 4, **STAGE_2}}
+
+
+def _heads(settings: dict[str, dict]) -> dict[str, object]:
+    """{name: head}, one per distinct class + preset settings (vfe-aug and dae-aug equal vfe and ae until fit)."""
+    heads = {}
+    for name in feature_heads():
+        base = spec(name).base or name
+        if base in settings:
+            head = make_head(name, **settings[base])
+            heads.setdefault(repr(head), (name, head))
+    return dict(heads.values())
+
+
+def _expected_failures(estimator) -> dict[str, str]:
+    if "epochs" not in estimator.get_params():  # the SVM is solved, not trained: it fits the blobs
+        return {}
+    return {"check_classifiers_train": "2-epoch models are not meant to fit well: "
+                                       "test_trained_heads_pass_check_classifiers_train runs it on trained ones"}
+
+
+@parametrize_with_checks(list(_heads(TINY).values()), expected_failed_checks=_expected_failures)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("head", _heads(TRAINED).values(), ids=_heads(TRAINED))
+def test_trained_heads_pass_check_classifiers_train(head):
+    check_classifiers_train(type(head).__name__, head)

@@ -1,0 +1,104 @@
+"""The head registry: one entry per head, and everything that lists or validates heads derives from it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vfe.errors import PipelineFileError, SettingsError
+from vfe.heads import (
+    REGISTRY,
+    AutoencoderHead,
+    Head,
+    PriorCorrected,
+    VFEHead,
+    benchmark_heads,
+    check_params,
+    expand_heads,
+    feature_heads,
+    head_class,
+    head_class_of,
+    head_names,
+    is_augmented,
+    make_head,
+    params_for,
+    spec,
+)
+
+
+@pytest.mark.parametrize("name", head_names())
+def test_every_name_resolves_to_a_head_class_that_accepts_its_preset(name):
+    cls = head_class_of(name)
+    assert issubclass(cls, Head) and head_class(cls.__name__) is cls
+    head = make_head(name)
+    assert type(head) is cls and head.inputs == spec(name).inputs
+    assert {k: head.get_params()[k] for k in spec(name).params} == dict(spec(name).params)
+
+
+def test_presets_keep_their_settings_and_inherit_their_base():
+    assert {n: (s.base, dict(s.params), s.augmented) for n, s in REGISTRY.items() if s.base} == {
+        "vfe-mean": ("vfe", {"classifier_input": "mean", "predict_mode": "mean"}, False),
+        "vfe-k8": ("vfe", {"predict_mode": "average", "n_samples": 8}, False),
+        "vfe-aug": ("vfe", {}, True),
+        "dae": ("ae", {"noise_std": 0.3}, False),
+        "dae-aug": ("ae", {}, True)}
+    assert head_class_of("vfe-k8") is VFEHead and head_class_of("dae-aug") is AutoencoderHead
+    assert is_augmented("dae-aug") and not is_augmented("ae")
+    with pytest.raises(TypeError):
+        REGISTRY["dae"].params["noise_std"] = 0.0  # a preset's settings cannot drift at run time
+
+
+def test_presets_take_their_base_heads_user_params_then_their_own():
+    given = {"vfe": {"latent_dim": 32, "epochs": 3}, "vfe-k8": {"epochs": 5}, "linear": {"lr": 0.1}}
+    assert params_for("vfe-k8", given) == {"latent_dim": 32, "epochs": 5}
+    assert params_for("vfe-mean", given) == {"latent_dim": 32, "epochs": 3}
+    assert params_for("vfe", given) == {"latent_dim": 32, "epochs": 3}
+    assert params_for("pca", given) == {}
+    assert make_head("vfe-k8", **params_for("vfe-k8", given)).get_params()["n_samples"] == 8
+
+
+def test_all_is_the_benchmark_and_leaves_out_svm_and_finetune_with_reasons():
+    assert expand_heads(["all"]) == benchmark_heads()
+    assert benchmark_heads()[:2] == ["linear", "vfe"]
+    assert set(benchmark_heads()) == set(head_names()) - {"svm", "finetune"}
+    assert expand_heads(["vib", "all", "linear"]) == ["vib", *[h for h in benchmark_heads() if h != "vib"]]
+    with pytest.raises(SettingsError, match="'svm' is not part of the feature benchmark: .*small data sets"):
+        expand_heads(["all", "svm"])
+    with pytest.raises(SettingsError, match="'finetune' .*: trains the backbone on images: use `vfe fit --head finetune`"):
+        expand_heads(["finetune"])
+    assert "finetune" not in feature_heads() and "svm" in feature_heads()
+
+
+def test_unknown_names_are_settings_errors_naming_the_choices():
+    for call in (spec, make_head, head_class_of, is_augmented, lambda n: params_for(n, {}),
+                 lambda n: expand_heads([n])):
+        with pytest.raises(SettingsError, match="unknown head 'vfe-median'; available: .*vfe-mean"):
+            call("vfe-median")
+    with pytest.raises(PipelineFileError, match="unknown head class 'Mystery'"):
+        head_class("Mystery")
+    assert head_class("PriorCorrected") is PriorCorrected
+
+
+def test_check_params_names_the_head_the_bad_key_and_the_valid_keys():
+    check_params("vfe-k8", {"latent_dim": 64, "beta": 2, "vae_patience": None, "vae_schedule": "cosine"})
+    with pytest.raises(SettingsError, match=r"head 'vfe' has no parameter 'latnt_dim' \(did you mean "
+                                            r"'latent_dim'\?\); valid parameters: .*beta, .*latent_dim"):
+        check_params("vfe", {"latnt_dim": 64})
+    with pytest.raises(SettingsError, match="head 'linear': parameter 'epochs' must be int, got '30' "
+                                            r"\(str\); valid parameters: batch_size, "):
+        check_params("linear", {"epochs": "30"})
+    bad = [("pca", {"latent_dim": 2.5}), ("linear", {"epochs": True}), ("vfe", {"verbose": 1}),
+           ("vfe", {"vae_patience": "none"}), ("svm", {"C": None}), ("finetune", {"image_size": [64]})]
+    for name, params in bad:
+        with pytest.raises(SettingsError, match=f"head {name!r}: parameter"):
+            check_params(name, params)
+    with pytest.raises(SettingsError, match="no parameter 'lattent_dim'"):
+        make_head("dae", lattent_dim=4)  # make_head checks before it builds anything
+
+
+def test_listing_heads_does_not_load_torch():
+    code = ("import sys, vfe.heads.registry as r, vfe.heads as h; r.head_names(); r.expand_heads(['all']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
