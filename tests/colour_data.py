@@ -36,8 +36,8 @@ def colour_splits(n_train: int = 5, n_test: int = 2, seed: int = 0) -> dict[str,
             for _ in range(n):
                 y, x = rng.integers(0, 96, size=2)
                 parts[split].append((np.rint(photo[y:y + 32, x:x + 32] * 255).astype(np.uint8), label))
-    return {split: (np.stack([image for image, _ in rows]), np.array([label for _, label in rows]))
-            for split, rows in parts.items()}
+    return {split: (np.array([image for image, _ in rows], np.uint8).reshape(-1, 32, 32, 3),
+                    np.array([label for _, label in rows], np.int64)) for split, rows in parts.items()}
 
 
 def write_colour_folder(root: str | Path, n_train: int = 5, n_test: int = 2, seed: int = 0) -> Path:

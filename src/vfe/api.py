@@ -24,6 +24,7 @@ from vfe.benchmark.run import run
 from vfe.benchmark.sweep import run_sweep_job
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset
+from vfe.errors import DataError, SettingsError
 from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
 from vfe.heads.registry import check_params, make_head, spec
 from vfe.pipeline import Pipeline
@@ -35,6 +36,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 def _load(dataset: str, split: str, data_dir: str | None, n: int | None, seed: int, skip_bad: bool = False,
           download: bool = False):
     """`n` class-balanced images of a split, chosen as `vfe run` chooses them (vfe.data.split.balanced_subset)."""
+    if n is not None and n < 1:
+        raise SettingsError(f"--n-{split} must be at least 1 (or left out for all images), got {n}")
     options = {k: v for k, v in (("skip_bad", skip_bad), ("download", download)) if v}
     train, test = load_train_test(dataset, data_dir=data_dir, **options)  # a class folder's test split: 20 % of it
     return balanced_subset(train if split == "train" else test, n, seed, split)
@@ -110,10 +113,17 @@ def finetuned_pipeline(model, class_names: list[str]) -> Pipeline:
 
 def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, split: str = "test",
                       n_test: int | None = None, data_dir: str | None = None, cache_dir: str | None = None,
-                      progress: bool = True) -> dict:
-    """Accuracy, negative log-likelihood and expected calibration error on a data set split."""
+                      progress: bool = True, skip_bad: bool = False, allow_class_mismatch: bool = False) -> dict:
+    """Accuracy, negative log-likelihood and expected calibration error on a data set split.
+
+    Labels are indices into class names, so a data set whose class names differ from the model's would
+    be scored against the wrong classes: that is refused unless `allow_class_mismatch`.
+    """
     pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline)
-    data = _load(dataset, split, data_dir, n_test, seed=0)
+    data = _load(dataset, split, data_dir, n_test, seed=0, skip_bad=skip_bad)
+    if list(data.class_names) != list(pipe.class_names) and not allow_class_mismatch:
+        raise DataError(f"{dataset}: its classes {_short(data.class_names)} are not the model's "
+                        f"{_short(pipe.class_names)}; pass --allow-class-mismatch to compare labels by index anyway")
     X = FeatureCache(cache_dir).extract(pipe.backbone, data, progress=progress, desc=f"extract {split}").array()
     labels = data.labels
     known = np.isin(labels, pipe.head.classes_)
@@ -122,6 +132,11 @@ def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, spli
     probs = pipe.head.predict_proba(X)
     index = np.searchsorted(pipe.head.classes_, labels)  # labels -> columns of predict_proba
     return {"n": len(labels), **probability_metrics(probs, index)}
+
+
+def _short(names, first: int = 6) -> str:
+    names = list(names)
+    return "[" + ", ".join(names[:first]) + (f", ... ({len(names)} in all)" if len(names) > first else "") + "]"
 
 
 def sweep(dataset: str, grid: dict, name: str = "sweep", **settings) -> dict:

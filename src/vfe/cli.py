@@ -16,6 +16,7 @@ from vfe.benchmark.flags import ArgumentParser, add_flags, apply_flags, merge_he
 from vfe.errors import SettingsError, VfeError
 from vfe.heads.registry import head_names
 from vfe.lab import cli as lab_cli
+from vfe.paths import check_output_file
 from vfe.viz import cli as viz_cli
 
 EXAMPLES = {
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--skip-bad", action="store_true",
+                   help="image folders: skip unreadable files (listed in a warning) instead of stopping")
+    p.add_argument("--allow-class-mismatch", action="store_true",
+                   help="evaluate although the data set's class names differ from the model's (compared by index)")
     p.set_defaults(func=cmd_evaluate)
 
     p = _add(sub, "predict", "Class and probability for image files, or every image in a folder.")
@@ -172,6 +177,7 @@ def _parse_params(head: str, pairs: list[str]) -> dict:
 def cmd_fit(args) -> int:
     from vfe.api import fit_pipeline
 
+    check_output_file(args.out, args.overwrite, suffix=".safetensors")  # before minutes of extraction
     pipe, score = fit_pipeline(args.dataset, head=args.head, head_params=_parse_params(args.head, args.param),
                                backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                                n_train=args.n_train, seed=args.seed, data_dir=args.data_dir,
@@ -185,7 +191,8 @@ def cmd_evaluate(args) -> int:
     from vfe.api import evaluate_pipeline
 
     metrics = evaluate_pipeline(args.pipeline, args.dataset, split=args.split, n_test=args.n_test,
-                                data_dir=args.data_dir, cache_dir=args.cache_dir)
+                                data_dir=args.data_dir, cache_dir=args.cache_dir, skip_bad=args.skip_bad,
+                                allow_class_mismatch=args.allow_class_mismatch)
     print(json.dumps(metrics, indent=2))
     return 0
 

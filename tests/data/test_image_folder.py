@@ -139,7 +139,10 @@ def test_split_folders_share_one_class_list(tmp_path, photos):
             (root / split / name).mkdir(parents=True)
             photo = photos["chelsea" if name == "cat" else "rocket"]
             Image.fromarray(photo).save(root / split / name / "0.png")
-    train, test = load_dataset(root, split="train"), load_dataset(root, split="test")
+    train = load_dataset(root, split="train")
+    with pytest.warns(RuntimeWarning, match=r"splits \(test split\): 1 of 2 classes have no image in this set: "
+                                            r"'cat' \(no images in this split\)"):
+        test = load_dataset(root, split="test")
     assert train.class_names == test.class_names == ["cat", "rocket"]
     assert test.labels.tolist() == [1]  # 'rocket' keeps its index although the test split has no 'cat'
     assert test.source == f"folder:{root}:test"
@@ -351,12 +354,15 @@ def test_a_class_too_small_for_the_test_split_is_warned_about(tmp_path, photos):
         photo = photos["chelsea" if name == "cat" else name]
         for i, image in enumerate(variants(photo, count)):
             Image.fromarray(image).save(root / name / f"{i}.png")
-    # the seed decides which part the rocket (the last of 19 files) goes to; pick one for each case
-    in_test = [s for s in range(50) if 18 in validation_split_index(19, 0.2, "validation", s)]
-    in_train = [s for s in range(50) if s not in in_test]
+    # the seed decides which part the rocket (the last of 19 files) goes to; pick one for each case in which
+    # the 3 test images hold every other class
+    labels = np.array([0] * 9 + [1] * 9 + [2])
+    test_classes = {s: set(labels[validation_split_index(19, 0.2, "validation", s)]) for s in range(100)}
+    in_test = [s for s, classes in test_classes.items() if classes == {0, 1, 2}]
+    in_train = [s for s, classes in test_classes.items() if classes == {0, 1}]
     with pytest.warns(RuntimeWarning, match=r"1 of 3 classes have no image in the validation subset "
                                             r"\(validation_split=0.2, seed=\d+\): 'rocket' \(1 image in all, "
-                                            r"too few for validation_split=0.2\)"):
+                                            r"none drawn into this subset\).*not stratified"):
         train, test = load_train_test(root, test_fraction=0.2, seed=in_train[0])
     assert 2 in train.labels and 2 not in test.labels
     with pytest.warns(RuntimeWarning, match="no image in the training subset"):

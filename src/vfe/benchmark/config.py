@@ -9,12 +9,12 @@ Defaults are the main job's (`vfe run`), chosen by measurement; `quick_settings(
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from vfe import defaults
 from vfe.errors import SettingsError
+from vfe.paths import check_writable_folder
 
 DEFAULT_CORRUPTION_PARAMS = "auto"
 
@@ -232,14 +232,4 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
     out = settings.run_dir
     if (out / "results.json").exists() and not overwrite:
         raise SettingsError(f"{out} already holds a run; pass --overwrite or choose another --name")
-    _check_writable(out)
-
-
-def _check_writable(folder: Path) -> None:
-    """The run folder can be created and written (the nearest existing parent is writable)."""
-    parent = folder
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise SettingsError(f"{folder}: cannot write there ({parent} is not a writable folder); "
-                            "choose another --runs-dir")
+    check_writable_folder(out, "--runs-dir")

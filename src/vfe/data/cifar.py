@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import tarfile
 import zlib
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +23,6 @@ from vfe.data.download import Remote, find_or_fetch
 from vfe.data.errors import MissingSplitError
 from vfe.data.types import ImageSet
 from vfe.errors import DataError
-
-try:  # NumPy >= 2
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # NumPy 1.x
-    from numpy.core.multiarray import _reconstruct
 
 
 class CifarFormatError(DataError):
@@ -36,21 +33,83 @@ class UnsafePickleError(CifarFormatError):
     """A pickle names a global that a CIFAR batch never needs: it was refused, not run."""
 
 
-def _plain_dtype(*args) -> np.dtype:
-    """np.dtype, refusing object dtypes: an object array would hand arbitrary pickled objects through."""
-    dtype = np.dtype(*args)
-    if dtype.hasobject:
-        raise UnsafePickleError(f"refused a NumPy array of Python objects (dtype {dtype})")
-    return dtype
+# The integer arrays a batch holds (uint8 pixels; labels are lists, or int arrays in some copies)
+_ARRAY_DTYPES = frozenset({"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"})
+
+
+class _NDArrayClass:
+    """Stands for numpy.ndarray in a pickle: only ever passed to _reconstruct."""
+
+
+class _DtypeStub:
+    """What the pickled call numpy.dtype(name, align, copy) and its state would build, held as plain values.
+
+    NumPy's own dtype.__setstate__ accepts states that build broken dtypes (a damaged file triggers
+    NumPy internal errors), so NumPy only ever sees a dtype made here from a checked name and the
+    byte order (the second item of the state, whatever NumPy version pickled it).
+    """
+
+    def __init__(self, name=None, *args):
+        self.name = name.decode("latin-1") if isinstance(name, bytes) else name
+        self.state = (3, "|")
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+    def dtype(self) -> np.dtype:
+        if not (isinstance(self.name, str) and self.name in _ARRAY_DTYPES):
+            raise UnsafePickleError(f"refused a NumPy array of dtype {self.name!r:.20}: a CIFAR batch holds "
+                                    "integer arrays only (an object array would hand Python objects through)")
+        order = self.state[1] if isinstance(self.state, tuple) and len(self.state) > 1 else None
+        order = order.decode("latin-1") if isinstance(order, bytes) else order
+        if order not in ("|", "<", ">", "="):
+            raise CifarFormatError(f"the pickled state of a {self.name} dtype is damaged ({self.state!r:.80})")
+        return np.dtype(self.name).newbyteorder(">" if order == ">" else "=")
+
+
+class _ArrayStub:
+    """What NumPy's pickled _reconstruct + __setstate__ would build: `array`, made here from checked values."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state) -> None:
+        self.array = _checked_array(state)
+
+
+def _checked_array(state) -> np.ndarray:
+    """The array NumPy's ndarray.__setstate__ would make of `state`, from plain values only."""
+    if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+        raise CifarFormatError(f"a pickled NumPy array's state is damaged ({state!r:.80})")
+    _, shape, dtype, fortran, raw = state
+    if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+        raise CifarFormatError(f"a pickled NumPy array has the shape {shape!r:.80}")
+    if not isinstance(dtype, _DtypeStub):
+        raise CifarFormatError(f"a pickled NumPy array has no dtype (got {type(dtype).__name__})")
+    dtype = dtype.dtype()
+    if not (type(fortran) in (bool, int) and fortran == 0):  # the batches are C order; a flipped bit says Fortran
+        raise CifarFormatError(f"a pickled {dtype} array {shape} is marked as Fortran order (is_fortran="
+                               f"{fortran!r:.20}), which the official batches never are")
+    if not isinstance(raw, bytes) or len(raw) != prod(shape) * dtype.itemsize:
+        got = f"{len(raw)} bytes" if isinstance(raw, bytes) else type(raw).__name__
+        raise CifarFormatError(f"a pickled {dtype} array {shape} holds {got}, expected "
+                               f"{prod(shape) * dtype.itemsize} bytes")
+    return np.frombuffer(raw, dtype).reshape(shape)
+
+
+def _reconstruct(cls, shape, typecode) -> _ArrayStub:
+    if cls is not _NDArrayClass:
+        raise UnsafePickleError("refused to rebuild an array of a class other than numpy.ndarray")
+    return _ArrayStub()
 
 
 # The only globals an official batch names: what pickle needs to rebuild a NumPy array. Both spellings
-# of the module, since the files say numpy.core (NumPy 1) and NumPy 2 writes numpy._core.
+# of the module, since the files say numpy.core (NumPy 1) and NumPy 2 writes numpy._core. Each maps
+# to a stand-in: the arrays are made from checked plain values, never by NumPy's own unpickling.
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _plain_dtype,
+    ("numpy", "ndarray"): _NDArrayClass,
+    ("numpy", "dtype"): _DtypeStub,
 }
 
 
@@ -60,9 +119,10 @@ class _BatchUnpickler(pickle.Unpickler):
     `pickle.load` calls whatever callable a file names (os.system included), so loading a pickle
     someone handed you runs their code. Every callable a pickle can reach is resolved through
     `find_class`; allowing exactly the three globals an official batch names (array
-    reconstruction, ndarray, dtype) keeps those files readable and turns everything else into an
-    error before it runs. Containers, bytes, str and ints need no globals at all; object arrays
-    are refused too, since the official batches hold only uint8 data.
+    reconstruction, ndarray, dtype), as stand-ins that only record their arguments, keeps those
+    files readable and turns everything else into an error before it runs. Containers, bytes, str
+    and ints need no globals at all; object arrays are refused too, since the official batches
+    hold only uint8 data.
     """
 
     def find_class(self, module: str, name: str):
@@ -73,12 +133,27 @@ class _BatchUnpickler(pickle.Unpickler):
                                     "NumPy arrays, lists, bytes and numbers") from None
 
 
+def _check_protocol(data: bytes) -> None:
+    """Refuse opcodes beyond pickle protocol 2, which the official files use: a damaged byte can turn into
+    a later opcode (BYTEARRAY8) whose failure in CPython's unpickler frees a buffer still in use."""
+    for opcode, arg, _ in pickletools.genops(data):  # pure Python: reads, builds nothing
+        protocol = arg if opcode.name == "PROTO" else opcode.proto
+        if protocol > 2:
+            raise UnsafePickleError(f"refused a pickle using protocol {protocol} ({opcode.name}): the CIFAR "
+                                    "batches are protocol-2 pickles")
+        if opcode.name == "STOP":
+            return
+
+
 def unpickle_batch(data: bytes, where: str) -> dict:
     """The dict in one batch file (`where` names it in errors); refuses anything beyond plain data."""
     try:
+        _check_protocol(data)
         batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except UnsafePickleError as e:
-        raise UnsafePickleError(f"{where}: {e}") from None
+        if isinstance(batch, dict):
+            batch = {k: v.array if isinstance(v, _ArrayStub) else v for k, v in batch.items()}
+    except CifarFormatError as e:
+        raise type(e)(f"{where}: {e}") from None
     except Exception as e:  # a malformed pickle fails in many ways; each means "not a batch"
         raise CifarFormatError(f"{where}: not a CIFAR batch ({type(e).__name__}: {e})") from e
     if not isinstance(batch, dict):
@@ -217,11 +292,9 @@ def _read_files(source: Path, variant: CifarVariant, names: list[str]) -> dict[s
 def _batch_arrays(batch: dict, variant: CifarVariant, where: str,
                   n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     data, labels = batch.get(b"data"), batch.get(variant.labels_key)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1:] == (3072,) and data.flags.c_contiguous):
-        got = (f"{data.dtype} {data.shape}{'' if data.flags.c_contiguous else ' in Fortran order'}"
-               if isinstance(data, np.ndarray) else type(data).__name__)
-        raise CifarFormatError(f"{where}: b'data' must be a uint8 N x 3072 array (in C order), got {got}")
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (3072,)):
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise CifarFormatError(f"{where}: b'data' must be a uint8 N x 3072 array, got {got}")
     integer_array = isinstance(labels, np.ndarray) and labels.dtype.kind in "iu"
     if not (integer_array or (isinstance(labels, list) and all(type(v) is int for v in labels))):
         raise CifarFormatError(f"{where}: {variant.labels_key!r} must be a list of ints")

@@ -66,15 +66,17 @@ def warn_missing_classes(listed: np.ndarray, labels: np.ndarray, class_names: Se
         if n == 0:
             why = "no images in this split"
         elif validation_split is not None:
-            why = f"{n} image{'s' * (n != 1)} in all, too few for validation_split={validation_split}"
+            why = f"{n} image{'s' * (n != 1)} in all, none drawn into this subset"
         else:
             why = "its images were skipped as unreadable"
         reasons.append(f"{class_names[c]!r} ({why})")
     more = f", and {len(missing) - 10} more" if len(missing) > 10 else ""
     part = f"the {subset} subset (validation_split={validation_split}, seed={seed})" if subset else "this set"
+    hint = (" (the split is not stratified, as in Keras: a class with few images can miss a subset; another "
+            "seed or more images help)" if validation_split is not None else "")
     warnings.warn(f"{where}: {len(missing)} of {len(class_names)} classes have no image in {part}: "
                   f"{', '.join(reasons)}{more}; a model cannot learn, or be tested on, a class it does not "
-                  "see: add images to these classes or leave them out", RuntimeWarning, stacklevel=3)
+                  f"see: add images to these classes or leave them out{hint}", RuntimeWarning, stacklevel=3)
 
 
 # --- the one way vfe picks "n images" and holds out a validation part -------------------------------
