@@ -23,7 +23,8 @@ import numpy as np
 CLASS_NAMES = ("astronaut", "chelsea", "coffee", "rocket")  # sorted: an image folder's class order
 
 
-def colour_splits(n_train: int = 5, n_test: int = 2, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def colour_splits(n_train: int = 5, n_test: int = 2,
+                  seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"train": (images N x 32 x 32 x 3 uint8, labels), "test": ...}, class by class (a folder's order)."""
     import skimage.data
     from skimage.transform import resize
@@ -64,7 +65,8 @@ def write_colour_cifar(folder: str | Path, n_train: int = 5, n_test: int = 2, se
     folder.mkdir(parents=True, exist_ok=True)
     splits = colour_splits(n_train, n_test, seed)
     images, labels = splits["train"]
-    files = {f"data_batch_{i + 1}": cifar_batch(images[rows], labels[rows], b"labels", f"training batch {i + 1} of 5")
+    files = {f"data_batch_{i + 1}": cifar_batch(images[rows], labels[rows], b"labels",
+                                                f"training batch {i + 1} of 5")
              for i, rows in enumerate(np.array_split(np.arange(len(images)), 5))}
     files["test_batch"] = cifar_batch(*splits["test"], b"labels", "testing batch 1 of 1")
     files["batches.meta"] = python2_pickle({b"num_cases_per_batch": -(-len(images) // 5), b"num_vis": 3072,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,17 +21,17 @@ import numpy as np
 from vfe import defaults
 from vfe.backbones import Backbone, create_backbone
 from vfe.benchmark.config import RunSettings, SweepSettings, quick_settings
+from vfe.benchmark.prepare import skipped_files, write_skipped
 from vfe.benchmark.run import run
 from vfe.benchmark.sweep import run_sweep_job
-from vfe.data import load_train_test
+from vfe.data import IMAGE_SUFFIXES, load_train_test, read_image
+from vfe.data.errors import MissingDataError
 from vfe.data.split import balanced_subset
 from vfe.errors import DataError, SettingsError
 from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
 from vfe.heads.registry import check_params, make_head, spec
 from vfe.pipeline import Pipeline
 from vfe.robustness.calibration import probability_metrics
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def _load(dataset: str, split: str, data_dir: str | None, n: int | None, seed: int, skip_bad: bool = False,
@@ -59,15 +60,19 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
                  backbone: str = defaults.BACKBONE, weights: str = defaults.WEIGHTS,
                  image_size: int | None = defaults.IMAGE_SIZE, n_train: int | None = None, seed: int = 0,
                  data_dir: str | None = None, cache_dir: str | None = None, device: str = "auto",
-                 progress: bool = True, skip_bad: bool = False, download: bool = False) -> tuple[Pipeline, float]:
+                 progress: bool = True, skip_bad: bool = False, download: bool = False,
+                 skipped_list: str | os.PathLike | None = None) -> tuple[Pipeline, float]:
     """Fit a head on the training split and return the pipeline and its training accuracy.
 
+    With `skip_bad`, the unreadable files left out are listed in `skipped_list` (when given).
     A feature head is fitted on (cached) backbone features. An image head (`finetune`) trains the top of
     the backbone itself; its pipeline holds the fine-tuned backbone and its Dropout -> Dense layer.
     """
     head_params = dict(head_params or {})
     check_params(head, head_params)  # unknown names and wrong types are refused before any work
     data = _load(dataset, "train", data_dir, n_train, seed, skip_bad, download)
+    if skipped_list is not None:
+        write_skipped(Path(skipped_list), skipped_files(data))
     if spec(head).inputs == "images":
         params = {"backbone": backbone, "weights": weights, "image_size": image_size, "device": device,
                   "random_state": seed, **head_params}
@@ -153,43 +158,47 @@ def sweep(dataset: str, grid: dict, name: str = "sweep", **settings) -> dict:
 
 
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
-    """The image files named, and every image file (recursively, sorted) inside folders named."""
+    """The image files named, and every image file (recursively, sorted) inside folders named.
+
+    Image files are those with a suffix in vfe.data.IMAGE_SUFFIXES, as for every other command."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
             if not found:
-                raise ValueError(f"{p}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+                raise DataError(f"{p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             out.extend(found)
         elif p.is_file():
             out.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise MissingDataError(f"{p}: no such file or folder")
     return out
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 H x W x 3 RGB; grayscale, palette and RGBA images are converted."""
-    from PIL import Image, UnidentifiedImageError
+def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.PathLike], top: int = 1,
+                  skip_bad: bool = False) -> Iterator[tuple[str, list[tuple[str, float]] | str]]:
+    """(file, [(class name, probability), ...top]) for each image file, or every image in the folders
+    named, one at a time as they are predicted.
 
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
-
-
-def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.PathLike],
-                  top: int = 1) -> list[tuple[str, list[tuple[str, float]]]]:
-    """[(file, [(class name, probability), ...top]), ...] for image files or folders of images."""
+    An unreadable file stops the run with an error naming it, unless `skip_bad`: then it is yielded as
+    (file, reason) and the rest go on.
+    """
+    if top < 1:
+        raise SettingsError(f"--top must be at least 1, got {top}")
+    files = image_files(images)  # a missing file or an empty folder is reported before the model loads
     pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline)
-    results = []
-    for path in image_files(images):
-        probs = pipe.predict_proba(read_image(path)[None])[0]
-        order = np.argsort(-probs)[:max(1, top)]
-        results.append((str(path), [(pipe.class_name(pipe.head.classes_[i]), float(probs[i])) for i in order]))
-    return results
+    for path in files:
+        try:
+            image = read_image(path)
+        except DataError as err:
+            if not skip_bad:
+                raise DataError(f"{err}; pass --skip-bad to skip unreadable files") from None
+            yield str(path), str(err)
+            continue
+        probs = pipe.predict_proba(image[None])[0]
+        order = np.argsort(-probs)[:top]
+        yield str(path), [(pipe.class_name(pipe.head.classes_[i]), float(probs[i])) for i in order]
 
 
 __all__ = ["RunSettings", "evaluate_pipeline", "extract_features", "finetuned_pipeline", "fit_pipeline",
-           "image_files", "predict_files", "quick_settings", "read_image", "replace", "run", "sweep"]
+           "image_files", "predict_files", "quick_settings", "replace", "run", "sweep"]

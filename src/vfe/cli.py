@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline")
     p.add_argument("images", nargs="+")
     p.add_argument("--top", type=int, default=1, help="how many classes to print per image")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable files (each reported on stderr, then counted) instead of stopping")
     p.set_defaults(func=cmd_predict)
 
     p = _add(sub, "sweep", "Run a grid of heads x hyperparameters x training sizes x seeds (resumable).")
@@ -181,7 +183,8 @@ def cmd_fit(args) -> int:
     pipe, score = fit_pipeline(args.dataset, head=args.head, head_params=_parse_params(args.head, args.param),
                                backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                                n_train=args.n_train, seed=args.seed, data_dir=args.data_dir,
-                               cache_dir=args.cache_dir, skip_bad=args.skip_bad, download=args.download)
+                               cache_dir=args.cache_dir, skip_bad=args.skip_bad, download=args.download,
+                               skipped_list=args.out + ".skipped.txt")
     pipe.save(args.out, overwrite=args.overwrite)
     print(f"saved {args.out} (training accuracy {score:.4f})")
     return 0
@@ -200,8 +203,15 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from vfe.api import predict_files
 
-    for path, ranked in predict_files(args.pipeline, args.images, top=args.top):
-        print(path + "\t" + "\t".join(f"{name} {p:.4f}" for name, p in ranked))
+    skipped = []
+    for path, ranked in predict_files(args.pipeline, args.images, top=args.top, skip_bad=args.skip_bad):
+        if isinstance(ranked, str):  # an unreadable file, skipped
+            skipped.append(path)
+            print(f"skipped {ranked}", file=sys.stderr, flush=True)
+            continue
+        print(path + "\t" + "\t".join(f"{name} {p:.4f}" for name, p in ranked), flush=True)
+    if skipped:
+        print(f"vfe predict: skipped {len(skipped)} unreadable file(s) (--skip-bad)", file=sys.stderr)
     return 0
 
 

@@ -57,7 +57,8 @@ class Pipeline:
         if path.suffix != ".safetensors":
             raise PipelineFileError(f"{path}: a pipeline file must end in .safetensors")
         if path.exists() and not overwrite:
-            raise PipelineExistsError(f"{path} exists; pass --overwrite (Python: overwrite=True) to replace it")
+            raise PipelineExistsError(f"{path} exists; pass --overwrite (Python: overwrite=True) to replace "
+                                      "it")
         head_tensors, head_meta = self.head.export_state()
         tensors = {f"backbone.{k}": v for k, v in self.backbone.model.state_dict().items()}
         tensors.update({f"head.{k}": v for k, v in head_tensors.items()})
@@ -82,7 +83,7 @@ class Pipeline:
             tensors = load_tensors(path)
         except (SafetensorError, OSError, ValueError) as err:
             raise PipelineFileError(f"{path}: the tensors cannot be read ({err}){_REMAKE}") from None
-        if {k: _layout(v) for k, v in tensors.items()} != layout:  # the file changed since its header was read
+        if {k: _layout(v) for k, v in tensors.items()} != layout:  # the file changed since the header check
             raise PipelineFileError(f"{path}: the tensors differ from the file's header{_REMAKE}")
         backbone = _rebuild_backbone(meta["backbone"], _strip(tensors, "backbone."), model_kwargs, device)
         try:
@@ -148,8 +149,8 @@ def _read_header(path: Path) -> tuple[dict, dict[str, Layout]]:
         raise PipelineFileError(f"{path}: not a safetensors file ({err}); give a pipeline saved by vfe fit "
                                 "(a .safetensors file)") from None
     if raw is None:
-        raise PipelineFileError(f"{path}: a safetensors file, but not a vfe pipeline (no 'vfe' metadata); give "
-                                "a pipeline saved by vfe fit")
+        raise PipelineFileError(f"{path}: a safetensors file, but not a vfe pipeline (no 'vfe' metadata); "
+                                "give a pipeline saved by vfe fit")
     try:
         meta = json.loads(raw)
     except ValueError as err:
@@ -205,7 +206,8 @@ def _check_data_config(path: Path, config: dict) -> None:
     if not (isinstance(size, list) and len(size) == 3 and all(_is_int(v) for v in size) and size[0] == 3):
         raise _problem(path, f"backbone.data_config.input_size {size!r} is not [3, height, width]")
     if not all(8 <= v <= MAX_INPUT_SIZE for v in size[1:]):
-        raise _problem(path, f"backbone.data_config.input_size {size} is outside 8..{MAX_INPUT_SIZE} pixels a side")
+        raise _problem(path, f"backbone.data_config.input_size {size} is outside 8..{MAX_INPUT_SIZE} pixels "
+                             "a side")
     for key in ("mean", "std"):
         value = config.get(key)
         if not (isinstance(value, list) and len(value) == 3 and all(_is_number(v) for v in value)):
@@ -213,12 +215,12 @@ def _check_data_config(path: Path, config: dict) -> None:
     if not all(v > 0 for v in config["std"]):
         raise _problem(path, f"backbone.data_config.std {config['std']} must be positive")
     if config.get("interpolation") not in INTERPOLATIONS:
-        raise _problem(path, f"backbone.data_config.interpolation {config.get('interpolation')!r} is not one of "
-                             f"{', '.join(sorted(INTERPOLATIONS))}")
+        raise _problem(path, f"backbone.data_config.interpolation {config.get('interpolation')!r} is not one "
+                             f"of {', '.join(sorted(INTERPOLATIONS))}")
     crop = config.get("crop_pct")
     if not (_is_number(crop) and 0 < crop <= 1) or config.get("crop_mode") != "center":
-        raise _problem(path, f"backbone.data_config crop_pct {crop!r} / crop_mode {config.get('crop_mode')!r} "
-                             "must be in (0, 1] / 'center'")
+        raise _problem(path, f"backbone.data_config crop_pct {crop!r} / crop_mode "
+                             f"{config.get('crop_mode')!r} must be in (0, 1] / 'center'")
 
 
 def _check_backbone(path: Path, spec: dict, layout: dict[str, Layout]) -> tuple[dict, int]:
@@ -244,7 +246,8 @@ def _backbone_model(arch: str, layout: dict[str, Layout]) -> tuple[nn.Module, di
         saved = layout.get(f"{classifier}.weight") if isinstance(classifier, str) else None
         if saved is None or len(saved[1]) != 2 or saved[1][0] == model.num_classes:
             return model, {}
-        return timm.create_model(arch, pretrained=False, num_classes=saved[1][0]), {"num_classes": saved[1][0]}
+        kwargs = {"num_classes": saved[1][0]}
+        return timm.create_model(arch, pretrained=False, **kwargs), kwargs
 
 
 def _check_head(path: Path, meta: dict, layout: dict[str, Layout], feature_dim: int) -> None:
@@ -262,15 +265,16 @@ def _check_head(path: Path, meta: dict, layout: dict[str, Layout], feature_dim: 
         if "n_features_in" in part and part["n_features_in"] != feature_dim:
             raise _problem(path, f"the head takes {part['n_features_in']!r} features, but the backbone "
                                  f"{meta['backbone']['arch']} gives {feature_dim}")
-    empty = {k: torch.empty(shape, dtype=_DTYPES[dtype], device="meta") for k, (dtype, shape) in layout.items()
-             if dtype in _DTYPES}
+    empty = {k: torch.empty(shape, dtype=_DTYPES[dtype], device="meta")
+             for k, (dtype, shape) in layout.items() if dtype in _DTYPES}
     unknown = sorted(set(layout) - set(empty))
     if unknown:
-        raise _problem(path, f"tensor head.{unknown[0]} has dtype {layout[unknown[0]][0]}, which vfe never writes")
+        raise _problem(path, f"tensor head.{unknown[0]} has dtype {layout[unknown[0]][0]}, which vfe never "
+                             "writes")
     try:
         with torch.device("meta"):
             state, _ = head_class(spec["head"]).from_state(empty, spec).export_state()
-    except Exception as err:  # the head's own code, run on the header's values: any failure means they do not fit
+    except Exception as err:  # the head's own code on the header's values: any failure means they do not fit
         said = " ".join(str(err).split())  # torch's load_state_dict errors span lines: the CLI prints one
         raise _problem(path, f"the head does not fit its saved tensors or parameters ({type(err).__name__}: "
                              f"{said[:400]}{'...' * (len(said) > 400)})") from err
@@ -292,8 +296,8 @@ def _state_layout(state: dict[str, torch.Tensor]) -> dict[str, Layout]:
 def _compare(path: Path, part: str, expected: dict[str, Layout], saved: dict[str, Layout]) -> None:
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
-        what = (f"lacks {len(missing)} tensor(s) the {part} needs (e.g. {part}.{missing[0]})" if missing
-                else f"holds {len(unexpected)} tensor(s) the {part} does not have (e.g. {part}.{unexpected[0]})")
+        what = (f"lacks {len(missing)} tensor(s) the {part} needs (e.g. {part}.{missing[0]})" if missing else
+                f"holds {len(unexpected)} tensor(s) the {part} does not have (e.g. {part}.{unexpected[0]})")
         raise _problem(path, f"the file {what}")
     wrong = [k for k in sorted(expected) if expected[k] != saved[k]]
     if wrong:
@@ -303,7 +307,8 @@ def _compare(path: Path, part: str, expected: dict[str, Layout], saved: dict[str
                              f"{expected[k][0]} {list(expected[k][1])}")
 
 
-def _rebuild_backbone(spec: dict, state: dict[str, torch.Tensor], model_kwargs: dict, device: str) -> Backbone:
+def _rebuild_backbone(spec: dict, state: dict[str, torch.Tensor], model_kwargs: dict,
+                      device: str) -> Backbone:
     """The saved backbone: architecture from timm, weights from the file, preprocessing as saved."""
     import timm
 
@@ -316,7 +321,8 @@ def _rebuild_backbone(spec: dict, state: dict[str, torch.Tensor], model_kwargs: 
     info = WeightsInfo(spec["weights_kind"], spec["weights_identity"], spec["weights_source"], spec["arch"],
                        spec["has_classifier"])
     data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["data_config"].items()}
-    return Backbone(model, spec["name"], info, data_config, resolve_device(device), settings_for(spec["arch"]))
+    return Backbone(model, spec["name"], info, data_config, resolve_device(device),
+                    settings_for(spec["arch"]))
 
 
 def _strip(tensors: dict, prefix: str) -> dict:

@@ -147,7 +147,7 @@ EDITS = {  # name: (meta edit, tensor edit, raw JSON, what the error says)
                                 _set("class_names", [f"c{i}" for i in range(12)])(m)), None, None,
                      r"head does not fit .* size mismatch for \S+weight: .*\[10, 96\]\) .*\[12, 96\]"),
     "transposed weight": (None, lambda t: t.update({head_weight(t): t[head_weight(t)].T.contiguous()}), None,
-                          r"head does not fit .* size mismatch for \S+weight: .*\[96, 10\]\) from checkpoint"),
+                          r"head does not fit .* size mismatch for \S+weight: .*\[96, 10\]\) from"),
     "weight as float64": (None, lambda t: t.update({head_weight(t): t[head_weight(t)].double()}), None,
                           r"weight is F64 \[10, 96\], .* needs F32 \[10, 96\]"),
     "unknown arch": (_set("backbone.arch", "resnet_from_the_future"), None, None,

@@ -120,7 +120,8 @@ def test_a_fortran_order_array_is_refused_not_read_transposed(tmp_path, photo_cr
     folder.mkdir()
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    with pytest.raises(CifarFormatError, match=r"test_batch: a pickled uint8 array \(3, 3072\) is marked as Fortran"):
+    fortran = r"test_batch: a pickled uint8 array \(3, 3072\) is marked as Fortran"
+    with pytest.raises(CifarFormatError, match=fortran):
         load_dataset(folder, split="test")
 
 

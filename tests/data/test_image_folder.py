@@ -140,8 +140,8 @@ def test_split_folders_share_one_class_list(tmp_path, photos):
             photo = photos["chelsea" if name == "cat" else "rocket"]
             Image.fromarray(photo).save(root / split / name / "0.png")
     train = load_dataset(root, split="train")
-    with pytest.warns(RuntimeWarning, match=r"splits \(test split\): 1 of 2 classes have no image in this set: "
-                                            r"'cat' \(no images in this split\)"):
+    with pytest.warns(RuntimeWarning, match=r"splits \(test split\): 1 of 2 classes have no image in this "
+                                            r"set: 'cat' \(no images in this split\)"):
         test = load_dataset(root, split="test")
     assert train.class_names == test.class_names == ["cat", "rocket"]
     assert test.labels.tolist() == [1]  # 'rocket' keeps its index although the test split has no 'cat'
@@ -273,7 +273,7 @@ def test_lazy_decode_errors_name_the_file(flowers):
     with pytest.warns(RuntimeWarning, match="skipped 1 unreadable"):
         lazy = load_dataset(root, lazy=True, skip_bad=True)  # the header check catches the text file
     assert [s["file"] for s in lazy.meta["skipped"]] == ["cat/002.png"]
-    with pytest.raises(UnreadableImageError, match=f"1 unreadable image file: {truncated}: cannot decode image"):
+    with pytest.raises(UnreadableImageError, match=f"1 unreadable image file: {truncated}: cannot decode"):
         np.asarray(lazy.images)
 
 
@@ -318,7 +318,7 @@ def test_a_link_back_to_the_root_is_skipped_not_made_a_class_of_duplicates(flowe
     with pytest.warns(RuntimeWarning) as caught:
         data = load_dataset(root)
     assert data.class_names == ["cat", "coffee", "rocket"]
-    assert len(data) == len(labels) + 5  # rocket also holds coffee's 5 images, through the link inside the root
+    assert len(data) == len(labels) + 5  # rocket also holds coffee's 5 images, through the link in the root
     np.testing.assert_array_equal(data.images[:len(labels)], images)
     [message] = _link_warnings(caught)
     assert "skipped 2 symbolic link(s)" in message
@@ -375,7 +375,8 @@ def test_a_broken_image_in_a_test_split_folder_is_reported_not_replaced_by_a_hol
     for split in ("train", "test"):
         for name in ("cat", "rocket"):
             (root / split / name).mkdir(parents=True)
-            Image.fromarray(photos["chelsea" if name == "cat" else "rocket"]).save(root / split / name / "0.png")
+            photo = photos["chelsea" if name == "cat" else "rocket"]
+            Image.fromarray(photo).save(root / split / name / "0.png")
     (root / "test" / "cat" / "1.png").write_text("not a PNG")
     with pytest.raises(UnreadableImageError, match=r"test/cat/1.png: not a readable image"):
         load_train_test(root)

@@ -70,7 +70,7 @@ def test_idx_truncated_at_every_offset_is_an_error(idx_files, tmp_path, gzipped)
 
 @PROPERTY
 @given(offset=st.integers(0, 16 + 5 * 64 - 1), xor=st.integers(1, 255))
-def test_idx_byte_flip_in_the_header_is_an_error_in_the_pixels_changes_only_that_pixel(idx_files, offset, xor):
+def test_idx_byte_flip_in_the_header_is_an_error_in_the_pixels_changes_that_pixel(idx_files, offset, xor):
     folder, raw, images, labels = idx_files
     (folder / "train-images-idx3-ubyte").write_bytes(flipped(raw, offset, xor))
     try:
@@ -139,7 +139,7 @@ def test_cifar_batch_and_meta_truncated_at_every_offset_are_errors(cifar_files, 
         cuts = [c for c in range(len(data)) if name != "test_batch" or c not in pixels or c % 64 == 0]
         for cut in cuts:
             (copy / name).write_bytes(data[:cut])
-            assert load(copy, split="test") is None, f"{name} cut at {cut} of {len(data)} bytes was not detected"
+            assert load(copy, split="test") is None, f"{name} cut at {cut} of {len(data)} bytes: not detected"
         (copy / name).write_bytes(data)
 
 

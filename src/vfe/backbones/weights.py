@@ -23,12 +23,13 @@ from urllib.parse import urlparse
 import torch
 
 from vfe.backbones.registry import PACKAGED, PackagedWeights
+from vfe.errors import DataError
 
 RANDOM_SEED = 0
 WEIGHT_CHOICES = ("default", "timm", "none")
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(DataError, FileNotFoundError):
     """The requested weights are not on this machine (and cannot be downloaded now)."""
 
 
@@ -165,24 +166,29 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        obj = load_file(str(path), device="cpu")
+        try:
+            obj = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as e:
+            raise DataError(f"{path}: not a readable .safetensors file ({e}); give the weights as a "
+                            ".safetensors file or a torch state dict (--weights PATH)") from None
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise ValueError(f"{path}: refused to load, it holds Python objects beyond tensors (torch.load "
+            raise DataError(f"{path}: refused to load, it holds Python objects beyond tensors (torch.load "
                              f"weights_only=True). Save a plain state dict (torch.save(model.state_dict(), ...)) "
                              f"or a .safetensors file. Detail: {str(e).splitlines()[0]}") from None
         except RuntimeError as e:
-            raise ValueError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+            raise DataError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
     if isinstance(obj, dict):
         for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict (names -> tensors), got {type(obj).__name__}")
+        raise DataError(f"{path}: expected a state dict (names -> tensors), got {type(obj).__name__}")
     clean = {}
     for k, v in obj.items():
         for prefix in ("module.", "_orig_mod."):

@@ -33,6 +33,8 @@ class DataSettings:
     n_train: int | None = field(default=10000, **_help("training images (class-balanced; none = all)"))
     n_test: int | None = field(default=2000, **_help("test images (class-balanced; none = all)"))
     data_seed: int = field(default=0, **_help("seed of the image subsets (and of corruption noise)"))
+    skip_bad: bool = field(default=False, **_help(
+        "image folders: skip unreadable files (listed in skipped_files.txt) instead of stopping"))
 
 
 @dataclass

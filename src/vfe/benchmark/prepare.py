@@ -6,6 +6,7 @@ Written once so that `vfe run` and `vfe sweep` with the same data settings see t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from vfe.data import available_fashion_mnist, load_train_test
 from vfe.data.split import balanced_subset
 from vfe.data.types import ImageSet
 from vfe.features.cache import FeatureCache
+from vfe.io import atomic_write_bytes
 
 
 @dataclass
@@ -41,7 +43,8 @@ def load_data(data: DataSettings, log=print) -> tuple[ImageSet, ImageSet, str]:
         log("[vfe] Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist, or put the four "
             "IDX .gz files in ~/.cache/vfe/fashion-mnist); falling back to scikit-learn's digits.")
         name = "digits"
-    train, test = load_train_test(name, data_dir=data.data_dir, seed=data.data_seed)
+    options = {"skip_bad": True} if data.skip_bad else {}  # only image folders take it
+    train, test = load_train_test(name, data_dir=data.data_dir, seed=data.data_seed, **options)
     return (balanced_subset(train, data.n_train, data.data_seed, "train"),
             balanced_subset(test, data.n_test, data.data_seed, "test"), name)
 
@@ -68,3 +71,16 @@ def prepare(data: DataSettings, backbone: BackboneSettings, cache_dir: str | Non
                 cache, bb, train, family=augment_family, seed=data.data_seed + 1, params=corruption_params,
                 progress=progress)
     return prepared
+
+
+def skipped_files(*sets: ImageSet) -> list[str]:
+    """The unreadable files `--skip-bad` left out of these sets, as "file: why" lines."""
+    return [f"{s.meta['root']}/{item['file']}: {item['error']}" if s.meta.get("root") else
+            f"{item['file']}: {item['error']}" for s in sets for item in s.meta.get("skipped", [])]
+
+
+def write_skipped(path: Path, lines: list[str], log=print) -> None:
+    """The full list of skipped files beside the outputs, and one line saying where it is."""
+    if lines:
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+        log(f"[vfe] skipped {len(lines)} unreadable file(s); the list is in {path}")

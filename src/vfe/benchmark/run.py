@@ -19,7 +19,7 @@ from vfe.benchmark.clean import evaluate_clean
 from vfe.benchmark.config import RunSettings, check
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fit import fit_heads
-from vfe.benchmark.prepare import Prepared, prepare
+from vfe.benchmark.prepare import Prepared, prepare, skipped_files, write_skipped
 from vfe.benchmark.stages import STAGES
 from vfe.benchmark.summary import by_head, summarise
 from vfe.benchmark.timer import StageTimer, peak_rss_mb
@@ -44,6 +44,7 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
                        augment_family=settings.heads.augment_family if augmented else None,
                        corruption_params=settings.corruptions.corruption_params, progress=settings.progress,
                        timer=timer, log=log)
+    write_skipped(out / "skipped_files.txt", skipped_files(prepared.train, prepared.test), log)
     with timer.timed("fit heads"):
         models, fit_seconds = fit_heads(settings.heads, heads, prepared.X_train, prepared.train.labels,
                                         device=device, progress=settings.progress, X_aug=prepared.X_aug)

@@ -32,8 +32,8 @@ from vfe.data.split import check_validation_split, split_tag, validation_split_i
 from vfe.data.types import ImageSet
 from vfe.errors import DataError, SettingsError
 
-__all__ = ["BUILTIN", "IMAGE_SUFFIXES", "ImageSet", "LazyImages", "UnreadableImageError", "available_fashion_mnist",
-           "from_arrays", "load_dataset", "load_train_test", "read_image"]
+__all__ = ["BUILTIN", "IMAGE_SUFFIXES", "ImageSet", "LazyImages", "UnreadableImageError",
+           "available_fashion_mnist", "from_arrays", "load_dataset", "load_train_test", "read_image"]
 
 BUILTIN = ("fashion-mnist", "mnist", "digits", "cifar10", "cifar100")
 _BUILTIN_KEYS = {re.sub(r"[-_]", "", name): name for name in BUILTIN}
@@ -111,6 +111,7 @@ def load_train_test(name_or_path: str | os.PathLike, data_dir: str | os.PathLike
     except MissingSplitError:
         if _builtin_name(name_or_path) is not None or not Path(name_or_path).expanduser().is_dir():
             raise
-        return tuple(load_dataset(name_or_path, split="train", data_dir=data_dir, validation_split=test_fraction,
-                                  subset=part, seed=seed, **options) for part in ("training", "validation"))
+        return tuple(load_dataset(name_or_path, split="train", data_dir=data_dir,
+                                  validation_split=test_fraction, subset=part, seed=seed, **options)
+                     for part in ("training", "validation"))
     return load_dataset(name_or_path, split="train", data_dir=data_dir, **options), test

@@ -63,12 +63,13 @@ class _DtypeStub:
         order = self.state[1] if isinstance(self.state, tuple) and len(self.state) > 1 else None
         order = order.decode("latin-1") if isinstance(order, bytes) else order
         if order not in ("|", "<", ">", "="):
-            raise CifarFormatError(f"the pickled state of a {self.name} dtype is damaged ({self.state!r:.80})")
+            raise CifarFormatError(f"the pickled state of a {self.name} dtype is damaged "
+                                   f"({self.state!r:.80})")
         return np.dtype(self.name).newbyteorder(">" if order == ">" else "=")
 
 
 class _ArrayStub:
-    """What NumPy's pickled _reconstruct + __setstate__ would build: `array`, made here from checked values."""
+    """What NumPy's pickled _reconstruct + __setstate__ would build: `array`, made from checked values."""
 
     array: np.ndarray | None = None
 
@@ -86,7 +87,7 @@ def _checked_array(state) -> np.ndarray:
     if not isinstance(dtype, _DtypeStub):
         raise CifarFormatError(f"a pickled NumPy array has no dtype (got {type(dtype).__name__})")
     dtype = dtype.dtype()
-    if not (type(fortran) in (bool, int) and fortran == 0):  # the batches are C order; a flipped bit says Fortran
+    if not (type(fortran) in (bool, int) and fortran == 0):  # always C order; a flipped bit says Fortran
         raise CifarFormatError(f"a pickled {dtype} array {shape} is marked as Fortran order (is_fortran="
                                f"{fortran!r:.20}), which the official batches never are")
     if not isinstance(raw, bytes) or len(raw) != prod(shape) * dtype.itemsize:
@@ -256,7 +257,8 @@ def _read(variant: CifarVariant, source: Path, split: str, name: str) -> ImageSe
     try:
         class_names = [n.decode() if isinstance(n, bytes) else n for n in names]
     except UnicodeDecodeError as e:
-        raise CifarFormatError(f"{source}:{variant.meta_file}: a class name is not UTF-8 text ({e})") from None
+        raise CifarFormatError(f"{source}:{variant.meta_file}: a class name is not UTF-8 text ({e})"
+                               ) from None
     parts = [_batch_arrays(unpickle_batch(files[f], f"{source}:{f}"), variant, f"{source}:{f}",
                            len(class_names)) for f in variant.split_files[split]]
     images = np.concatenate([p[0] for p in parts])

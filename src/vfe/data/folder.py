@@ -82,7 +82,8 @@ def load_image_folder(path: str | os.PathLike, split: str = "train", image_size:
         skipped = []
     good_sizes = [s for s in probed if not isinstance(s, UnreadableImageError)]
     if not good_sizes:
-        raise DataError(f"{root}: no readable images; {describe_bad([e for _, e in skipped] + list(bad.values()))}")
+        unreadable = [e for _, e in skipped] + list(bad.values())
+        raise DataError(f"{root}: no readable images; {describe_bad(unreadable)}")
     size, size_rule = _choose_size(image_size, good_sizes)
     if lazy is None:
         lazy = len(paths) * size[0] * size[1] * 3 > LAZY_ABOVE_BYTES
@@ -107,13 +108,13 @@ def load_image_folder(path: str | os.PathLike, split: str = "train", image_size:
                       "all are listed in the data set's meta['skipped']", RuntimeWarning, stacklevel=2)
     if not paths:
         raise DataError(f"{root}: no readable images; {describe_bad([e for _, e in skipped])}")
-    warn_missing_classes(listed, labels, class_names, f"{root}" + (f" ({split} split)" if split_layout else ""),
-                         validation_split, subset, seed)
+    where = f"{root}" + (f" ({split} split)" if split_layout else "")
+    warn_missing_classes(listed, labels, class_names, where, validation_split, subset, seed)
     if links:
         shown = "; ".join(f"{p.relative_to(root)} ({why})" for p, why in links[:_NAMED_IN_WARNINGS])
         more = f"; and {len(links) - _NAMED_IN_WARNINGS} more" if len(links) > _NAMED_IN_WARNINGS else ""
-        warnings.warn(f"{root}: skipped {len(links)} symbolic link(s) that loop, repeat a folder or lead out of the folder: "
-                      f"{shown}{more}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"{root}: skipped {len(links)} symbolic link(s) that loop, repeat a folder or lead out "
+                      f"of the folder: {shown}{more}", RuntimeWarning, stacklevel=2)
     meta = {"format": "folder", "root": str(root), "split": split if split_layout else None,
             "image_size": list(size), "image_size_rule": size_rule, "lazy": lazy,
             "n_skipped": len(skipped),
@@ -220,8 +221,9 @@ def _drop(bad: dict, paths: list[Path], labels: np.ndarray,
 
 def _stop_unless_skipped(root: Path, bad: dict) -> None:
     if bad:
-        raise UnreadableImageError(f"{root}: {describe_bad([bad[i] for i in sorted(bad)])}; remove or replace "
-                                   "them, or pass --skip-bad (Python: skip_bad=True) to leave them out")
+        raise UnreadableImageError(f"{root}: {describe_bad([bad[i] for i in sorted(bad)])}; remove or "
+                                   "replace them, or pass --skip-bad (Python: skip_bad=True) to leave them "
+                                   "out")
 
 
 def _reason(path: Path, error: UnreadableImageError) -> str:

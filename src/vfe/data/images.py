@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,30 +62,26 @@ def pixel_limit() -> int | None:
     return limit
 
 
-def _check_pixels(path, width: int, height: int, limit: int | None) -> None:
-    if limit is not None and width * height > limit:
-        raise ImageTooLargeError(
-            f"{path}: {width} x {height} = {width * height:,} pixels, over the limit of {limit:,} (a guard "
-            "against decompression bombs); if you trust this file, raise the limit with the environment "
-            "variable VFE_MAX_PIXELS (a number, or 'none') or vfe.data.images.MAX_PIXELS in Python")
+def _too_large(path, pixels: str, limit: int | None) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{path}: {pixels} pixels, over the limit of {limit:,} (a guard against decompression bombs); if you "
+        "trust this file, raise the limit with the environment variable VFE_MAX_PIXELS (a number, or 'none') "
+        "or vfe.data.images.MAX_PIXELS in Python")
 
 
 def _open(path, limit: int | None) -> Image.Image:
-    """Image.open with vfe's pixel limit: Pillow's own refuses above twice its MAX_IMAGE_PIXELS, so it is
+    """Image.open with vfe's pixel limit. Pillow's own refuses above twice its MAX_IMAGE_PIXELS, so it is
     raised to a larger limit vfe was given (never lowered), else Pillow would refuse what vfe accepts."""
     if Image.MAX_IMAGE_PIXELS is not None and (limit is None or limit > Image.MAX_IMAGE_PIXELS):
         Image.MAX_IMAGE_PIXELS = limit
     try:
         im = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"{path}: over the limit of {limit:,} pixels ({e}); if you trust this file, "
-                                 "raise the limit with the environment variable VFE_MAX_PIXELS (a number, "
-                                 "or 'none') or vfe.data.images.MAX_PIXELS in Python") from None
-    try:
-        _check_pixels(path, im.width, im.height, limit)
-    except ImageTooLargeError:
+    except Image.DecompressionBombError as e:  # above twice Pillow's limit: it says the size, not the sides
+        said = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(path, f"{int(said[1]):,}" if said else "more", limit) from None
+    if limit is not None and im.width * im.height > limit:
         im.close()
-        raise
+        raise _too_large(path, f"{im.width} x {im.height} = {im.width * im.height:,}", limit)
     return im
 
 
@@ -219,8 +216,8 @@ class LazyImages:
         out = np.empty((len(paths), *self.size, 3), np.uint8)
         errors = decode_into(paths, self.size, out, progress, desc="decode images")
         if errors:
-            raise UnreadableImageError(f"{describe_bad(list(errors.values()))}; remove or replace them (a folder "
-                                       "read lazily, being too large to decode up front or loaded with "
-                                       "lazy=True, can leave out with --skip-bad only files whose header is "
-                                       "unreadable)")
+            raise UnreadableImageError(f"{describe_bad(list(errors.values()))}; remove or replace them (a "
+                                       "folder read lazily, being too large to decode up front or loaded "
+                                       "with lazy=True, can leave out with --skip-bad only files whose "
+                                       "header is unreadable)")
         return out

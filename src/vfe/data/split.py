@@ -37,7 +37,8 @@ def validation_split_index(n: int, validation_split: float, subset: str, seed: i
     n_val = int(validation_split * n)
     if n_val == 0 or n_val == n:
         empty = "validation" if n_val == 0 else "training"
-        raise SettingsError(f"validation_split={validation_split} of {n} items leaves the {empty} subset empty")
+        raise SettingsError(f"validation_split={validation_split} of {n} items leaves the {empty} subset "
+                            "empty")
     order = np.random.RandomState(seed).permutation(n)
     return np.sort(order[-n_val:] if subset == "validation" else order[:-n_val])
 
@@ -48,7 +49,8 @@ def split_tag(validation_split: float, subset: str, seed: int) -> str:
 
 
 def warn_missing_classes(listed: np.ndarray, labels: np.ndarray, class_names: Sequence[str], where: str,
-                         validation_split: float | None = None, subset: str | None = None, seed: int = 0) -> None:
+                         validation_split: float | None = None, subset: str | None = None,
+                         seed: int = 0) -> None:
     """Warn about classes with no image in `labels` (the part returned) although they are in `class_names`.
 
     `listed` are the labels before the validation split and before unreadable files were skipped, to say
