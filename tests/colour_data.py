@@ -54,6 +54,19 @@ def write_colour_folder(root: str | Path, n_train: int = 5, n_test: int = 2, see
     return root
 
 
+def write_colour_classes(root: str | Path, per_class: int = 20, seed: int = 0) -> Path:
+    """root/<class>/<NNN>.png with no split folders (the loader holds a fifth out as test); returns root."""
+    from PIL import Image
+
+    root = Path(root)
+    images, labels = colour_splits(per_class, 0, seed)["train"]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / CLASS_NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return root
+
+
 def write_colour_cifar(folder: str | Path, n_train: int = 5, n_test: int = 2, seed: int = 0,
                        archive: bool = True) -> Path:
     """cifar-10-python.tar.gz in `folder` (or, archive=False, the extracted cifar-10-batches-py/); its path.

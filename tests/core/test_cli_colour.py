@@ -96,7 +96,7 @@ def test_cheap_checks_come_before_any_work(photos, tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(FeatureCache, "extract", no_work)
     monkeypatch.setattr(run_module, "prepare", no_work)
-    tmp, folder = photos
+    _, folder = photos
     existing = tmp_path / "existing.safetensors"
     existing.write_bytes(b"not a pipeline")
     argv = [a.format(folder=folder, existing=existing, tmp=tmp_path) for a in argv]

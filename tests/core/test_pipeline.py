@@ -84,7 +84,7 @@ def test_predict_files_reads_files_and_folders(fitted, digit_images, tmp_path):
     for i in range(300, 310):
         Image.fromarray(images[i]).resize((32, 32)).save(folder / f"{i}.png")  # grayscale PNGs
     Image.fromarray(np.stack([images[310]] * 3, -1)).convert("P").save(tmp_path / "palette.gif")
-    results = predict_files(fitted, [folder, tmp_path / "palette.gif"], top=3)
+    results = list(predict_files(fitted, [folder, tmp_path / "palette.gif"], top=3))
     assert len(results) == 11 and all(len(ranked) == 3 for _, ranked in results)
     assert all(name.startswith("digit ") and 0 <= p <= 1 for _, ranked in results for name, p in ranked)
     hits = sum(ranked[0][0] == f"digit {labels[int(path.rsplit('/', 1)[1].split('.')[0])]}"
@@ -92,7 +92,9 @@ def test_predict_files_reads_files_and_folders(fitted, digit_images, tmp_path):
     assert hits >= 5
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(ValueError, match="bad.png"):
-        predict_files(fitted, [tmp_path / "bad.png"])
+        list(predict_files(fitted, [tmp_path / "bad.png"]))
+    skipped = list(predict_files(fitted, [tmp_path / "bad.png", tmp_path / "palette.gif"], skip_bad=True))
+    assert skipped[0][0].endswith("bad.png") and isinstance(skipped[0][1], str) and len(skipped[1][1]) == 1
 
 
 # -- edited and damaged files ------------------------------------------------------------------------

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from colour_data import write_colour_classes
 
 from vfe.data import available_fashion_mnist
 from vfe.lab.common import LabData, load_data
 from vfe.lab.config import LabSettings
-
-from .colour_photos import write_colour_folder
 
 
 def _require_fashion_mnist() -> None:
@@ -32,4 +31,4 @@ def tiny_settings(tmp_path) -> LabSettings:
 @pytest.fixture(scope="session")
 def colour_folder(tmp_path_factory):
     """80 RGB 32 x 32 PNGs in four classes (crops of four photos); the loader holds a fifth out as test."""
-    return write_colour_folder(tmp_path_factory.mktemp("colour"))
+    return write_colour_classes(tmp_path_factory.mktemp("colour"))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from lab.colour_photos import write_colour_folder  # the lab's test data (viz may use the lab)
+from colour_data import write_colour_classes
 
 from vfe.viz.network import load_network
 from vfe.viz.small_cnn import SmallCNNConfig, build_small_cnn, save_small_cnn
@@ -25,4 +25,4 @@ def efficientnet():
 @pytest.fixture(scope="session")
 def colour_folder(tmp_path_factory):
     """80 RGB 32 x 32 PNGs in four classes (crops of four photos); the loader holds a fifth out as test."""
-    return write_colour_folder(tmp_path_factory.mktemp("colour"))
+    return write_colour_classes(tmp_path_factory.mktemp("colour"))
