@@ -20,7 +20,8 @@ import numpy as np
 
 from vfe import defaults
 from vfe.backbones import Backbone, create_backbone
-from vfe.benchmark.config import RunSettings, SweepSettings, quick_settings
+from vfe.backbones.weights import WeightsInfo
+from vfe.benchmark.config import RunSettings, SweepSettings, quick_settings, with_overrides
 from vfe.benchmark.prepare import skipped_files, write_skipped
 from vfe.benchmark.run import run
 from vfe.benchmark.sweep import run_sweep_job
@@ -29,6 +30,7 @@ from vfe.data.errors import MissingDataError
 from vfe.data.split import balanced_subset
 from vfe.errors import DataError, SettingsError
 from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
+from vfe.heads.linear import LinearHead
 from vfe.heads.registry import check_params, make_head, spec
 from vfe.pipeline import Pipeline
 from vfe.robustness.calibration import probability_metrics
@@ -95,9 +97,6 @@ def finetuned_pipeline(model, class_names: list[str]) -> Pipeline:
     """A fitted FinetuneHead as a feature pipeline: its fine-tuned backbone (a new weights identity, so
     the feature cache never mixes its features with the pretrained ones) and a linear head holding its
     Dropout -> Dense layer."""
-    from vfe.backbones.weights import WeightsInfo
-    from vfe.heads.linear import LinearHead
-
     bb: Backbone = model.module_.backbone
     digest = hashlib.sha256()
     for name, tensor in sorted(bb.model.state_dict().items()):
@@ -150,8 +149,6 @@ def sweep(dataset: str, grid: dict, name: str = "sweep", **settings) -> dict:
     `settings` are SweepSettings fields or their data/backbone fields (n_train, backbone, ...), as flags
     of `vfe sweep`. Cells land in runs/<name>/sweep/; the summary goes to runs/<name>/sweep.json.
     """
-    from vfe.benchmark.config import with_overrides
-
     base = SweepSettings(name=name, grid="(given as a dict)")
     job = with_overrides(base, {"dataset": dataset, **settings})
     return run_sweep_job(job, grid=grid)

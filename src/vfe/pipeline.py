@@ -13,12 +13,15 @@ import os
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from vfe.backbones import Backbone
+from vfe.backbones import Backbone, resolve_device
 from vfe.backbones.preprocess import _MODES as INTERPOLATIONS  # the interpolations preprocessing knows
+from vfe.backbones.registry import settings_for
+from vfe.backbones.weights import WeightsInfo
 from vfe.errors import PipelineFileError, VfeError
 from vfe.heads import Head, head_class
 from vfe.io import load_tensors, save_tensors
@@ -225,8 +228,6 @@ def _check_data_config(path: Path, config: dict) -> None:
 
 def _check_backbone(path: Path, spec: dict, layout: dict[str, Layout]) -> tuple[dict, int]:
     """(timm kwargs that rebuild the saved model, its feature size), the saved tensors fitting that model."""
-    import timm
-
     arch = spec["arch"]
     if not timm.is_model(arch):
         raise _problem(path, f"backbone.arch {arch!r} is not a timm model in this timm ({timm.__version__})")
@@ -238,8 +239,6 @@ def _check_backbone(path: Path, spec: dict, layout: dict[str, Layout]) -> tuple[
 def _backbone_model(arch: str, layout: dict[str, Layout]) -> tuple[nn.Module, dict]:
     """(the timm model the saved tensors belong to, on the meta device; its timm kwargs): a classifier of
     another size than timm's default (a backbone loaded from a checkpoint file) is built to that size."""
-    import timm
-
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False)
         classifier = model.pretrained_cfg.get("classifier")
@@ -310,12 +309,6 @@ def _compare(path: Path, part: str, expected: dict[str, Layout], saved: dict[str
 def _rebuild_backbone(spec: dict, state: dict[str, torch.Tensor], model_kwargs: dict,
                       device: str) -> Backbone:
     """The saved backbone: architecture from timm, weights from the file, preprocessing as saved."""
-    import timm
-
-    from vfe.backbones.backbone import resolve_device
-    from vfe.backbones.registry import settings_for
-    from vfe.backbones.weights import WeightsInfo
-
     model = timm.create_model(spec["arch"], pretrained=False, **model_kwargs)
     model.load_state_dict(state)
     info = WeightsInfo(spec["weights_kind"], spec["weights_identity"], spec["weights_source"], spec["arch"],

@@ -130,3 +130,18 @@ def test_the_report_needs_no_stage_head_or_backbone_code(report_run, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "[]"
     assert (tmp_path / "figures" / "corruption_grid.png").exists() and (tmp_path / "figures" / "reliability.png").exists()
+
+
+def test_each_corruption_is_marked_seen_or_held_out_for_augmented_heads(report_run, tmp_path):
+    from vfe.benchmark.augment import augmentation_record
+
+    results = {**report_run, "augmentation": augmentation_record("noise", (1, 2, 3, 4, 5))}
+    md = write_report(tmp_path, results)["markdown"].read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in md.splitlines()
+            if line.startswith("| ") and line.count("|") > 4 and line.split("|")[2].strip() in ("seen", "held out")}
+    # by hand: the noise family is the four *_noise corruptions; everything else was held out
+    assert {name for name, mark in rows.items() if mark == "seen"} == {"gaussian noise", "shot noise",
+                                                                        "impulse noise", "speckle noise"}
+    assert len(rows) == 19 and "blur, weather, digital stayed held out" in md
+    plain = write_report(tmp_path / "plain", report_run)["markdown"].read_text()
+    assert "held out" not in plain  # no augmented head, no marking

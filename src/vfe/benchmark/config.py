@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vfe import defaults
 from vfe.errors import SettingsError
+from vfe.heads.registry import check_params, expand_heads, spec
 from vfe.paths import check_writable_folder
 
 DEFAULT_CORRUPTION_PARAMS = "auto"
@@ -196,8 +197,7 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
 
     Raises SettingsError naming the setting (as its flag) and the valid choices.
     """
-    from vfe.heads.registry import check_params, expand_heads, spec
-    from vfe.robustness.corruptions.registry import REGISTRY
+    from vfe.robustness.corruptions.registry import REGISTRY  # imports scipy and OpenCV: not at `vfe --help`
 
     data, heads, corr, att = settings.data, settings.heads, settings.corruptions, settings.attacks
     for flag, value in (("--n-train", data.n_train), ("--n-test", data.n_test)):

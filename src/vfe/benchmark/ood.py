@@ -18,11 +18,14 @@ the convention: higher score = more OOD; AUROC with OOD as positive; FPR at 95% 
 from __future__ import annotations
 
 import numpy as np
+import skimage.data
 from skimage.transform import resize
+from sklearn.datasets import load_digits
 
 from vfe.benchmark.config import OODSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.corruption import corrupted_features
+from vfe.data import available_fashion_mnist, load_dataset
 from vfe.data.types import ImageSet
 from vfe.features.cache import FeatureCache
 from vfe.robustness.ood import MahalanobisScore, detection_metrics, head_scores
@@ -81,7 +84,6 @@ def far_ood_set(dataset: str, like: ImageSet, seed: int) -> tuple[str, ImageSet]
     """(name, images) of a real data set unlike `dataset`, shaped like `like`'s images, at most len(like)."""
     if dataset != "digits":
         return "digits", match_shape(digits_images(), like, len(like), seed, "sklearn-digits")
-    from vfe.data import available_fashion_mnist, load_dataset
     if available_fashion_mnist() is not None:
         fashion = load_dataset("fashion-mnist", split="test")
         return "fashion-mnist", match_shape(fashion.images, like, len(like), seed, fashion.source)
@@ -90,14 +92,11 @@ def far_ood_set(dataset: str, like: ImageSet, seed: int) -> tuple[str, ImageSet]
 
 def digits_images() -> np.ndarray:
     """scikit-learn's 1797 8x8 digits as uint8 (ink bright on dark, like Fashion-MNIST)."""
-    from sklearn.datasets import load_digits
     return np.round(load_digits().images * (255 / 16)).astype(np.uint8)
 
 
 def texture_crops(n: int, seed: int, size: int = 64) -> np.ndarray:
     """`n` random size x size crops of scikit-image's texture photos (brick, grass, gravel), uint8."""
-    import skimage.data
-
     rng = np.random.default_rng(seed)
     photos = [getattr(skimage.data, name)() for name in TEXTURES]
     crops = []

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from vfe.data.errors import MissingSplitError
 from vfe.data.types import ImageSet
@@ -12,8 +14,6 @@ SPLIT_SEED = 0
 
 def load_digits_split(split: str = "train") -> ImageSet:
     """1437 training / 360 test images (a stratified 80/20 split, fixed seed), gray levels 0..16 -> 0..255."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test"):
         raise MissingSplitError(f"split {split!r}: digits has the splits 'train' and 'test'")

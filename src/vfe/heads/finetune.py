@@ -21,9 +21,13 @@ import numpy as np
 import torch
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
+from timm.models import group_parameters
 from torch import nn
 from tqdm.auto import tqdm
 
+from vfe import defaults
+from vfe.backbones import create_backbone, resolve_device
+from vfe.backbones.preprocess import to_tensor_nchw
 from vfe.data.split import balanced_index
 from vfe.heads.base import SoftmaxOutput, TorchHead, fit_classifier
 
@@ -55,8 +59,6 @@ class ImageInput(nn.Module):
 
 def top_block_parameters(model: nn.Module, n_blocks: int) -> list[nn.Parameter]:
     """Parameters of the last `n_blocks` coarse groups of a timm model (its classifier excluded)."""
-    from timm.models import group_parameters
-
     classifier = {id(p) for p in model.get_classifier().parameters()}
     named = dict(model.named_parameters())
     groups = [[named[n] for n in names if id(named[n]) not in classifier]
@@ -72,7 +74,8 @@ class FinetuneHead(TorchHead):
 
     inputs = "images"
 
-    def __init__(self, backbone: str = "efficientnet_lite0", weights: str = "default", image_size: int | None = 112,
+    def __init__(self, backbone: str = defaults.BACKBONE, weights: str = defaults.WEIGHTS,
+                 image_size: int | None = defaults.IMAGE_SIZE,
                  unfreeze_blocks: int = 1, two_stage: bool = True, dropout: float = 0.3, head_epochs: int = 30,
                  head_lr: float = 1e-3, epochs: int = 5, lr: float = 1e-4, batch_size: int = 32,
                  patience: int | None = 5, augment: bool = True, flip: bool = True, rotation: float = 10.0,
@@ -103,8 +106,6 @@ class FinetuneHead(TorchHead):
     # -- fitting ----------------------------------------------------------------------------------------
 
     def fit(self, images, y) -> FinetuneHead:
-        from vfe.backbones import create_backbone
-
         images = _images_nchw(images, "images")
         y = np.asarray(y)
         if len(y) != len(images):
@@ -154,7 +155,7 @@ class FinetuneHead(TorchHead):
     def _augmentation(self) -> nn.Module | None:
         if not self.augment:
             return None
-        from torchvision.transforms import v2
+        from torchvision.transforms import v2  # ~1 s to import; only augmentation needs it
 
         ops = [v2.RandomHorizontalFlip()] if self.flip else []
         if self.rotation or self.zoom:
@@ -162,8 +163,6 @@ class FinetuneHead(TorchHead):
         return v2.Compose(ops) if ops else None
 
     def _device(self) -> torch.device:
-        from vfe.backbones import resolve_device
-
         return resolve_device(self.device)
 
     # -- prediction -------------------------------------------------------------------------------------
@@ -205,8 +204,6 @@ class FinetuneHead(TorchHead):
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict) -> FinetuneHead:
-        from vfe.backbones import create_backbone
-
         head = cls(**meta["params"])
         head.classes_ = np.asarray(meta["classes"])
         head.input_shape_ = tuple(meta["input_shape"])
@@ -226,8 +223,6 @@ class FinetuneHead(TorchHead):
 
 def _images_nchw(images, name: str) -> np.ndarray:
     """uint8 N x H x W (x C) -> uint8 N x C x H x W numpy array."""
-    from vfe.backbones.preprocess import to_tensor_nchw
-
     if not isinstance(images, np.ndarray):
         raise TypeError(f"{name}: FinetuneHead takes uint8 images as a numpy array, got {type(images).__name__}")
     if images.ndim not in (3, 4):

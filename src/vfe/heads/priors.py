@@ -15,6 +15,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from vfe.heads.registry import head_class
+
 
 def class_priors(priors, n_classes: int | None = None, name: str = "priors", positive: bool = False) -> np.ndarray:
     """Counts or probabilities -> probabilities summing to 1, validated (finite, >= 0, > 0 when `positive`)."""
@@ -112,7 +114,6 @@ class PriorCorrected(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict) -> PriorCorrected:
-        from vfe.heads.registry import head_class
 
         wrapped = head_class(meta["wrapped"]["head"]).from_state(tensors, meta["wrapped"])
         model = cls(wrapped, **meta["params"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from vfe.heads.base import FeatureTransformer, TorchHead, batched_numpy, fit_classifier
@@ -220,7 +221,6 @@ class VFEHead(FeatureTransformer, TorchHead):
             return batched_numpy(per_sample, X)
 
     def _validated(self, X) -> np.ndarray:
-        from sklearn.utils.validation import check_is_fitted, validate_data
         check_is_fitted(self, "classes_")
         self.vae_.eval()
         return validate_data(self, X, dtype=np.float32, reset=False)

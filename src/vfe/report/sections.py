@@ -12,6 +12,8 @@ from vfe.report.document import Figure, Note, Paragraph, Section, Table
 from vfe.report.inputs import decode_image
 from vfe.report.names import metric_of, ordered, parse_ood
 from vfe.report.narrative import what_this_says
+from vfe.robustness.corruptions import REGISTRY, corrupt
+from vfe.robustness.corruptions.parameters import parameter_set
 from vfe.robustness.stats import mean_std
 
 BENCHMARK_MEAN = "mean over benchmark corruptions"
@@ -149,8 +151,6 @@ def corruption_section(ctx: Context) -> Section:
 
 def _families(names: list[str]) -> dict[str, list[str]]:
     """Corruptions by family as the registry groups them (a name it does not know: "other")."""
-    from vfe.robustness.corruptions import REGISTRY
-
     out: dict[str, list[str]] = {}
     for name in names:
         out.setdefault(REGISTRY[name].family if name in REGISTRY else "other", []).append(name)
@@ -160,9 +160,12 @@ def _families(names: list[str]) -> dict[str, list[str]]:
 def _per_corruption_table(ctx: Context, corr: dict, names: list[str]) -> Table:
     acc_metric, ce_metric = metric_of("clean_accuracy"), metric_of("mCE")
     per_head = corr.get("per_head", {})
+    seen = set((ctx.results.get("augmentation") or {}).get("train_corruptions", []))
     rows = []
     for name in names:
         row = [name.replace("_", " ")]
+        if "augmentation" in ctx.results:
+            row.append("seen" if name in seen else "held out")
         for head in per_head:
             seeds = per_head[head].values()
             acc = [np.mean(list(s["accuracy"][name].values())) for s in seeds if name in s.get("accuracy", {})]
@@ -170,18 +173,23 @@ def _per_corruption_table(ctx: Context, corr: dict, names: list[str]) -> Table:
             row.append(numbers.mean_pm_std(acc_metric, mean_std(acc)))
             row.append(numbers.mean_pm_std(ce_metric, mean_std(ce)))
         rows.append(row)
-    header = ["corruption", *(f"{h}: {col}" for h in per_head for col in ("accuracy (%)", "CE (%)"))]
-    return Table(header, rows, "Per corruption: accuracy averaged over severities, and corruption error (CE: "
-                               f"summed error over severities relative to the {corr.get('normaliser', 'baseline')} "
-                               "head with the same seed); mean ± std over seeds.")
+    augmentation = ctx.results.get("augmentation")
+    header = ["corruption", *(["augmented heads"] if augmentation else []),
+              *(f"{h}: {col}" for h in per_head for col in ("accuracy (%)", "CE (%)"))]
+    caption = ("Per corruption: accuracy averaged over severities, and corruption error (CE: summed error over "
+               f"severities relative to the {corr.get('normaliser', 'baseline')} head with the same seed); mean ± "
+               "std over seeds.")
+    if augmentation:
+        caption += (f" The augmented heads trained on the {augmentation['train_family']} family "
+                    f"({', '.join(augmentation['train_corruptions'])}): those rows are \"seen\", not a test of "
+                    f"robustness for them; {', '.join(augmentation['held_out_families'])} stayed held out.")
+    return Table(header, rows, caption)
 
 
 def _corruption_grid(ctx: Context, names: list[str], severities: list[int]) -> Figure | Note:
     if "example_image" not in ctx.results:
         return Note("The corruption picture grid needs a test image (`example_image`), which these results "
                     "do not hold.")
-    from vfe.robustness.corruptions import corrupt
-    from vfe.robustness.corruptions.parameters import parameter_set
 
     config = ctx.results.get("config", {})
     seed, params = config.get("data_seed", 0), config.get("corruption_params", "auto")

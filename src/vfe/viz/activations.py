@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from vfe import plotting
+from vfe import defaults, plotting
 from vfe.rundir import Run
 from vfe.viz.hooks import run_until
 from vfe.viz.images import load_image
@@ -21,7 +21,7 @@ def activation_maps(network: Network, x01: torch.Tensor, layers: Sequence[str]) 
     return {name: (a[0] if a.ndim == 4 else a[0].reshape(-1, 1, 1)).float() for name, a in out.items()}
 
 
-def run_activations(model: str = "efficientnet_lite0", image: str = "chelsea", layers: Sequence[str] = (),
+def run_activations(model: str = defaults.BACKBONE, image: str = "chelsea", layers: Sequence[str] = (),
                     n_channels: int = 32, out: str | Path | None = None, overwrite: bool = False,
                     weights: str = "default", image_size: int | None = None, data_dir: str | None = None) -> Run:
     """Grids of the first `n_channels` feature maps of each layer (default: a few spread over the network)."""

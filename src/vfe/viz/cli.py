@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from vfe import defaults
 from vfe.lab.cli import add_data_and_training_args, settings_from_args
 from vfe.viz.config import AscentConfig
 
@@ -29,7 +30,7 @@ def _formatter(prog):
 
 def _add_network_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("network")
-    g.add_argument("--model", default="efficientnet_lite0",
+    g.add_argument("--model", default=defaults.BACKBONE,
                    help="a timm model name, or a run folder of `vfe viz small-cnn` / `vfe lab train` "
                         "(default: %(default)s)")
     g.add_argument("--weights", default="default",

@@ -21,7 +21,7 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
-from vfe import plotting
+from vfe import defaults, plotting
 from vfe.rundir import Run
 from vfe.viz.config import AscentConfig
 from vfe.viz.hooks import run_until
@@ -72,7 +72,7 @@ def maximize_channels(network: Network, layer: str, channels: Sequence[int], con
     return x.detach(), start, end
 
 
-def run_maximize(model: str = "efficientnet_lite0", layer: str | None = None, channels: Sequence[int] = (),
+def run_maximize(model: str = defaults.BACKBONE, layer: str | None = None, channels: Sequence[int] = (),
                  n_channels: int = 16, config: AscentConfig | None = None, out: str | Path | None = None,
                  overwrite: bool = False, weights: str = "default", progress: bool = True) -> Run:
     """A grid of the images that maximise each channel (default: the first `n_channels`) of `layer`."""
