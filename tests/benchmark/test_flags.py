@@ -24,7 +24,7 @@ def parse(settings, argv: list[str]):
 # a value of the right type for every field, different from its default
 NEW_VALUES = {
     "name": "other", "runs_dir": "elsewhere", "cache_dir": "/tmp/c", "progress": False,
-    "dataset": "digits", "data_dir": "/data", "n_train": 123, "n_test": 45, "data_seed": 7,
+    "dataset": "digits", "data_dir": "/data", "n_train": 123, "n_test": 45, "data_seed": 7, "skip_bad": True,
     "backbone": "resnet18", "weights": "none", "image_size": 64, "device": "cpu",
     "heads": ["pca", "vib"], "seeds": [4, 5], "augment_family": "blur",
     "corruptions": ["snow", "fog"], "severities": [2, 4], "corruption_params": "cifar",

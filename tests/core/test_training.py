@@ -80,7 +80,7 @@ def test_best_only_checkpoints_keep_n_and_restore_exactly(digits_features, tmp_p
         assert torch.equal(a, b)
 
 
-def test_split_validation_is_stratified_and_disjoint():
+def test_holdout_index_is_stratified_and_disjoint():
     y = np.repeat(np.arange(5), 20)
     train_idx, val_idx = holdout_index(len(y), 0.2, seed=0, labels=y)
     assert set(train_idx).isdisjoint(val_idx) and len(train_idx) + len(val_idx) == 100
