@@ -32,6 +32,8 @@ EXAMPLES = {
     "sweep": "vfe sweep --name beta --grid '{\"heads\": {\"vfe\": {\"beta\": [0.1, 1, 10]}, \"linear\": {}}, "
              "\"seeds\": [0, 1, 2]}'\n"
              "vfe sweep --name sizes --grid grid.json --compare-pixels   # transfer vs raw pixels per train size",
+    "export": "vfe export runs/models/fmnist-vfe.safetensors --out fmnist-vfe.onnx --input-shape 28 28 1\n"
+              "vfe export model.safetensors --out model-k8.onnx --samples 8   # a VFE averaging 8 draws",
     "cache": "vfe cache ls\nvfe cache rm 3fa9c1     # removes entries whose key starts with 3fa9c1\nvfe cache rm --all\n"
              "vfe cache verify --repair   # check every file's checksum; drop what fails (re-extracted later)",
 }
@@ -130,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "json"], default="md", help="how the summary is printed")
     add_flags(p, SweepSettings())
     p.set_defaults(func=cmd_sweep)
+
+    p = _add(sub, "export", "Write a saved pipeline as one ONNX file (uint8 images in, probabilities out).")
+    p.add_argument("pipeline")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="the file format (default: %(default)s)")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("H", "W", "C"),
+                   help="the images' height, width and channels (1 or 3); default: the backbone's size, RGB")
+    p.add_argument("--samples", type=int, default=None,
+                   help="a head that samples (VFE, VIB): average this many draws instead of using z_mean")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = _add(sub, "cache", "List, verify or remove feature-cache entries.")
     p.add_argument("action", choices=["ls", "rm", "verify"])
@@ -230,6 +243,16 @@ def cmd_sweep(args) -> int:
             print(f"{row['n_train']:>6} labels: transfer {row['transfer_accuracy']:.4f} ({row['transfer_head']}) vs "
                   f"pixels {row['scratch_accuracy']:.4f}: gain {row['gain']:+.4f}")
     print(f"[vfe] sweep: {Path(settings.runs_dir) / settings.name / 'sweep.json'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vfe.export import export_onnx
+
+    check_output_file(args.out, args.overwrite, suffix=".onnx")  # before the pipeline is loaded
+    out = export_onnx(args.pipeline, args.out, input_shape=tuple(args.input_shape) if args.input_shape else None,
+                      samples=args.samples, overwrite=args.overwrite)
+    print(f"saved {out}")
     return 0
 
 

@@ -15,7 +15,10 @@ LOG_VAR_MIN, LOG_VAR_MAX = -30.0, 20.0
 
 def reparameterise(mu: torch.Tensor, log_var: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     log_var = log_var.clamp(LOG_VAR_MIN, LOG_VAR_MAX)
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    if generator is None:  # randn_like: the same draws as randn(mu.shape), and exportable with a free batch size
+        eps = torch.randn_like(mu, memory_format=torch.contiguous_format)
+    else:
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + torch.exp(0.5 * log_var) * eps
 
 

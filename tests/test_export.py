@@ -1,0 +1,73 @@
+"""`vfe export`: one ONNX file whose outputs match `vfe predict`, checked with ONNX Runtime on real images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from colour_data import write_colour_folder
+
+from vfe.api import fit_pipeline
+from vfe.cli import main
+from vfe.data import load_train_test
+from vfe.errors import SettingsError
+from vfe.export import export_onnx
+from vfe.pipeline import Pipeline
+
+
+def run_onnx(path, images: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path)).run(None, {"images": images})[0]
+
+
+@pytest.fixture(scope="module")
+def colour_vfe(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    folder = write_colour_folder(tmp / "photos", n_train=15, n_test=5)
+    pipe, _ = fit_pipeline(str(folder), head="vfe", image_size=32, head_params={"vae_epochs": 20},
+                           cache_dir=str(tmp / "cache"), progress=False)
+    path = tmp / "photos-vfe.safetensors"
+    pipe.save(path)
+    return tmp, folder, path
+
+
+def test_an_rgb_vfe_pipeline_exports_its_z_mean_path(colour_vfe, capsys):
+    tmp, folder, path = colour_vfe
+    out = tmp / "photos-vfe.onnx"
+    assert main(["export", str(path), "--out", str(out), "--input-shape", "32", "32", "3"]) == 0
+    _, test = load_train_test(str(folder))
+    pipe = Pipeline.load(path)
+    pipe.head.set_params(predict_mode="mean")  # what the export computes: the classifier on z_mean
+    expected = pipe.predict_proba(test.images)
+    got = run_onnx(out, test.images)
+    assert got.shape == (len(test), 4) and np.allclose(got.sum(1), 1, atol=1e-5)
+    assert np.abs(got - expected).max() < 1e-4 and np.array_equal(got.argmax(1), expected.argmax(1))
+    meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["vfe"])
+    assert meta["class_names"] == ["astronaut", "chelsea", "coffee", "rocket"] and meta["latent"] == "mean"
+    assert main(["export", str(path), "--out", str(out)]) == 2  # never overwritten unless asked
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_averaging_k_draws_is_random_per_call_and_near_the_mean_path(colour_vfe):
+    tmp, folder, path = colour_vfe
+    out = export_onnx(path, tmp / "k16.onnx", input_shape=(32, 32, 3), samples=16)
+    _, test = load_train_test(str(folder))
+    session = ort.InferenceSession(str(out))  # draws differ from call to call within a session
+    first, second = (session.run(None, {"images": test.images})[0] for _ in range(2))
+    assert not np.array_equal(first, second) and np.allclose(first.sum(1), 1, atol=1e-5)
+    mean_path = run_onnx(export_onnx(path, tmp / "mean.onnx", input_shape=(32, 32, 3)), test.images)
+    assert (first.argmax(1) == mean_path.argmax(1)).mean() >= 0.75
+
+
+def test_a_grayscale_linear_pipeline_at_its_native_size(tmp_path):
+    pipe, _ = fit_pipeline("digits", head="linear", image_size=32, n_train=300, cache_dir=str(tmp_path / "c"),
+                           progress=False)
+    out = export_onnx(pipe, tmp_path / "digits.onnx", input_shape=(8, 8, 1))
+    _, test = load_train_test("digits")
+    images = test.images[:50]
+    assert np.abs(run_onnx(out, images) - pipe.predict_proba(images)).max() < 1e-4
+    with pytest.raises(SettingsError, match="does not sample"):
+        export_onnx(pipe, tmp_path / "x.onnx", samples=4)
+    with pytest.raises(SettingsError, match="channels 1 or 3"):
+        export_onnx(pipe, tmp_path / "x.onnx", input_shape=(8, 8, 2))
