@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 RUN_ARGS ?=
 
-.PHONY: run test setup system-deps lint bench clean-venv
+.PHONY: run run-frozen test setup system-deps lint bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ setup: $(VENV)/.installed system-deps
 system-deps:
 	@bash scripts/system_deps.sh
 
+# the reference protocol (fine-tuned top); its report shows the frozen protocol's run beside it when
+# `make run-frozen` has written runs/frozen first
 run: setup
-	$(VENV)/bin/vfe run $(RUN_ARGS)
+	$(VENV)/bin/vfe run --protocol reference --name reference \
+		$(if $(wildcard runs/frozen/results.json),--compare-with runs/frozen) $(RUN_ARGS)
+
+run-frozen: setup
+	$(VENV)/bin/vfe run --protocol frozen --name frozen $(RUN_ARGS)
 
 test: setup
 	$(VENV)/bin/lint-imports

@@ -8,14 +8,17 @@ corruption stage, images per second per corruption (each corruption is 5 severit
 corrupted, extracted by the backbone and evaluated by every head) and the slowest one.
 
 Settings:
-  main        `vfe run` exactly as `make run` runs it (linear vs VFE, 3 seeds, all stages)
+  main        `vfe run` exactly as `make run` runs it: the reference protocol (fine-tuned top), linear vs VFE,
+              3 seeds, all stages; with --runs-dir and a frozen run there, it is compared with it
+  frozen      `make run-frozen`: the same on the frozen ImageNet backbone
   all-heads   the corruption goal: every feature head on 2000 test images at the default size
               (heads fitted on 2000 training images, one seed; attacks and OOD skipped)
   quick       `vfe run --quick`
 
-    python benchmarks/bench_run.py                       # main + all-heads, about 25 minutes
+    python benchmarks/bench_run.py                       # main + all-heads
     python benchmarks/bench_run.py --settings quick      # a check in 2 minutes
-    python benchmarks/bench_run.py --runs-dir runs       # keep the runs (main -> runs/default, as make run)
+    python benchmarks/bench_run.py --settings frozen main --runs-dir runs   # keep the runs, as make run-frozen
+                                                                            # then make run write them
 
 Prints a table and writes benchmarks/results/run.json (a setting measured again replaces its entry;
 the others are kept).
@@ -34,9 +37,10 @@ from pathlib import Path
 
 from vfe.io import read_json, write_json
 
-RUN_NAMES = {"main": "default"}  # the folder `make run` writes
+RUN_NAMES = {"main": "reference", "frozen": "frozen"}  # the folders `make run` and `make run-frozen` write
 SETTINGS = {
-    "main": [],
+    "main": ["--protocol", "reference"],
+    "frozen": ["--protocol", "frozen"],
     "all-heads": ["--heads", "all", "--n-train", "2000", "--seeds", "0", "--n-attack", "0", "--no-ood"],
     "quick": ["--quick"],
 }
@@ -47,6 +51,8 @@ def run_setting(setting: str, extra: list[str], runs_dir: str | None) -> dict:
     name = RUN_NAMES.get(setting, setting)
     with tempfile.TemporaryDirectory(prefix=f"vfe-bench-{name}-") as tmp:
         runs = runs_dir or f"{tmp}/runs"
+        if setting == "main" and (Path(runs) / "frozen" / "results.json").exists():
+            extra = [*extra, "--compare-with", f"{runs}/frozen"]  # as make run does
         cmd = [str(Path(sys.executable).with_name("vfe")), "run", "--name", name, "--cache-dir", f"{tmp}/cache",
                "--runs-dir", runs, *extra]
         print(f"\n$ vfe run {' '.join(['--name', name, *extra])}   (fresh cache; run folder {runs}/{name})",

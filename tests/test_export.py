@@ -49,15 +49,19 @@ def test_an_rgb_vfe_pipeline_exports_its_z_mean_path(colour_vfe, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_averaging_k_draws_is_random_per_call_and_near_the_mean_path(colour_vfe):
+def test_averaging_k_draws_is_random_per_call_and_matches_torch_averaging(colour_vfe):
     tmp, folder, path = colour_vfe
     out = export_onnx(path, tmp / "k16.onnx", input_shape=(32, 32, 3), samples=16)
     _, test = load_train_test(str(folder))
     session = ort.InferenceSession(str(out))  # draws differ from call to call within a session
-    first, second = (session.run(None, {"images": test.images})[0] for _ in range(2))
-    assert not np.array_equal(first, second) and np.allclose(first.sum(1), 1, atol=1e-5)
-    mean_path = run_onnx(export_onnx(path, tmp / "mean.onnx", input_shape=(32, 32, 3)), test.images)
-    assert (first.argmax(1) == mean_path.argmax(1)).mean() >= 0.75
+    calls = [session.run(None, {"images": test.images})[0] for _ in range(32)]
+    assert not np.array_equal(calls[0], calls[1]) and np.allclose(calls[0].sum(1), 1, atol=1e-5)
+    # 32 calls x 16 draws against torch's average of 4,096 draws: the same distribution of z, so the
+    # averaged probabilities agree up to Monte Carlo error (about 0.5 / sqrt(512) = 0.02 at worst per entry)
+    pipe = Pipeline.load(path)
+    pipe.head.set_params(predict_mode="average", n_samples=4096)
+    expected = pipe.predict_proba(test.images)
+    assert np.abs(np.mean(calls, 0) - expected).mean() < 0.02
 
 
 def test_a_grayscale_linear_pipeline_at_its_native_size(tmp_path):

@@ -6,7 +6,9 @@
     >>> evaluate_pipeline("digits-vfe.safetensors", "digits")["accuracy"]
 
 The main job (the robustness benchmark) is `run(RunSettings(...))`; `vfe.benchmark.config` has the
-settings, `quick_settings()` the `--quick` ones.
+settings, `quick_settings()` the `--quick` ones. The reference's protocol (fine-tune the top first):
+
+    >>> run(with_overrides(quick_settings(), {"protocol": "reference", "name": "quick-reference"}))
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 from vfe import defaults
 from vfe.backbones import Backbone, create_backbone
 from vfe.backbones.weights import WeightsInfo
-from vfe.benchmark.config import RunSettings, SweepSettings, quick_settings, with_overrides
+from vfe.benchmark.config import FinetuneSettings, RunSettings, SweepSettings, quick_settings, with_overrides
 from vfe.benchmark.prepare import skipped_files, write_skipped
 from vfe.benchmark.run import run
 from vfe.benchmark.sweep import run_sweep_job
@@ -34,6 +36,8 @@ from vfe.heads.linear import LinearHead
 from vfe.heads.registry import check_params, make_head, spec
 from vfe.pipeline import Pipeline
 from vfe.robustness.calibration import probability_metrics
+
+ENGINES = ("local", "ray")
 
 
 def _load(dataset: str, split: str, data_dir: str | None, n: int | None, seed: int, skip_bad: bool = False,
@@ -50,8 +54,28 @@ def extract_features(dataset: str, split: str = "train", backbone: str = default
                      weights: str = defaults.WEIGHTS, image_size: int | None = defaults.IMAGE_SIZE, data_dir: str | None = None,
                      cache_dir: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, n: int | None = None,
                      device: str = "auto", progress: bool = True, skip_bad: bool = False,
-                     download: bool = False) -> FeatureSet:
-    """Backbone features of a data set split, from the feature cache or computed (and cached) now."""
+                     download: bool = False, engine: str = "local", address: str | None = None,
+                     actors: int | None = None, cpus_per_actor: float = 1.0,
+                     gpus_per_actor: float = 0.0) -> FeatureSet:
+    """Backbone features of a data set split, from the feature cache or computed (and cached) now.
+
+    engine: "local" (this process) or "ray": a pool of `actors` backbone actors on the Ray cluster at
+    `address` fills the same cache entry (vfe.features.ray_engine; docs/ray.md). With "ray", `cache_dir`
+    must be a folder every node sees at the same path.
+    """
+    if engine not in ENGINES:
+        raise SettingsError(f"engine={engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "local" and (address is not None or actors is not None or cpus_per_actor != 1.0 or gpus_per_actor):
+        raise SettingsError("--address, --actors, --cpus-per-actor and --gpus-per-actor apply to --engine ray only")
+    if engine == "ray":
+        from vfe.features.ray_engine import BackboneSpec, extract_with_ray, import_ray
+
+        import_ray()  # a missing Ray is reported before the data loads
+        data = _load(dataset, split, data_dir, n, 0, skip_bad, download)
+        spec = BackboneSpec(backbone, weights=weights, image_size=image_size, device=device)
+        return extract_with_ray(spec, data, cache_dir=cache_dir, shard_size=shard_size, address=address,
+                                actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                                progress=progress, desc=f"extract {split} (ray)")
     data = _load(dataset, split, data_dir, n, 0, skip_bad, download)
     bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
     return FeatureCache(cache_dir).extract(bb, data, shard_size=shard_size, progress=progress,
@@ -197,5 +221,5 @@ def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.
         yield str(path), [(pipe.class_name(pipe.head.classes_[i]), float(probs[i])) for i in order]
 
 
-__all__ = ["RunSettings", "evaluate_pipeline", "extract_features", "finetuned_pipeline", "fit_pipeline",
-           "image_files", "predict_files", "quick_settings", "replace", "run", "sweep"]
+__all__ = ["FinetuneSettings", "RunSettings", "evaluate_pipeline", "extract_features", "finetuned_pipeline", "fit_pipeline",
+           "image_files", "predict_files", "quick_settings", "replace", "run", "sweep", "with_overrides"]

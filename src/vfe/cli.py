@@ -24,7 +24,8 @@ EXAMPLES = {
            "vfe run --quick              # the same in a few minutes on small sizes\n"
            "vfe run --name big --n-train 60000 --heads linear vfe --seeds 0 1 2 3 4\n"
            "vfe run --quick --head-param vfe.vae_epochs=300 --n-attack 0   # any setting is a flag",
-    "extract": f"vfe extract fashion-mnist --split test --backbone {defaults.BACKBONE} --image-size 112",
+    "extract": f"vfe extract fashion-mnist --split test --backbone {defaults.BACKBONE} --image-size 112\n"
+               "vfe extract fashion-mnist --engine ray --address auto --cache-dir /shared/vfe-cache   # docs/ray.md",
     "fit": "vfe fit fashion-mnist --head vfe --n-train 5000 --out runs/models/fmnist-vfe.safetensors\n"
            "vfe fit fashion-mnist --head finetune --param epochs=2 --out runs/models/fmnist-ft.safetensors",
     "evaluate": "vfe evaluate runs/models/fmnist-vfe.safetensors fashion-mnist --n-test 2000",
@@ -91,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_args(p)
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.add_argument("--shard-size", type=int, default=4096)
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: a pool of backbone actors on a Ray cluster fills the same "
+                        "cache entry (pip install 'vfe[ray]'; docs/ray.md) (default: %(default)s)")
+    p.add_argument("--address", default=None,
+                   help="with --engine ray: auto (a running cluster), local (a new one here), ray://HOST:PORT "
+                        "(Ray Client) or HOST:PORT of the head (default: a running cluster if found, else local)")
+    p.add_argument("--actors", type=int, default=None,
+                   help="with --engine ray: backbone actors (default: the cluster's CPUs / --cpus-per-actor, "
+                        "at most one per shard)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0,
+                   help="with --engine ray: CPUs each actor reserves (its torch threads) (default: %(default)s)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0,
+                   help="with --engine ray: GPUs each actor reserves (default: %(default)s)")
     p.set_defaults(func=cmd_extract)
 
     p = _add(sub, "fit", "Fit a head on cached features (or fine-tune on images) and save the pipeline file.")
@@ -176,7 +190,9 @@ def cmd_extract(args) -> int:
 
     fs = extract_features(args.dataset, split=args.split, backbone=args.backbone, weights=args.weights,
                           image_size=args.image_size, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                          shard_size=args.shard_size, skip_bad=args.skip_bad, download=args.download)
+                          shard_size=args.shard_size, skip_bad=args.skip_bad, download=args.download,
+                          engine=args.engine, address=args.address, actors=args.actors,
+                          cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor)
     print(f"{len(fs)} x {fs.manifest['dim']} features at {fs.path}")
     return 0
 

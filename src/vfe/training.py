@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vfe.checkpoint import Checkpointer
-from vfe.hardware import cpu_has_native_bf16
+from vfe.hardware import cpu_has_native_bf16, fit_threads
 
 # loss_fn(module, batch) -> (scalar loss to minimise, {metric name: float})
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
@@ -43,6 +43,9 @@ class TrainConfig:
     precision: str = "fp32"
     seed: int = 0
     device: str = "cpu"
+    # intra-op threads while training; None: one per free core (vfe.hardware.fit_threads: torch's count at
+    # most, fewer when other processes keep cores busy, torch's count as it is when OMP_NUM_THREADS is set)
+    threads: int | None = None
     progress: bool = False
     desc: str = "train"
 
@@ -134,7 +137,7 @@ def train(module: nn.Module, loss_fn: LossFn, train_tensors: Sequence[torch.Tens
     monitor = config.monitor if val_tensors is not None else config.monitor.removeprefix("val_")
     bar = tqdm(range(start_epoch, config.epochs), desc=config.desc, disable=not config.progress,
                leave=False, unit="epoch")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with fit_threads(config.threads), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for epoch in bar:
             # every epoch's randomness (batch order, dropout, sampled codes, added noise) comes from a seed
             # of its own, so a run resumed from a checkpoint repeats exactly what the uninterrupted run did

@@ -29,7 +29,8 @@ NEW_VALUES = {
     "heads": ["pca", "vib"], "seeds": [4, 5], "augment_family": "blur",
     "corruptions": ["snow", "fog"], "severities": [2, 4], "corruption_params": "cifar",
     "n_attack": 9, "attack_eps_linf": [0.5], "attack_eps_l2": [2.0], "attack_steps": 3, "n_eot": 4,
-    "ood": False,
+    "ood": False, "compare_with": "runs/frozen", "protocol": "reference", "cut_point": "blocks.4.0",
+    "finetune_epochs": 7, "finetune_batch_size": 50, "finetune_lr": 0.01, "finetune_augment": True,
 }
 
 

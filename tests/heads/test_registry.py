@@ -44,6 +44,8 @@ def test_presets_keep_their_settings_and_inherit_their_base():
         "dae": ("ae", {"noise_std": 0.3}, False),
         "dae-aug": ("ae", {}, True)}
     assert head_class_of("vfe-k8") is VFEHead and head_class_of("dae-aug") is AutoencoderHead
+    assert {n: dict(REGISTRY[n].params) for n in ("linear-ens", "vfe-ens")} == {"linear-ens": {"base": "linear"},
+                                                                              "vfe-ens": {"base": "vfe"}}
     assert is_augmented("dae-aug") and not is_augmented("ae")
     with pytest.raises(TypeError):
         REGISTRY["dae"].params["noise_std"] = 0.0  # a preset's settings cannot drift at run time
@@ -58,10 +60,13 @@ def test_presets_take_their_base_heads_user_params_then_their_own():
     assert make_head("vfe-k8", **params_for("vfe-k8", given)).get_params()["n_samples"] == 8
 
 
-def test_all_is_the_benchmark_and_leaves_out_svm_and_finetune_with_reasons():
+def test_all_is_the_benchmark_and_leaves_out_svm_finetune_and_vfe_ens_with_reasons():
     assert expand_heads(["all"]) == benchmark_heads()
     assert benchmark_heads()[:2] == ["linear", "vfe"]
-    assert set(benchmark_heads()) == set(head_names()) - {"svm", "finetune"}
+    assert set(benchmark_heads()) == set(head_names()) - {"svm", "finetune", "vfe-ens"}
+    assert {"t3a", "linear-tts", "linear-ens"} <= set(benchmark_heads())
+    with pytest.raises(SettingsError, match="'vfe-ens' is not part of the feature benchmark: fits 5 VFE heads"):
+        expand_heads(["vfe-ens"])
     assert expand_heads(["vib", "all", "linear"]) == ["vib", *[h for h in benchmark_heads() if h != "vib"]]
     with pytest.raises(SettingsError, match="'svm' is not part of the feature benchmark: .*small data sets"):
         expand_heads(["all", "svm"])

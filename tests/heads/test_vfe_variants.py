@@ -75,6 +75,7 @@ def test_corrupted_views_come_from_the_training_family_only(tmp_path, monkeypatc
     from vfe.benchmark import augment
     from vfe.data.types import ImageSet
     from vfe.features.cache import FeatureCache
+    from vfe.features.source import BackboneFeatures
     from vfe.robustness.corruptions.registry import families
 
     digits = load_digits()
@@ -90,7 +91,7 @@ def test_corrupted_views_come_from_the_training_family_only(tmp_path, monkeypatc
 
     real_corrupt = augment.corrupt
     monkeypatch.setattr(augment, "corrupt", recording_corrupt)
-    X_aug, info = augment.augmented_features(cache, backbone, data, severities=(1, 3, 5), progress=False)
+    X_aug, info = augment.augmented_features(BackboneFeatures(cache, backbone, progress=False), data, severities=(1, 3, 5))
     X = cache.extract(backbone, data, progress=False).array()
     assert X_aug.shape == X.shape and not np.allclose(X_aug, X)
     assert sum(n for *_, n in calls) == len(data)  # one corrupted view per image
@@ -99,5 +100,5 @@ def test_corrupted_views_come_from_the_training_family_only(tmp_path, monkeypatc
     assert {s for _, s, _ in calls} <= {1, 3, 5}
     assert info["train_family"] == "noise" and set(info["held_out_families"]) == {"blur", "weather", "digital"}
     calls.clear()
-    X_again, _ = augment.augmented_features(cache, backbone, data, severities=(1, 3, 5), progress=False)
+    X_again, _ = augment.augmented_features(BackboneFeatures(cache, backbone, progress=False), data, severities=(1, 3, 5))
     assert calls == [] and np.array_equal(X_again, X_aug)  # the second time comes from the cache

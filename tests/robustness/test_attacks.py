@@ -137,3 +137,5 @@ def test_pgd_breaks_a_linear_probe_and_eot_is_reported_for_a_sampling_head(fashi
     assert set(vfe["accuracy"]) == set(acc)
     assert all(0 <= v <= 1 for v in vfe["accuracy"].values())
     assert vfe["accuracy"]["pgd_linf_8/255_eot"] < vfe["accuracy"]["clean"]
+    for r in (linear, vfe):  # one character per image, whose mean is the recorded accuracy
+        assert {k: sum(map(int, bits)) / len(bits) for k, bits in r["correct"].items()} == r["accuracy"]

@@ -104,23 +104,55 @@ def test_match_shape_resizes_and_converts_channels():
 def test_ood_stage_end_to_end(fashion_mnist, small_backbone, fashion_heads, tmp_path):
     from vfe.benchmark.ood import run_ood
     from vfe.features.cache import FeatureCache
+    from vfe.features.source import BackboneFeatures
 
     train, test = fashion_mnist
     X_train, X_test, models = fashion_heads
     clean_probs = {key: model.predict_proba(X_test) for key, model in models.items()}
-    out = run_ood(FeatureCache(tmp_path), small_backbone, models, X_train, train.labels, X_test, clean_probs,
-                  test, "fashion-mnist", data_seed=0, corruption_params="auto", progress=False)
+    out = run_ood(BackboneFeatures(FeatureCache(tmp_path), small_backbone, progress=False), models, X_train,
+                  train.labels, X_test, clean_probs, test, "fashion-mnist", data_seed=0, corruption_params="auto")
 
     assert set(out["ood_sets"]) == {"digits", "gaussian_noise_s5"} and out["n_in"] == len(test)
     sets = ("digits", "gaussian_noise_s5")
-    assert set(out["per_head"]["linear"]["0"]) == {f"msp_{s}_{o}" for s in ("auroc", "fpr95") for o in sets}
-    assert set(out["per_head"]["vfe"]["0"]) == {f"{score}_{s}_{o}" for score in ("msp", "recon", "elbo")
+    assert set(out["per_head"]["linear"]["0"]) == {f"{score}_{s}_{o}" for score in ("msp", "selected")
+                                                   for s in ("auroc", "fpr95") for o in sets}
+    assert set(out["per_head"]["vfe"]["0"]) == {f"{score}_{s}_{o}" for score in ("msp", "recon", "elbo", "selected")
                                                 for s in ("auroc", "fpr95") for o in sets}
+    assert out["selection"]["per_head"]["linear"]["0"]["digits"]["chosen"] == "msp"  # its only score
+    assert out["selection"]["per_head"]["vfe"]["0"]["digits"]["chosen"] in {"msp", "recon", "elbo"}
     values = [v for per_seed in out["per_head"].values() for m in per_seed.values() for v in m.values()]
     assert all(0.0 <= v <= 1.0 for v in values + list(out["feature_baselines"].values()))
     # 8x8 digits blown up to 28x28 and sigma-0.38 noise are far from Fashion-MNIST in feature space
     baselines = out["feature_baselines"]
     assert baselines["mahalanobis_auroc_digits"] > 0.9
     assert baselines["mahalanobis_auroc_gaussian_noise_s5"] > 0.9
-    assert len(baselines) == 2 * 2 * len(sets)  # (plain, relative) x (auroc, fpr95) x OOD sets
+    assert len(baselines) == 3 * 2 * len(sets)  # (plain, relative, selected) x (auroc, fpr95) x OOD sets
     assert 0 < baselines["relative_mahalanobis_auroc_digits"] <= 1
+
+
+def test_fpr95_keeps_the_threshold_that_first_reaches_95_tpr_among_tied_scores():
+    """20 OOD, 20 in: 17 OOD at 10, then one OOD and one in tied at each of 5, 4, 3, the rest in at 0.
+    By hand: score >= 4 catches 17 + 2 = 19/20 = 95% of OOD and flags 2/20 in-distribution: 0.10.
+    (The ROC points at 5 and 4 are collinear; dropping them jumps to score >= 3, 3/20 = 0.15.)"""
+    scores_out = np.r_[np.full(17, 10.0), 5.0, 4.0, 3.0]
+    scores_in = np.r_[5.0, 4.0, 3.0, np.zeros(17)]
+    assert fpr_at_95_tpr(scores_in, scores_out) == pytest.approx(0.10)
+
+
+def test_fpr95_never_splits_a_tie_of_confident_max_softmax_scores():
+    """Max softmax 1.0 (score -1.0) for half the in-distribution and a quarter of the OOD images: a
+    threshold keeps or drops the whole tie, so catching 95% of OOD flags every in-distribution image."""
+    scores_in = np.r_[np.full(10, -1.0), np.full(10, -0.6)]
+    scores_out = np.r_[np.full(15, -0.4), np.full(5, -1.0)]
+    assert fpr_at_95_tpr(scores_in, scores_out) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fpr95_matches_its_definition_on_heavily_tied_scores(seed):
+    rng = np.random.default_rng(seed)
+    scores_in = rng.integers(0, 6, size=37).astype(float)
+    scores_out = rng.integers(2, 9, size=23).astype(float)
+    # definition: the smallest in-distribution share flagged by a threshold flagging >= 95% of OOD
+    by_hand = min((scores_in >= t).mean() for t in np.unique(np.r_[scores_in, scores_out])
+                  if (scores_out >= t).mean() >= 0.95)
+    assert fpr_at_95_tpr(scores_in, scores_out) == pytest.approx(by_hand)

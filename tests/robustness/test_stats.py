@@ -3,10 +3,18 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from vfe.robustness.stats import higher_is_better, mean_std, paired_comparison
+from vfe.robustness.stats import (
+    attack_intervals,
+    bootstrap_interval,
+    correctness,
+    higher_is_better,
+    mean_std,
+    paired_comparison,
+)
 
 
 def test_mean_std_is_the_sample_std_over_seeds():
@@ -72,3 +80,48 @@ def test_direction_of_every_metric_family(metric, higher):
 def test_statistics_do_not_need_torch():
     code = "import sys, vfe.robustness.stats; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_all_correct_or_all_wrong_has_no_sampling_error():
+    assert bootstrap_interval(np.ones((3, 50))) == (1.0, 1.0)
+    assert bootstrap_interval(np.zeros((1, 7))) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("n", [100, 400])
+def test_a_half_right_subset_gives_the_binomial_width(n):
+    # one seed, n images, half right: the binomial standard error is sqrt(0.25 / n), so the 95 % interval
+    # is 0.5 +/- 1.96 sqrt(0.25 / n) (0.098 at 100 images); identical seeds add nothing to it
+    for seeds in (1, 3):
+        low, high = bootstrap_interval(np.tile(np.arange(n) % 2, (seeds, 1)), n_resamples=4000)
+        assert low < 0.5 < high
+        assert (high - low) / 2 == pytest.approx(1.96 * math.sqrt(0.25 / n), rel=0.15)
+
+
+def test_more_images_narrow_the_interval_and_a_seed_fixes_it():
+    rng = np.random.default_rng(1)
+    small, large = (rng.random((3, n)) < 0.2 for n in (50, 800))
+    low_s, high_s = bootstrap_interval(small)
+    low_l, high_l = bootstrap_interval(large)
+    assert high_l - low_l < (high_s - low_s) / 2  # 16 times the images: about a quarter of the width
+    assert bootstrap_interval(small, seed=3) == bootstrap_interval(small, seed=3)
+    assert bootstrap_interval(small, seed=3) != bootstrap_interval(small, seed=4)
+
+
+def test_seeds_that_disagree_widen_the_interval():
+    # the same 100 images, seeds right on 10 and 40 of them: the seed resampling adds their spread
+    agree = np.tile(np.arange(100) < 25, (2, 1))
+    disagree = np.stack([np.arange(100) < 10, np.arange(100) < 40])
+    assert agree.mean() == disagree.mean() == 0.25
+    width = [np.subtract(*bootstrap_interval(c)[::-1]) for c in (agree, disagree)]
+    assert width[1] > width[0] * 1.5
+
+
+def test_attack_intervals_read_the_stored_correctness_strings():
+    assert correctness("0110").tolist() == [0, 1, 1, 0]
+    per_seed = {"0": {"correct": {"clean": "1111", "pgd": "1100", "only_here": "1"}},
+                "1": {"correct": {"clean": "1111", "pgd": "1000"}}}
+    out = attack_intervals(per_seed)
+    assert set(out) == {"clean", "pgd"}  # a key one seed lacks has no interval
+    assert out["clean"] == {"mean": 1.0, "low": 1.0, "high": 1.0, "n_images": 4, "n_seeds": 2, "level": 0.95}
+    assert out["pgd"]["mean"] == 3 / 8 and 0 <= out["pgd"]["low"] < 3 / 8 < out["pgd"]["high"] <= 1
+    assert attack_intervals({"0": {"accuracy": {"clean": 1.0}}}) == {}  # results without correctness

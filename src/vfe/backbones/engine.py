@@ -8,7 +8,6 @@ registry.py with the measurements that chose them.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from vfe.backbones.precision import FAITHFUL_COSINE, min_cosine
+from vfe.hardware import free_cores, usable_cores, user_fixed_threads
 
 _DONE = object()
 
@@ -220,11 +220,13 @@ class ThreadModeChoice:
 
 
 def compute_threads(requested: int | None, prefetch: bool) -> int:
-    """Intra-op threads for the network: `requested`, else torch's setting capped at one per core,
-    less the core the prefetch thread works on (see ThreadModeChoice for when each mode wins)."""
+    """Intra-op threads for the network: `requested`, else torch's setting capped at one per free core
+    (`vfe.hardware.free_cores`: cores that other processes leave us; every usable core when the user fixed
+    the count with OMP_NUM_THREADS), less the core the prefetch thread works on (see ThreadModeChoice for
+    when each mode wins)."""
     if requested is not None:
         return int(requested)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores() if user_fixed_threads() else free_cores()
     return max(1, min(torch.get_num_threads(), cores - 1 if prefetch else cores))
 
 

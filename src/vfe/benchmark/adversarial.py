@@ -5,6 +5,10 @@ Result per (head, seed):
                   "pgd_l2_0.5": ..., "pgd_l2_0.5_eot": ...},
      "n": images attacked, "samples_randomly": bool, "steps": ..., "n_eot": ..., "seconds": ...}
 Keys are `vfe.robustness.attack_spec.AttackSpec.key` names; the summary reports them as `adv:<key>`.
+Each result also holds "correct": {key: '0110…'}, whether the head got each attacked image right (one
+character per image, in subset order; a string so results.json stays compact), so that the stage's
+"adversarial_intervals" can give a 95 % bootstrap interval over images and seeds: with ~100 images the
+subset's sampling error exceeds the spread over seeds, which share those images.
 
 Accuracy is that of the head's own prediction (`predict`, with its predict_mode and n_samples) on
 the adversarial images: what a user of the head would get. For a deterministic head EOT is the
@@ -40,6 +44,7 @@ from vfe.robustness.attacks import (
     samples_randomly,
     to_unit_float,
 )
+from vfe.robustness.stats import attack_intervals
 
 # images per attack batch: the backward pass keeps a whole batch's activations, and small batches are
 # also faster on CPU (PGD-10 on 100 images at 112 px: 8.3 s and 1.3 GB peak RSS at 16 against 13.0 s
@@ -48,9 +53,12 @@ BATCH_SIZE = 16
 
 
 def run_stage(settings: AttackSettings, ctx: RunContext) -> dict:
-    """results.json's "adversarial" section: {head: {seed: result}}."""
-    return {"adversarial": by_head(run_attacks(settings, ctx.prepared.backbone, ctx.models, ctx.prepared.test,
-                                               ctx.data_seed, ctx.device, ctx.progress))}
+    """results.json's "adversarial" section, {head: {seed: result}}, and "adversarial_intervals",
+    {head: {attack key: {mean, low, high, n_images, n_seeds, level}}} (`vfe.robustness.stats.attack_intervals`)."""
+    per_head = by_head(run_attacks(settings, ctx.prepared.backbone, ctx.models, ctx.prepared.test,
+                                   ctx.data_seed, ctx.device, ctx.progress))
+    return {"adversarial": per_head,
+            "adversarial_intervals": {head: attack_intervals(per_seed) for head, per_seed in per_head.items()}}
 
 
 def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet, data_seed: int,
@@ -80,7 +88,7 @@ def _attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs
     draws = settings.n_eot if random_head else 1
     plain = LogProbabilities(backbone, head)
     eot = LogProbabilities(backbone, head, n_samples=settings.n_eot)
-    accuracy = {"clean": float(np.mean(model.predict(clean) == labels))}
+    correct = {"clean": model.predict(clean) == labels}
     clean_settled = _settled(model, head, clean, labels, target, draws)
     # per PGD attack: features of the adversarial images held so far, and which of them are settled
     held: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -88,7 +96,7 @@ def _attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs
         bar.set_postfix_str(f"{name} {spec.key}")
         bar.update(1)
         if spec.eot and not random_head:
-            accuracy[spec.key] = accuracy[AttackSpec(spec.method, spec.norm, spec.eps).key]
+            correct[spec.key] = correct[AttackSpec(spec.method, spec.norm, spec.eps).key]
             continue
         family = (spec.method, spec.norm, spec.eot)
         if spec.method == "pgd":
@@ -104,8 +112,10 @@ def _attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs
             settled[todo] = _settled(model, head, features[todo], labels[todo], target[todo], draws)
         if spec.method == "pgd":
             held[family] = features, settled
-        accuracy[spec.key] = float(np.mean(model.predict(features) == labels))
-    return {"accuracy": accuracy, "n": len(images), "samples_randomly": bool(random_head),
+        correct[spec.key] = model.predict(features) == labels
+    return {"accuracy": {key: float(np.mean(c)) for key, c in correct.items()},
+            "correct": {key: "".join("1" if x else "0" for x in c) for key, c in correct.items()},
+            "n": len(images), "samples_randomly": bool(random_head),
             "steps": int(settings.attack_steps), "n_eot": int(settings.n_eot)}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from vfe.data.types import ImageSet
 from vfe.errors import SettingsError
-from vfe.features.cache import FeatureCache
+from vfe.features.source import FeatureSource
 from vfe.robustness.corruptions import CORRUPTIONS_VERSION, SEVERITIES, corrupt
 from vfe.robustness.corruptions.registry import families
 
@@ -24,9 +24,9 @@ def augmentation_record(family: str, severities: tuple[int, ...]) -> dict:
             "train_severities": list(severities), "held_out_families": [f for f in everything if f != family]}
 
 
-def augmented_features(cache: FeatureCache, backbone, train: ImageSet, family: str = "noise",
-                       severities: tuple[int, ...] = SEVERITIES, seed: int = 0, params: str = "auto",
-                       progress: bool = True) -> tuple[np.ndarray, dict]:
+def augmented_features(features: FeatureSource, train: ImageSet, family: str = "noise",
+                       severities: tuple[int, ...] = SEVERITIES, seed: int = 0,
+                       params: str = "auto") -> tuple[np.ndarray, dict]:
     """(X_aug, description): features row-aligned with the training images, each image corrupted once."""
     everything = families()
     if family not in everything:
@@ -48,6 +48,5 @@ def augmented_features(cache: FeatureCache, backbone, train: ImageSet, family: s
 
     key = (f"augment:{family}:{','.join(names)}:s{','.join(map(str, severities))}:seed{seed}:params={params}"
            f":v{CORRUPTIONS_VERSION}")
-    features = cache.extract(backbone, train, transform=transform, transform_key=key, progress=progress,
-                             desc=f"augment ({family})")
-    return features.array(), augmentation_record(family, severities)
+    return (features(train, transform=transform, transform_key=key, desc=f"augment ({family})"),
+            augmentation_record(family, severities))

@@ -49,6 +49,27 @@ class BackboneSettings:
     device: str = field(default="auto", **_help("'auto', 'cpu', 'cuda', ..."))
 
 
+PROTOCOLS = ("frozen", "reference")
+
+
+@dataclass
+class FinetuneSettings:
+    """Which backbone the heads sit on: the frozen ImageNet one, or the reference's fine-tuned one."""
+
+    protocol: str = field(default="frozen", metadata={"choices": PROTOCOLS, "help": (
+        "'frozen': heads on the ImageNet backbone's features; 'reference': first fine-tune the top of the "
+        "backbone with Dropout -> Dense (the reference's compare model), then fit the heads on its features")})
+    cut_point: str | None = field(default=None, **_help(
+        "reference protocol: the layer the trainable top starts at (default: the reference's, per architecture)"))
+    finetune_epochs: int = field(default=3, **_help(
+        "reference protocol: fine-tuning epochs (the reference: 30 on 50,000 images; 3 on 10,000 fit the 25-min budget)"))
+    finetune_batch_size: int = field(default=100, **_help("reference protocol: fine-tuning batch size"))
+    finetune_lr: float = field(default=1e-3, **_help("reference protocol: Adam learning rate (Keras's default)"))
+    finetune_augment: bool = field(default=False, **_help(
+        "reference protocol: flip/rotate/zoom images while fine-tuning (the reference: none); runs the whole "
+        "backbone every epoch, since augmented images have no cached cut-point activations"))
+
+
 @dataclass
 class HeadSettings:
     """Which heads are compared, over which seeds, with which hyperparameters."""
@@ -105,8 +126,11 @@ class RunSettings:
     cache_dir: str | None = field(default=None, **_help(
         "feature cache folder (default: $VFE_CACHE or ~/.cache/vfe/features)"))
     progress: bool = field(default=True, **_help("progress bars"))
+    compare_with: str | None = field(default=None, **_help(
+        "a finished run folder (e.g. the other protocol's) whose heads the report shows beside this run's"))
     data: DataSettings = field(default_factory=DataSettings)
     backbone: BackboneSettings = field(default_factory=BackboneSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     heads: HeadSettings = field(default_factory=HeadSettings)
     corruptions: CorruptionSettings = field(default_factory=CorruptionSettings)
     attacks: AttackSettings = field(default_factory=AttackSettings)
@@ -154,6 +178,7 @@ def quick_settings() -> RunSettings:
     return RunSettings(
         name="quick",
         data=DataSettings(n_train=2000, n_test=500),
+        finetune=FinetuneSettings(finetune_epochs=2),
         heads=HeadSettings(seeds=[0, 1], head_params={"vfe": {"vae_epochs": 40}, "ae": {"ae_epochs": 40}}),
         corruptions=CorruptionSettings(severities=[1, 3, 5]),
         attacks=AttackSettings(n_attack=32, attack_eps_linf=[2 / 255, 8 / 255], attack_eps_l2=[0.5],
@@ -231,7 +256,32 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
                             f"{att.attack_steps}, {att.n_eot}")
     if any(e <= 0 for e in [*att.attack_eps_linf, *att.attack_eps_l2]):
         raise SettingsError("--attack-eps-linf and --attack-eps-l2 must be positive")
+    ft = settings.finetune
+    if ft.protocol not in PROTOCOLS:
+        raise SettingsError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {ft.protocol!r}")
+    if ft.finetune_epochs < 1 or ft.finetune_batch_size < 1 or not ft.finetune_lr > 0:
+        raise SettingsError(f"--finetune-epochs and --finetune-batch-size must be >= 1 and --finetune-lr > 0; got "
+                            f"{ft.finetune_epochs}, {ft.finetune_batch_size}, {ft.finetune_lr}")
+    if settings.compare_with is not None:
+        compared_results(settings.compare_with)
     out = settings.run_dir
     if (out / "results.json").exists() and not overwrite:
         raise SettingsError(f"{out} already holds a run; pass --overwrite or choose another --name")
     check_writable_folder(out, "--runs-dir")
+
+
+def compared_results(folder: str) -> dict:
+    """The results.json of the run `--compare-with` names; SettingsError naming the fix if it is not one."""
+    import json
+
+    path = Path(folder) / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"--compare-with {folder}: no results.json there; give the folder of a finished "
+                            "`vfe run`") from None
+    except (OSError, ValueError) as e:
+        raise SettingsError(f"--compare-with {folder}: cannot read {path} ({e}); rerun that run") from None
+    if not isinstance(results, dict) or "summary" not in results or "setting" not in results:
+        raise SettingsError(f"--compare-with {folder}: {path} holds no run summary; rerun that run")
+    return results

@@ -11,7 +11,7 @@ from vfe.benchmark.config import CorruptionSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.summary import BASELINE
 from vfe.data.types import ImageSet
-from vfe.features.cache import FeatureCache
+from vfe.features.source import FeatureSource
 from vfe.robustness import metrics as cm
 from vfe.robustness.calibration import probability_metrics
 from vfe.robustness.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTIONS_VERSION, EXTRA_CORRUPTIONS, corrupt
@@ -27,35 +27,34 @@ def corruption_names(settings: CorruptionSettings) -> list[str]:
 def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
     """results.json's "corruptions" (per head and seed, and mCE against the baseline) and "corruption_seconds"."""
     p = ctx.prepared
-    measured = run_corruptions(p.cache, p.backbone, p.test, ctx.models, corruption_names(settings),
-                               settings.severities, ctx.data_seed, settings.corruption_params, ctx.progress)
+    measured = run_corruptions(p.features, p.test, ctx.models, corruption_names(settings), settings.severities,
+                               ctx.data_seed, settings.corruption_params)
     return {"corruptions": corruption_summary(measured["per_model"], ctx.clean, settings.severities),
             "corruption_seconds": measured["seconds"]}
 
 
-def corrupted_features(cache: FeatureCache, backbone, test: ImageSet, name: str, severity: int, seed: int,
-                       params: str, progress: bool) -> np.ndarray:
-    """Features of the test images under one corruption; cached under a key naming it."""
+def corrupted_features(features: FeatureSource, test: ImageSet, name: str, severity: int, seed: int,
+                       params: str) -> np.ndarray:
+    """Features of the test images under one corruption (from the run's feature source, cached under a key
+    naming the corruption)."""
 
     def transform(images: np.ndarray, first_row: int) -> np.ndarray:
         # the seed depends on the shard's first row, so every shard draws its own noise
         return corrupt(images, name, severity, seed=seed + first_row, params=params)
 
     key = f"corrupt:{name}:s{severity}:seed{seed}:params={params}:v{CORRUPTIONS_VERSION}"
-    fs = cache.extract(backbone, test, transform=transform, transform_key=key, progress=progress,
-                       desc=f"{name} s{severity}")
-    return fs.array()
+    return features(test, transform=transform, transform_key=key, desc=f"{name} s{severity}")
 
 
-def run_corruptions(cache: FeatureCache, backbone, test: ImageSet, models: dict, names: list[str],
-                    severities: list[int], seed: int, params: str, progress: bool = True) -> dict:
+def run_corruptions(features: FeatureSource, test: ImageSet, models: dict, names: list[str],
+                    severities: list[int], seed: int, params: str) -> dict:
     """{(head, seed): {corruption: {severity: metrics}}} plus per-corruption seconds."""
     table: dict = {key: {} for key in models}
     seconds: dict[str, float] = {}
     for name in names:
         start = time.perf_counter()
         for severity in severities:
-            X = corrupted_features(cache, backbone, test, name, severity, seed, params, progress)
+            X = corrupted_features(features, test, name, severity, seed, params)
             for key, model in models.items():
                 table[key].setdefault(name, {})[severity] = probability_metrics(model.predict_proba(X),
                                                                                 test.labels)

@@ -96,6 +96,8 @@ def _add_one(parser, f: dataclasses.Field, tp, default) -> None:
     else:
         convert = _none_or(tp) if optional else tp
         shown = "" if common["required"] else f" (default: {_show(default)})"
+        if "choices" in f.metadata:
+            common["choices"] = f.metadata["choices"]
         parser.add_argument(flag(f.name), type=convert, metavar=tp.__name__.upper(), help=help_ + shown, **common)
 
 

@@ -7,13 +7,28 @@ Two OOD sets, both real images:
   * the test images under gaussian_noise at severity 5 ("gaussian_noise_s5"), through the same
     cached features as the corruption stage.
 
+Protocol (an honest number per head, not the best of several on the test data):
+  * the in-distribution test features and each OOD set are split, seeded by the run's data_seed, into a
+    validation half and a test half (`vfe.robustness.ood.validation_split`); the noisy set is the test
+    images corrupted, so it shares the in-distribution split: an image and its noisy copy are always in
+    the same half;
+  * per head, seed and OOD set, the score ("msp"; "recon", "elbo" for the VFE) with the best AUROC on
+    the validation halves is chosen, and its AUROC and FPR@95 on the test halves are reported as
+    "selected_<auroc|fpr95>_<ood set>"; the choice is recorded under "selection";
+  * the head-free baseline is chosen the same way between Mahalanobis and relative Mahalanobis;
+  * every score's own "<score>_<auroc|fpr95>_<ood set>" is kept, also measured on the test halves only.
+
 Result:
-    {"per_head": {head: {seed: {"<score>_<auroc|fpr95>_<ood set>": value}}},   # summary: ood:<key>
-     "feature_baselines": {"<mahalanobis|relative_mahalanobis>_<auroc|fpr95>_<ood set>": value},
+    {"per_head": {head: {seed: {"<score|selected>_<auroc|fpr95>_<ood set>": value}}},   # summary: ood:<key>
+     "feature_baselines": {"<mahalanobis|relative_mahalanobis|selected>_<auroc|fpr95>_<ood set>": value},
+     "selection": {"per_head": {head: {seed: {ood set: {"chosen": score, "validation_auroc": {score: v}}}}},
+                   "feature_baselines": {ood set: {"chosen": .., "validation_auroc": ..}},
+                   "n_validation": {"in": n, ood set: n}, "n_test": {"in": n, ood set: n}, "seed": data_seed},
      "ood_sets": {name: {"n": .., "source": ..}}, "n_in": .., "convention": ..}
-Scores per head: "msp" (every head), "recon" and "elbo" (the VFE). The Mahalanobis scores use the
-backbone features alone (no head, no seed), so they are computed once. See vfe.robustness.ood for
-the convention: higher score = more OOD; AUROC with OOD as positive; FPR at 95% TPR, lower is better.
+Only numbers go in "per_head" (the summary averages every key there over seeds), so the chosen score's
+name lives in "selection". The Mahalanobis scores use the backbone features alone (no head, no seed), so
+they are computed once. See vfe.robustness.ood for the convention: higher score = more OOD; AUROC with OOD
+as positive; FPR at 95% TPR, lower is better.
 """
 from __future__ import annotations
 
@@ -27,8 +42,8 @@ from vfe.benchmark.context import RunContext
 from vfe.benchmark.corruption import corrupted_features
 from vfe.data import available_fashion_mnist, load_dataset
 from vfe.data.types import ImageSet
-from vfe.features.cache import FeatureCache
-from vfe.robustness.ood import MahalanobisScore, detection_metrics, head_scores
+from vfe.features.source import FeatureSource
+from vfe.robustness.ood import MahalanobisScore, head_scores, select_score, validation_split
 
 CORRUPTED_OOD = ("gaussian_noise", 5)
 TEXTURES = ("brick", "grass", "gravel")
@@ -37,47 +52,68 @@ TEXTURES = ("brick", "grass", "gravel")
 def run_stage(settings: OODSettings, ctx: RunContext) -> dict:
     """results.json's "ood" section for every fitted head (see the module docstring)."""
     p = ctx.prepared
-    return {"ood": run_ood(p.cache, p.backbone, ctx.models, p.X_train, p.train.labels, p.X_test, ctx.clean_probs,
-                           p.test, p.dataset, ctx.data_seed, ctx.corruption_params, ctx.progress)}
+    return {"ood": run_ood(p.features, ctx.models, p.X_train, p.train.labels, p.X_test, ctx.clean_probs,
+                           p.test, p.dataset, ctx.data_seed, ctx.corruption_params)}
 
 
-def run_ood(cache: FeatureCache, backbone, models: dict, X_train: np.ndarray, y_train: np.ndarray,
+def run_ood(features: FeatureSource, models: dict, X_train: np.ndarray, y_train: np.ndarray,
             X_test: np.ndarray, clean_probs: dict, test: ImageSet, dataset: str, data_seed: int,
-            corruption_params: str, progress: bool = True) -> dict:
+            corruption_params: str) -> dict:
     """Every head's OOD scores, test features (in) vs each OOD set's (out); see the module docstring."""
     name, far = far_ood_set(dataset, test, data_seed)
     corruption, severity = CORRUPTED_OOD
     corrupted = f"{corruption}_s{severity}"
     ood_features = {
-        name: cache.extract(backbone, far, progress=progress, desc=f"extract OOD {name}").array(),
-        corrupted: corrupted_features(cache, backbone, test, corruption, severity, data_seed, corruption_params,
-                                      progress),
+        name: features(far, desc=f"extract OOD {name}"),
+        corrupted: corrupted_features(features, test, corruption, severity, data_seed, corruption_params),
     }
     ood_sets = {name: {"n": len(far), "source": far.source},
                 corrupted: {"n": len(test), "source": f"{test.source}, {corruption} at severity {severity}"}}
+    split_in = validation_split(len(X_test), data_seed)
+    splits = {name: validation_split(len(ood_features[name]), data_seed), corrupted: split_in}
     per_head: dict = {}
+    chosen: dict = {}
     for (head, seed), model in models.items():
         scores_in = head_scores(model, X_test, clean_probs.get((head, seed)))
         row = per_head.setdefault(head, {}).setdefault(str(seed), {})
         for ood_name, X_out in ood_features.items():
-            for score, values_out in head_scores(model, X_out).items():
-                row.update(_named(score, ood_name, detection_metrics(scores_in[score], values_out)))
+            picked = select_score(scores_in, head_scores(model, X_out), split_in, splits[ood_name])
+            row.update(_flat(picked, ood_name))
+            chosen.setdefault(head, {}).setdefault(str(seed), {})[ood_name] = _choice(picked)
     baselines: dict = {}
+    baseline_choice: dict = {}
     detector = MahalanobisScore().fit(X_train, y_train)
-    for score, relative in (("mahalanobis", False), ("relative_mahalanobis", True)):
-        scores_in = detector.score(X_test, relative)
-        for ood_name, X_out in ood_features.items():
-            scores_out = detector.score(X_out, relative)
-            baselines.update(_named(score, ood_name, detection_metrics(scores_in, scores_out)))
-    return {"per_head": per_head, "feature_baselines": baselines,
+    kinds = {"mahalanobis": False, "relative_mahalanobis": True}
+    feature_in = {score: detector.score(X_test, relative) for score, relative in kinds.items()}
+    for ood_name, X_out in ood_features.items():
+        feature_out = {score: detector.score(X_out, relative) for score, relative in kinds.items()}
+        picked = select_score(feature_in, feature_out, split_in, splits[ood_name])
+        baselines.update(_flat(picked, ood_name))
+        baseline_choice[ood_name] = _choice(picked)
+    selection = {"per_head": chosen, "feature_baselines": baseline_choice, "seed": data_seed,
+                 "n_validation": {"in": len(split_in[0]), **{k: len(v[0]) for k, v in splits.items()}},
+                 "n_test": {"in": len(split_in[1]), **{k: len(v[1]) for k, v in splits.items()}},
+                 "protocol": "per head, seed and OOD set, the score with the best AUROC on a seeded "
+                             "validation half is chosen; every figure is measured on the other (test) half"}
+    return {"per_head": per_head, "feature_baselines": baselines, "selection": selection,
             "ood_sets": ood_sets,
             "n_in": len(X_test),
             "convention": "higher score = more OOD; AUROC with OOD as the positive class; fpr95 = share of "
-                          "in-distribution test images flagged at the threshold catching 95% of the OOD set"}
+                          "in-distribution test images flagged at the threshold catching 95% of the OOD set; "
+                          "all figures on the test halves, the score chosen on the validation halves"}
 
 
-def _named(score: str, ood_name: str, metrics: dict[str, float]) -> dict[str, float]:
-    return {f"{score}_{stat}_{ood_name}": value for stat, value in metrics.items()}
+def _flat(picked: dict, ood_name: str) -> dict[str, float]:
+    """Every score's test-half metrics, and the chosen one's again as "selected_<stat>_<ood set>"."""
+    out = {f"{score}_{stat}_{ood_name}": value for score, metrics in picked["test"].items()
+           for stat, value in metrics.items()}
+    best = picked["test"][picked["chosen"]]
+    out.update({f"selected_{stat}_{ood_name}": value for stat, value in best.items()})
+    return out
+
+
+def _choice(picked: dict) -> dict:
+    return {"chosen": picked["chosen"], "validation_auroc": picked["validation_auroc"]}
 
 
 def far_ood_set(dataset: str, like: ImageSet, seed: int) -> tuple[str, ImageSet]:

@@ -1,4 +1,5 @@
-"""load -> subset -> backbone -> extract -> augment: the set-up every benchmark job shares (`run`, `sweep`).
+"""load -> subset -> backbone -> (fine-tune) -> extract -> augment: the set-up every benchmark job shares
+(`run`, `sweep`).
 
 Written once so that `vfe run` and `vfe sweep` with the same data settings see the same images
 (`vfe.data.split.balanced_subset`) and the same cached features.
@@ -12,12 +13,13 @@ import numpy as np
 
 from vfe.backbones import Backbone, create_backbone
 from vfe.benchmark.augment import augmented_features
-from vfe.benchmark.config import BackboneSettings, DataSettings
+from vfe.benchmark.config import BackboneSettings, DataSettings, FinetuneSettings
 from vfe.benchmark.timer import StageTimer
 from vfe.data import available_fashion_mnist, load_train_test
 from vfe.data.split import balanced_subset
 from vfe.data.types import ImageSet
 from vfe.features.cache import FeatureCache
+from vfe.features.source import BackboneFeatures, FeatureSource
 from vfe.io import atomic_write_bytes
 
 
@@ -28,10 +30,11 @@ class Prepared:
     dataset: str  # the data set actually used (digits when Fashion-MNIST is missing)
     train: ImageSet
     test: ImageSet
-    backbone: Backbone
-    cache: FeatureCache
+    backbone: Backbone  # the one the heads sit on (fine-tuned under the reference protocol)
+    features: FeatureSource  # features of any images through that backbone, cached
     X_train: np.ndarray
     X_test: np.ndarray
+    finetune: dict | None = None  # the reference protocol's stage 0 (results.json "finetune")
     X_aug: np.ndarray | None = None  # features of corrupted training images, row-aligned with X_train
     augmentation: dict | None = None  # what the augmented heads saw, and which families stayed held out
 
@@ -50,10 +53,12 @@ def load_data(data: DataSettings, log=print) -> tuple[ImageSet, ImageSet, str]:
 
 
 def prepare(data: DataSettings, backbone: BackboneSettings, cache_dir: str | None, *,
-            augment_family: str | None = None, corruption_params: str = "auto", progress: bool = True,
-            timer: StageTimer | None = None, log=print) -> Prepared:
-    """Load, subset, build the backbone, extract (or read cached) features; augmented features when
-    `augment_family` is given (the heads that train on corrupted images need them)."""
+            finetune: FinetuneSettings | None = None, augment_family: str | None = None,
+            corruption_params: str = "auto", progress: bool = True, timer: StageTimer | None = None,
+            log=print) -> Prepared:
+    """Load, subset, build the backbone, fine-tune its top under the reference protocol, extract (or read
+    cached) features; augmented features when `augment_family` is given (the heads that train on corrupted
+    images need them)."""
     timer = timer or StageTimer(log=log)
     with timer.timed("load data"):
         train, test, dataset = load_data(data, log)
@@ -61,15 +66,23 @@ def prepare(data: DataSettings, backbone: BackboneSettings, cache_dir: str | Non
         bb = create_backbone(backbone.backbone, weights=backbone.weights, image_size=backbone.image_size,
                              device=backbone.device)
     cache = FeatureCache(cache_dir)
+    record = None
+    if finetune is not None and finetune.protocol == "reference":
+        from vfe.benchmark.reference import fine_tune  # loads torchvision only when fine-tuning
+
+        with timer.timed("fine-tune (reference protocol)"):
+            tuned = fine_tune(cache, bb, train, test, finetune, data.data_seed, progress, log)
+        bb, features, record = tuned.backbone, tuned.features, tuned.record
+    else:
+        features = BackboneFeatures(cache, bb, progress)
     with timer.timed("extract features"):
-        X_train = cache.extract(bb, train, progress=progress, desc="extract train").array()
-        X_test = cache.extract(bb, test, progress=progress, desc="extract test").array()
-    prepared = Prepared(dataset, train, test, bb, cache, X_train, X_test)
+        X_train = features(train, desc="extract train")
+        X_test = features(test, desc="extract test")
+    prepared = Prepared(dataset, train, test, bb, features, X_train, X_test, record)
     if augment_family is not None:
         with timer.timed(f"features of corrupted training images ({augment_family})"):
             prepared.X_aug, prepared.augmentation = augmented_features(
-                cache, bb, train, family=augment_family, seed=data.data_seed + 1, params=corruption_params,
-                progress=progress)
+                features, train, family=augment_family, seed=data.data_seed + 1, params=corruption_params)
     return prepared
 
 

@@ -16,7 +16,7 @@ import torch
 
 from vfe.backbones import resolve_device
 from vfe.benchmark.clean import evaluate_clean
-from vfe.benchmark.config import RunSettings, check
+from vfe.benchmark.config import RunSettings, check, compared_results
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fit import fit_heads
 from vfe.benchmark.prepare import Prepared, prepare, skipped_files, write_skipped
@@ -27,6 +27,7 @@ from vfe.heads.registry import expand_heads, is_augmented
 from vfe.io import write_json
 from vfe.report import write_report
 from vfe.report.inputs import report_inputs
+from vfe.report.protocols import comparable
 
 
 def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
@@ -40,7 +41,7 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
     started = time.perf_counter()
 
     augmented = any(is_augmented(h) for h in heads)
-    prepared = prepare(settings.data, settings.backbone, settings.cache_dir,
+    prepared = prepare(settings.data, settings.backbone, settings.cache_dir, finetune=settings.finetune,
                        augment_family=settings.heads.augment_family if augmented else None,
                        corruption_params=settings.corruptions.corruption_params, progress=settings.progress,
                        timer=timer, log=log)
@@ -56,6 +57,8 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
                "histories": {f"{h}/seed{s}": getattr(m, "history_", None) for (h, s), m in models.items()}}
     if prepared.augmentation is not None:
         results["augmentation"] = prepared.augmentation
+    if prepared.finetune is not None:
+        results["finetune"] = prepared.finetune
 
     ctx = RunContext(prepared, heads, models, clean, clean_probs, device, settings.data.data_seed,
                      settings.corruptions.corruption_params, settings.progress, timer)
@@ -66,6 +69,9 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
                 results.update(stage.function()(own, ctx))
 
     results["summary"] = summarise(results)
+    if settings.compare_with is not None:
+        results["compared_run"] = {"path": settings.compare_with,
+                                   **comparable(compared_results(settings.compare_with))}
     results.update(report_inputs(models, prepared.test, clean_probs))  # the report reads results.json only
     results["timings"] = {**timer.seconds, "total": round(time.perf_counter() - started, 3)}
     results["peak_rss_mb"] = peak_rss_mb()
@@ -79,7 +85,8 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
 def setting_of(settings: RunSettings, heads: list[str], prepared: Prepared, device: str) -> dict:
     """What a reader needs to interpret every number of the run."""
     bb = prepared.backbone
-    return {"dataset": prepared.dataset, "backbone": bb.name, "weights": settings.backbone.weights,
+    return {"dataset": prepared.dataset, "protocol": settings.finetune.protocol, "backbone": bb.name,
+            "weights": settings.backbone.weights,
             "image_size": int(bb.data_config["input_size"][-1]), "feature_dim": int(bb.feature_dim),
             "n_train": len(prepared.train), "n_test": len(prepared.test), "seeds": list(settings.heads.seeds),
             "heads": heads, "data_seed": settings.data.data_seed, "torch": torch.__version__,

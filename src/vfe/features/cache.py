@@ -129,6 +129,28 @@ class FeatureSet:
         return np.array(_load_verified(self.path / self.manifest["labels"]))
 
 
+@dataclass
+class EntryRows:
+    """A cache entry's rows as the input of a further extraction (cut-point activations -> features).
+
+    Keyed by the source entry's key, not by hashing its content: that key already names everything that
+    produced the rows. Quacks like an ImageSet for `FeatureCache.extract` (images, labels, source, meta).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    source: str
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def entry_rows(features: FeatureSet) -> EntryRows:
+    return EntryRows(features.array(), features.labels, f"cache entry {features.key}",
+                     {_CONTENT_HASH: f"entry:{features.key}"})
+
+
 class FeatureCache:
     """Computes, stores, finds and verifies feature sets under `root` (default: `default_cache_root()`)."""
 
@@ -278,7 +300,9 @@ class FeatureCache:
         return out
 
     def _entry_dirs(self) -> list[Path]:
-        return sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.exists() else []
+        # "_"-prefixed folders hold other artefacts (fine-tuned weights under _models), not entries
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("_")) \
+            if self.root.exists() else []
 
 
 def _write_shards(features: Iterator[np.ndarray], entry: Path, shards: list[tuple[int, slice]],

@@ -25,7 +25,8 @@ from vfe.heads.registry import (
 
 _LAZY = {"Head": "base", "AutoencoderHead": "autoencoder", "FinetuneHead": "finetune", "LinearHead": "linear",
          "PCAHead": "pca", "PriorCorrected": "priors", "adjust_priors": "priors", "SVMHead": "svm",
-         "VFEHead": "vfe", "VIBHead": "vib"}
+         "VFEHead": "vfe", "VIBHead": "vib", "T3AHead": "t3a", "RestandardisedHead": "restandardise",
+         "SeedEnsemble": "ensemble"}
 
 
 def __getattr__(name: str):
@@ -41,6 +42,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["REGISTRY", "AutoencoderHead", "FinetuneHead", "Head", "HeadSpec", "LinearHead", "PCAHead",
-           "PriorCorrected", "SVMHead", "VFEHead", "VIBHead", "adjust_priors", "benchmark_heads", "check_params",
-           "expand_heads", "feature_heads", "head_class", "head_class_of", "head_names", "is_augmented",
-           "make_head", "params_for", "spec"]
+           "PriorCorrected", "RestandardisedHead", "SVMHead", "SeedEnsemble", "T3AHead", "VFEHead", "VIBHead",
+           "adjust_priors", "benchmark_heads", "check_params", "expand_heads", "feature_heads", "head_class",
+           "head_class_of", "head_names", "is_augmented", "make_head", "params_for", "spec"]

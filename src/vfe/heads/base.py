@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import nn
 
 from vfe.data.split import holdout_index
+from vfe.hardware import FEATURE_HEAD_THREADS, fit_threads
 from vfe.training import History, TrainConfig, train
 
 
@@ -38,10 +39,10 @@ class Head(ClassifierMixin, BaseEstimator):
         self.classes_, y_index = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__}: need at least 2 classes in y, got {len(self.classes_)}")
-        if X_aug is None:
-            self._fit(X, y_index.astype(np.int64))
-        else:
-            self._fit(X, y_index.astype(np.int64), X_aug=self._check_augmented(X_aug, X))
+        extra = {} if X_aug is None else {"X_aug": self._check_augmented(X_aug, X)}
+        # small matrices: one thread at most, fewer when other processes hold the cores (vfe.hardware)
+        with fit_threads(limit=FEATURE_HEAD_THREADS if self.inputs == "features" else None):
+            self._fit(X, y_index.astype(np.int64), **extra)
         return self
 
     def _check_augmented(self, X_aug, X: np.ndarray) -> np.ndarray:

@@ -32,7 +32,8 @@ class HeadSpec:
     """A registered head: its class (`target`), or for a preset the `base` head and the `params` it sets.
 
     A preset inherits its base head's class, inputs and user parameters; its own `params` override the
-    class defaults and are overridden by the user's.
+    class defaults and are overridden by the user's. An entry with a `target` may set `params` too (a
+    wrapper's, e.g. the ensemble's `base`).
     """
 
     name: str
@@ -85,6 +86,16 @@ REGISTRY: dict[str, HeadSpec] = _registry(
     _preset("dae-aug", "ae", augmented=True,
             about="denoising autoencoder: features of corrupted images -> their clean features"),
     HeadSpec("vib", "vfe.heads.vib:VIBHead", about="deep variational information bottleneck (Alemi et al.)"),
+    HeadSpec("t3a", "vfe.heads.t3a:T3AHead",
+             about="linear head, class templates adjusted online on each test set (T3A, Iwasawa & Matsuo 2021)"),
+    HeadSpec("linear-tts", "vfe.heads.restandardise:RestandardisedHead",
+             about="linear head on test features re-standardised to the training mean/std, per test set"),
+    HeadSpec("linear-ens", "vfe.heads.ensemble:SeedEnsemble", params={"base": "linear"},
+             about="5 linear heads with different seeds, probabilities averaged"),
+    HeadSpec("vfe-ens", "vfe.heads.ensemble:SeedEnsemble", params={"base": "vfe"}, benchmark=False,
+             excluded_because="fits 5 VFE heads (5 feature VAEs), 5x the vfe head's time: use `vfe fit "
+                              "--head vfe-ens` or `vfe sweep`",
+             about="5 VFE heads with different seeds, probabilities averaged"),
     HeadSpec("svm", "vfe.heads.svm:SVMHead", benchmark=False,
              excluded_because="a head for very small data sets (measured: minutes per fit at 10,000 labels)",
              about="linear SVM with calibrated probabilities, for tens of labels per class"),

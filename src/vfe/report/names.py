@@ -18,7 +18,8 @@ OOD_STAT_LABELS = {"auroc": "AUROC", "fpr95": "FPR at 95% TPR", "aupr": "AUPR", 
                    "aupr_out": "AUPR-out"}
 OOD_SCORE_LABELS = {"msp": "max softmax", "energy": "energy", "entropy": "entropy",
                     "recon": "reconstruction error", "elbo": "−ELBO", "mahalanobis": "Mahalanobis",
-                    "relative_mahalanobis": "relative Mahalanobis", "knn": "k-NN distance"}
+                    "relative_mahalanobis": "relative Mahalanobis", "knn": "k-NN distance",
+                    "selected": "validation-selected"}
 FIXED = {  # key: (group, label, shown in percent)
     "clean_accuracy": ("accuracy", "clean accuracy", True),
     "corruption_accuracy": ("accuracy", "mean corruption accuracy (benchmark set)", True),

@@ -10,8 +10,8 @@ import numpy as np
 from vfe.report import figures, numbers
 from vfe.report.document import Figure, Note, Paragraph, Section, Table
 from vfe.report.inputs import decode_image
-from vfe.report.names import metric_of, ordered, parse_ood
-from vfe.report.narrative import what_this_says
+from vfe.report.names import OOD_SCORE_LABELS, metric_of, ordered, parse_attack, parse_ood
+from vfe.report.narrative import interval_text, ood_choice, ood_sets_of, what_this_says
 from vfe.robustness.corruptions import REGISTRY, corrupt
 from vfe.robustness.corruptions.parameters import parameter_set
 from vfe.robustness.stats import mean_std
@@ -46,7 +46,8 @@ def setting_line(setting: dict) -> str:
     """The one line every figure carries: what was measured, on what, how often."""
     seeds = setting.get("seeds")
     size = setting.get("image_size")
-    return (f"{setting.get('backbone', '?')} ({setting.get('weights', '?')} weights) at "
+    tuned = ", top fine-tuned (reference protocol)" if setting.get("protocol") == "reference" else ""
+    return (f"{setting.get('backbone', '?')} ({setting.get('weights', '?')} weights{tuned}) at "
             f"{f'{size} px' if size else '? px'} on {setting.get('dataset', '?')}; "
             f"n_train={setting.get('n_train', '?')}, n_test={setting.get('n_test', '?')}; "
             f"seeds {', '.join(map(str, seeds)) if seeds else '?'}")
@@ -58,7 +59,8 @@ def skipped(stage: str, why: str = "it is not in the results") -> Note:
 
 def setting_section(ctx: Context) -> Section:
     s = ctx.results.get("setting", {})
-    rows = [["dataset", s.get("dataset")], ["backbone", s.get("backbone")], ["weights", s.get("weights")],
+    rows = [["dataset", s.get("dataset")], ["protocol", s.get("protocol", "frozen")], ["backbone", s.get("backbone")],
+            ["weights", s.get("weights")],
             ["image size", f"{s['image_size']} px" if s.get("image_size") else None],
             ["feature dimension", s.get("feature_dim")], ["training images", s.get("n_train")],
             ["test images", s.get("n_test")], ["heads", s.get("heads") or ctx.heads], ["seeds", s.get("seeds")],
@@ -222,9 +224,39 @@ def adversarial_section(ctx: Context) -> Section:
         curves, clean, ctx.colours, "Accuracy under attack against the attack radius", ctx.setting_line),
         "Accuracy under white-box attack (mean ± std over seeds); dashed: the attack as is, solid: with "
         "expectation over transformation (EOT); a head that does not sample has only the solid curve (EOT is "
-        "the plain attack for it). ε = 0 is the accuracy on the same images before attack."))
+        "the plain attack for it). ε = 0 is the accuracy on the same images before attack. The table below "
+        "gives 95 % intervals that include the sampling error of the attacked images."))
+    blocks.append(_interval_table(ctx.results))
     blocks.append(_eot_gap_table(ctx, curves))
     return Section(title, blocks)
+
+
+def _interval_table(results: dict) -> Table | Note:
+    """Accuracy under each attack with its 95 % interval over images and seeds, beside the same images'
+    clean accuracy: with ~100 attacked images the subset's sampling error exceeds the seed spread."""
+    intervals = results.get("adversarial_intervals")
+    if not intervals:
+        return Note("These results hold no per-image correctness, so the attacked figures carry only the spread "
+                    "over seeds, which leaves out the sampling error of the attacked images (the seeds share "
+                    "them).")
+    rows = []
+    for head, per_key in intervals.items():
+        seeds = (results.get("adversarial") or {}).get(head, {}).values()
+        samples = any(r.get("samples_randomly", True) for r in seeds) if seeds else True
+        attacks = {a: k for k in per_key if (a := parse_attack(k)) is not None}
+        for attack in sorted(attacks, key=lambda a: (a.norm != "linf", a.method, a.eps, a.eot)):
+            if attack.eot and not samples and replace(attack, eot=False) in attacks:
+                continue  # a deterministic head: EOT repeats the plain attack
+            iv = per_key[attacks[attack]]
+            rows.append([head, attack.label, interval_text(iv), interval_text(per_key.get("clean")),
+                         f"{iv.get('n_images', numbers.MISSING)} × {iv.get('n_seeds', numbers.MISSING)}"])
+    if not rows:
+        return Note("The attack intervals name no attack this report can parse.")
+    return Table(["head", "attack", "accuracy under attack (%) [95 % interval]",
+                  "clean accuracy of the attacked images (%) [95 % interval]", "images × seeds"], rows,
+                 "Mean accuracy over seeds with a 95 % percentile-bootstrap interval that resamples the attacked "
+                 "images and the seeds (2000 resamples), so it includes the sampling error of the small attacked "
+                 "subset. A head that does not sample shows each attack once: EOT is the plain attack for it.")
 
 
 def _attack_facts(results: dict) -> list[str]:
@@ -298,21 +330,28 @@ def ood_section(ctx: Context) -> Section:
     if ood is None:
         return Section(title, [skipped("out-of-distribution")])
     table = (ctx.results.get("summary") or {}).get("table", {})
-    keys = dict.fromkeys(k for per_head in table.values() for k in per_head if k.startswith("ood:"))
-    blocks: list = []
+    keys = dict.fromkeys(k for per_head in table.values() for k in per_head
+                         if k.startswith("ood:") and not k.startswith("ood:selected_"))
+    blocks: list = _ood_selected_table(ctx, ood, table)
     if keys:
         rows = [[m.unit_label, *(numbers.mean_pm_std(m, table[h].get(m.key), ctx.n_seeds) for h in table),
                  "higher" if m.higher_is_better else "lower"] for m in ordered(keys)]
-        blocks.append(Table(["metric", *table, "better"], rows, "Separating the test set from each "
-                            "out-of-distribution set by each score; mean ± std over seeds."))
+        caption = ("Every score, for reference (picking the best row would select on the test set); "
+                   + ("on the test halves; " if ood.get("selection") else "")
+                   + "mean ± std over seeds.")
+        blocks.append(Table(["metric", *table, "better"], rows, caption))
     else:
         blocks.append(Note("The OOD stage ran but the summary holds no OOD metric."))
-    baselines = ood.get("feature_baselines")
+    if not ood.get("selection") and keys:
+        blocks.append(Note("These results predate choosing each head's OOD score on held-out validation "
+                           "data, so no score is singled out: the best row per head would overstate it."))
+    baselines = {k: v for k, v in (ood.get("feature_baselines") or {}).items()
+                 if not k.startswith("selected_")}
     if baselines:
         rows = [[m.unit_label, m.value(baselines[m.key[4:]])] for m in ordered(f"ood:{k}" for k in baselines)
                 if numbers.is_number(baselines[m.key[4:]])]
         blocks.append(Table(["feature-space baseline", "value"], rows, "Detectors on the backbone features alone "
-                            "(no head, so no seeds): the bar a head's own OOD score has to clear."))
+                            "(no head, so no seeds), every score for reference."))
     sets = ood.get("ood_sets")
     if sets:
         blocks.append(Table(["OOD set", "images", "source"],
@@ -323,6 +362,35 @@ def ood_section(ctx: Context) -> Section:
     if ood.get("convention"):
         blocks.append(Paragraph(f"Convention: {ood['convention']}."))
     return Section(title, blocks)
+
+
+def _ood_selected_table(ctx: Context, ood: dict, table: dict) -> list:
+    """Each head's figure for the score chosen on validation, beside the head-free feature baseline."""
+    selection = ood.get("selection")
+    if not selection:
+        return []
+    chosen_heads = selection.get("per_head") or {}
+    chosen_baseline = selection.get("feature_baselines") or {}
+    baselines = ood.get("feature_baselines") or {}
+    rows = []
+    for ood_set in ood_sets_of(ood):
+        for stat in ("auroc", "fpr95"):
+            m = metric_of(f"ood:selected_{stat}_{ood_set}")
+            value = baselines.get(m.key[4:])
+            rows.append([f"{ood_set}: {'AUROC' if stat == 'auroc' else 'FPR at 95% TPR'} (%)",
+                         *(numbers.mean_pm_std(m, table[h].get(m.key), ctx.n_seeds) for h in table),
+                         m.value(value) if numbers.is_number(value) else numbers.MISSING,
+                         "higher" if m.higher_is_better else "lower"])
+        baseline = (chosen_baseline.get(ood_set) or {}).get("chosen")
+        rows.append([f"{ood_set}: score chosen on validation", *(ood_choice(chosen_heads.get(h, {}), ood_set)
+                                                                  for h in table),
+                     OOD_SCORE_LABELS.get(baseline, baseline) if baseline else numbers.MISSING, ""])
+    n_val, n_test = selection.get("n_validation") or {}, selection.get("n_test") or {}
+    return [Table(["OOD set", *table, "head-free baseline (backbone features)", "better"], rows,
+                  "Each head's OOD score (and the feature baseline's, Mahalanobis or relative Mahalanobis) "
+                  "is chosen per seed by its AUROC on a validation half "
+                  f"({numbers.general(n_val.get('in'))} in-distribution images) and reported on the other, "
+                  f"held-out half ({numbers.general(n_test.get('in'))}); mean ± std over seeds.")]
 
 
 def training_section(ctx: Context) -> Section:

@@ -10,6 +10,11 @@ ELBO in feature space, and two strong feature-space baselines the VFE must be co
 VAE likelihoods are known to rank some OOD data as *more* likely (Nalisnick et al. 2019): the
 Mahalanobis distance to the closest class mean under a shared covariance (Lee et al. 2018) and its
 relative version, minus the distance under one Gaussian fitted to all training data (Ren et al. 2021).
+
+Choosing a score: a detector offers several scores, and quoting the best of them on the test data
+overstates it (the choice is fitted to the very data it is judged on). `select_score` picks the score
+with the best AUROC on a held-out validation half (`validation_split`) and reports that score's AUROC
+and FPR@95 on the other half only; ties on validation go to the first score offered.
 """
 from __future__ import annotations
 
@@ -35,13 +40,47 @@ def auroc(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
 
 
 def fpr_at_95_tpr(scores_in: np.ndarray, scores_out: np.ndarray) -> float:
-    """Share of in-distribution inputs at or above the threshold that catches 95% of the OOD ones."""
-    fpr, tpr, _ = roc_curve(*_labelled(scores_in, scores_out))
+    """Share of in-distribution inputs at or above the highest threshold that catches 95% of the OOD ones.
+
+    Every distinct score is a candidate threshold (tied scores fall on the same side, so a tie is never
+    split); `drop_intermediate=False` keeps them all, since the dropped collinear points can be the
+    very threshold that first reaches 95% TPR, and skipping it overstates the FPR.
+    """
+    fpr, tpr, _ = roc_curve(*_labelled(scores_in, scores_out), drop_intermediate=False)
     return float(fpr[np.searchsorted(tpr, 0.95, side="left")])
 
 
 def detection_metrics(scores_in: np.ndarray, scores_out: np.ndarray) -> dict[str, float]:
     return {"auroc": auroc(scores_in, scores_out), "fpr95": fpr_at_95_tpr(scores_in, scores_out)}
+
+
+def validation_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint sorted (validation, test) indices covering range(n): a seeded half each (validation
+    gets n // 2), so the score is chosen on data the reported figure never sees."""
+    if n < 2:
+        raise ValueError(f"need at least 2 items to split into validation and test halves, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
+
+
+def select_score(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndarray],
+                 split_in: tuple[np.ndarray, np.ndarray], split_out: tuple[np.ndarray, np.ndarray]) -> dict:
+    """The score with the best validation AUROC, and every score's metrics on the test half.
+
+    `split_in`/`split_out` are (validation, test) index pairs into the in- and out-of-distribution
+    scores. Returns {"chosen": name, "validation_auroc": {name: value}, "test": {name: metrics}},
+    where "test" holds detection_metrics on the test halves only.
+    """
+    names = [name for name in scores_in if name in scores_out]
+    if not names:
+        raise ValueError("no score is shared by the in- and out-of-distribution scores")
+    (val_in, test_in), (val_out, test_out) = split_in, split_out
+    validation = {name: auroc(np.asarray(scores_in[name])[val_in], np.asarray(scores_out[name])[val_out])
+                  for name in names}
+    chosen = max(names, key=lambda name: validation[name])  # max keeps the first of equal values
+    test = {name: detection_metrics(np.asarray(scores_in[name])[test_in],
+                                    np.asarray(scores_out[name])[test_out]) for name in names}
+    return {"chosen": chosen, "validation_auroc": validation, "test": test}
 
 
 def max_softmax_score(probs: np.ndarray) -> np.ndarray:

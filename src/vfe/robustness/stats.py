@@ -52,3 +52,53 @@ def paired_comparison(head: dict[int, float], baseline: dict[int, float], higher
     return {"n": len(seeds), "mean_diff": float(diff.mean()),
             "std_diff": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0,
             "p_value": p, "exceeds_spread": exceeds, "verdict": verdict}
+
+
+def bootstrap_interval(correct, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean accuracy over seeds, from 0/1 correctness [seeds, images].
+
+    Images and seeds are resampled with replacement, each independently; one image draw serves every
+    seed of a resample, because the seeds attack the same images. So the interval carries the sampling
+    error of the attacked subset, which the std over seeds (same images every seed) leaves out.
+    """
+    c = np.atleast_2d(np.asarray(correct, dtype=float))
+    n_seeds, n_images = c.shape
+    if c.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    # resample weights: how often each image / seed is drawn, over the draw size
+    w_img = _draw_weights(rng, n_images, n_resamples)
+    w_seed = _draw_weights(rng, n_seeds, n_resamples)
+    # a weighted mean lies in [min, max]; the clip only removes float round-off (all-correct gives 1, not 1 - 1e-16)
+    stat = np.clip(np.einsum("bs,si,bi->b", w_seed, c, w_img), c.min(), c.max())
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(stat, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _draw_weights(rng: np.random.Generator, n: int, n_resamples: int) -> np.ndarray:
+    """[n_resamples, n] share of each item in a with-replacement draw of n items."""
+    idx = rng.integers(0, n, size=(n_resamples, n))
+    flat = (idx + n * np.arange(n_resamples)[:, None]).ravel()
+    return np.bincount(flat, minlength=n * n_resamples).reshape(n_resamples, n) / n
+
+
+def correctness(bits: str) -> np.ndarray:
+    """'0110…' (how results.json stores per-image correctness, one character per image) -> 0/1 array."""
+    return np.frombuffer(bits.encode("ascii"), dtype=np.uint8) - ord("0")
+
+
+def attack_intervals(per_seed: dict, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """{attack key: {mean, low, high, n_images, n_seeds}} for one head from its per-seed attack results
+    (each with "correct": {key: '0110…'}); keys missing in a seed, or of unequal length, are left out."""
+    rows = [r.get("correct") or {} for r in per_seed.values()]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    out = {}
+    for key in keys:
+        if not all(key in r for r in rows) or len({len(r[key]) for r in rows}) != 1 or not rows[0][key]:
+            continue
+        c = np.stack([correctness(r[key]) for r in rows])
+        low, high = bootstrap_interval(c, n_resamples, seed, level)
+        out[key] = {"mean": float(c.mean()), "low": low, "high": high, "n_images": int(c.shape[1]),
+                    "n_seeds": int(c.shape[0]), "level": level}
+    return out

@@ -1,0 +1,176 @@
+"""Choosing each OOD score on held-out validation data: the split, the choice, the stage's results and
+the report's wording. Expectations are built by hand or with scikit-learn directly."""
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import vfe.benchmark.ood as ood_stage
+from vfe.data.types import ImageSet
+from vfe.report.document import Table
+from vfe.report.narrative import what_this_says
+from vfe.report.sections import Context, ood_section
+from vfe.robustness.ood import MahalanobisScore, select_score, validation_split
+
+
+def _auroc(scores_in, scores_out):
+    labels = np.r_[np.zeros(len(scores_in)), np.ones(len(scores_out))]
+    return roc_auc_score(labels, np.r_[scores_in, scores_out])
+
+
+def _halves(n, seed):
+    """The split the stage must use, written out: a seeded permutation, its first n // 2 for validation."""
+    order = np.random.default_rng(seed).permutation(n)
+    return set(order[: n // 2].tolist()), set(order[n // 2:].tolist())
+
+
+@pytest.mark.parametrize("n", [2, 7, 100])
+def test_split_is_deterministic_disjoint_and_covers_everything(n):
+    val, test = validation_split(n, seed=3)
+    again_val, again_test = validation_split(n, seed=3)
+    assert np.array_equal(val, again_val) and np.array_equal(test, again_test)
+    assert not set(val.tolist()) & set(test.tolist())
+    assert sorted(val.tolist() + test.tolist()) == list(range(n))
+    assert (len(val), len(test)) == (n // 2, n - n // 2)
+    if n == 100:
+        assert not np.array_equal(val, validation_split(n, seed=4)[0])  # the seed matters
+    with pytest.raises(ValueError):
+        validation_split(1, seed=0)
+
+
+def test_the_validation_best_score_is_chosen_even_when_another_wins_on_test():
+    """"a" separates perfectly on validation and is reversed on test; "b" is chance on validation
+    (all tied) and perfect on test. The honest choice is "a", with its poor test figure."""
+    split = (np.arange(4), np.arange(4, 8))
+    scores_in = {"a": np.array([0, 0, 0, 0, 1, 1, 1, 1.0]), "b": np.array([5, 5, 5, 5, 0, 1, 0, 1.0])}
+    scores_out = {"a": np.array([1, 1, 1, 1, 0, 0, 0, 0.0]), "b": np.array([5, 5, 5, 5, 3, 4, 3, 4.0])}
+    picked = select_score(scores_in, scores_out, split, split)
+    assert picked["chosen"] == "a"
+    assert picked["validation_auroc"] == {"a": 1.0, "b": 0.5}
+    assert picked["test"]["a"]["auroc"] == _auroc([1, 1, 1, 1], [0, 0, 0, 0]) == 0.0
+    assert picked["test"]["b"]["auroc"] == 1.0  # the test-best, not the one reported
+    assert picked["test"]["a"]["fpr95"] == 1.0  # catching every OOD input flags every in-distribution one
+
+
+class _StubHead:
+    """A head whose scores are columns of its features: col 0 is its top-class probability, col 1 its
+    reconstruction error (so the test decides every score of every image)."""
+
+    def predict_proba(self, X):
+        return np.stack([X[:, 0], 1 - X[:, 0]], 1)
+
+    def reconstruction_error(self, X):
+        return X[:, 1].copy()
+
+
+def _features(n, val, out):
+    """Validation half: recon separates (in 0, out 1), max softmax all tied at 0.7. Test half: recon
+    is reversed, max softmax separates (in 0.95, out 0.6). Validation picks recon; test would pick msp."""
+    X = np.zeros((n, 2))
+    for i in range(n):
+        if i in val:
+            X[i] = (0.7, 1.0 if out else 0.0)
+        else:
+            X[i] = (0.6, 0.0) if out else (0.95, 1.0)
+    return X
+
+
+def test_stage_reports_the_validation_chosen_score_on_the_test_half(monkeypatch):
+    n_in, n_far, data_seed = 40, 30, 11
+    val_in, test_in = _halves(n_in, data_seed)
+    val_far, test_far = _halves(n_far, data_seed)
+    X_test = _features(n_in, val_in, out=False)
+    X_far = _features(n_far, val_far, out=True)
+    X_noisy = _features(n_in, val_in, out=True)  # the noisy copy of image i lives in image i's half
+    test = ImageSet(np.zeros((n_in, 4, 4, 1), np.uint8), np.zeros(n_in, int), ["x"], source="stub")
+    far = ImageSet(np.zeros((n_far, 4, 4, 1), np.uint8), np.full(n_far, -1), [], source="far stub")
+
+    def features(images, **_):
+        assert images is far
+        return X_far
+
+    monkeypatch.setattr(ood_stage, "far_ood_set", lambda dataset, like, seed: ("far", far))
+    monkeypatch.setattr(ood_stage, "corrupted_features", lambda *args: X_noisy)
+    rng = np.random.default_rng(0)
+    X_train = np.r_[rng.normal(0.8, 0.05, (50, 2)), rng.normal(0.3, 0.05, (50, 2))]
+    y_train = np.repeat([0, 1], 50)
+    out = ood_stage.run_ood(features, {("vfe", 0): _StubHead()}, X_train, y_train, X_test, {}, test,
+                            "stub", data_seed, "auto")
+
+    row, chosen = out["per_head"]["vfe"]["0"], out["selection"]["per_head"]["vfe"]["0"]
+    for ood_set, X_out, test_out in (("far", X_far, test_far), ("gaussian_noise_s5", X_noisy, test_in)):
+        assert chosen[ood_set]["chosen"] == "recon"
+        recon = _auroc(X_test[sorted(test_in), 1], X_out[sorted(test_out), 1])
+        msp = _auroc(-X_test[sorted(test_in), 0], -X_out[sorted(test_out), 0])
+        assert (recon, msp) == (0.0, 1.0)
+        assert row[f"selected_auroc_{ood_set}"] == row[f"recon_auroc_{ood_set}"] == recon
+        assert row[f"msp_auroc_{ood_set}"] == msp  # kept, on the test half, but not the reported one
+        assert row[f"selected_fpr95_{ood_set}"] == 1.0
+    assert all(isinstance(v, float) for v in row.values())  # the summary averages every per-head value
+    assert out["selection"]["n_validation"] == {"in": 20, "far": 15, "gaussian_noise_s5": 20}
+
+    # the feature baseline: whichever Mahalanobis score wins on validation, measured on the test half
+    detector = MahalanobisScore().fit(X_train, y_train)
+    for ood_set, X_out, val_out, test_out in (("far", X_far, val_far, test_far),
+                                              ("gaussian_noise_s5", X_noisy, val_in, test_in)):
+        val_auroc = {name: _auroc(detector.score(X_test, rel)[sorted(val_in)],
+                                  detector.score(X_out, rel)[sorted(val_out)])
+                     for name, rel in (("mahalanobis", False), ("relative_mahalanobis", True))}
+        best = max(val_auroc, key=val_auroc.get)
+        assert out["selection"]["feature_baselines"][ood_set]["chosen"] == best
+        rel = best == "relative_mahalanobis"
+        expected = _auroc(detector.score(X_test, rel)[sorted(test_in)],
+                          detector.score(X_out, rel)[sorted(test_out)])
+        assert out["feature_baselines"][f"selected_auroc_{ood_set}"] == pytest.approx(expected)
+
+
+def _results(selection=True):
+    stat = {"mean": 0.6, "std": 0.01, "n": 2}
+    best_on_test = {"mean": 0.99, "std": 0.0, "n": 2}
+    table = {"linear": {"ood:msp_auroc_digits": stat, "ood:selected_auroc_digits": stat},
+             "vfe": {"ood:msp_auroc_digits": best_on_test, "ood:recon_auroc_digits": stat,
+                     "ood:selected_auroc_digits": stat, "ood:selected_fpr95_digits": stat}}
+    baselines = {"mahalanobis_auroc_digits": 0.7, "selected_auroc_digits": 0.7}
+    ood = {"per_head": {}, "feature_baselines": baselines,
+           "ood_sets": {"digits": {"n": 10, "source": "sklearn"}}, "n_in": 10}
+    if selection:
+        ood["selection"] = {"per_head": {"linear": {"0": {"digits": {"chosen": "msp"}},
+                                                    "1": {"digits": {"chosen": "msp"}}},
+                                         "vfe": {"0": {"digits": {"chosen": "recon"}},
+                                                 "1": {"digits": {"chosen": "msp"}}}},
+                            "feature_baselines": {"digits": {"chosen": "mahalanobis"}},
+                            "n_validation": {"in": 5}, "n_test": {"in": 5}}
+    else:
+        table = {head: {k: v for k, v in row.items() if "selected" not in k} for head, row in table.items()}
+        ood["feature_baselines"] = {"mahalanobis_auroc_digits": 0.7}
+    return {"setting": {"seeds": [0, 1]}, "summary": {"table": table}, "ood": ood}
+
+
+def _text(blocks):
+    parts = []
+    for b in blocks:
+        if isinstance(b, Table):
+            parts += [b.caption, " | ".join(b.header)] + [" | ".join(map(str, r)) for r in b.rows]
+        else:
+            parts += getattr(b, "items", None) or [getattr(b, "text", "")]
+    return "\n".join(parts)
+
+
+def test_report_quotes_the_validation_chosen_score_beside_the_feature_baseline():
+    results = _results()
+    narrative = _text(what_this_says(results))
+    assert "vfe 60.0 ± 1.0 % with the reconstruction error (seed 0), max softmax (seed 1) score" in narrative
+    assert "linear 60.0 ± 1.0 % with the max softmax score" in narrative
+    assert "head-free Mahalanobis on the backbone features 70.0 %" in narrative
+    assert "99.0" not in narrative and "best" not in narrative  # vfe's test-best msp is never quoted
+    section = _text(ood_section(Context(results)).blocks)
+    assert "digits: AUROC (%) | 60.0 ± 1.0 | 60.0 ± 1.0 | 70.0 | higher" in section
+    assert "digits: score chosen on validation | max softmax | reconstruction error (seed 0), " \
+           "max softmax (seed 1) | Mahalanobis" in section
+
+
+def test_report_of_old_results_quotes_no_best_on_test_figure():
+    results = _results(selection=False)
+    narrative = _text(what_this_says(results))
+    assert "No head's OOD figure is quoted" in narrative and "99.0" not in narrative
+    section = _text(ood_section(Context(results)).blocks)
+    assert "predate choosing each head's OOD score" in section

@@ -1,0 +1,131 @@
+"""`vfe run --protocol reference --quick` end to end on grayscale and colour data: the top of the backbone
+is fine-tuned first (BatchNorm above the cut in training mode, below it frozen), its weights and features
+are cached, and every stage runs through the fine-tuned backbone."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from colour_data import write_colour_folder
+from threadpoolctl import threadpool_limits
+
+from vfe.backbones import create_backbone
+from vfe.backbones.cut import CutModel
+from vfe.benchmark.config import FinetuneSettings
+from vfe.benchmark.reference import CompareModel, fine_tune
+from vfe.cli import main
+from vfe.data import load_train_test
+from vfe.data.split import balanced_subset
+from vfe.features.cache import FeatureCache
+
+TINY = ["--quick", "--protocol", "reference", "--finetune-epochs", "2", "--seeds", "0", "--heads", "linear", "vfe",
+        "--head-param", "vfe.vae_epochs=10", "--corruptions", "gaussian_noise", "--severities", "3",
+        "--n-attack", "8", "--attack-steps", "2", "--n-eot", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory):
+    """The two runs, at one thread like every test (conftest's `_one_thread` is function-scoped, so it does not
+    cover a module fixture), so that a rerun inside a test computes with the same thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield _reference_runs(tmp_path_factory.mktemp("reference"))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _reference_runs(tmp):
+    folder = write_colour_folder(tmp / "photos", n_train=15, n_test=5)
+    runs = {}
+    for name, extra in (("gray", ["--dataset", "digits", "--image-size", "64", "--n-train", "300", "--n-test", "100"]),
+                        ("colour", ["--dataset", str(folder), "--image-size", "32", "--n-train", "none",
+                                    "--n-test", "none", "--finetune-batch-size", "20",
+                                    "--head-param", "vfe.vae_epochs=40"])):
+        assert main(["run", *TINY, *extra, "--name", name, "--runs-dir", str(tmp / "runs"),
+                     "--cache-dir", str(tmp / "cache")]) == 0, name
+        runs[name] = json.loads((tmp / "runs" / name / "results.json").read_text())
+    return tmp, runs
+
+
+@pytest.mark.parametrize("name", ["gray", "colour"])
+def test_every_stage_runs_through_the_fine_tuned_backbone(reference_runs, name):
+    tmp, runs = reference_runs
+    results = runs[name]
+    ft = results["finetune"]
+    assert results["setting"]["protocol"] == "reference" and ft["cut_point"] == "blocks.5.1"
+    assert not ft["loaded_from_cache"] and len(ft["history"]["records"]) == 2
+    n_classes = 10 if name == "gray" else 4
+    assert ft["compare_model_test_accuracy"] > 1.5 / n_classes
+    for head in ("linear", "vfe"):
+        assert results["clean"][head]["0"]["accuracy"] > 1.5 / n_classes
+        assert "gaussian_noise" in results["corruptions"]["per_head"][head]["0"]["accuracy"]
+        assert 0 <= results["adversarial"][head]["0"]["accuracy"]["pgd_linf_8/255_eot"] <= 1
+        assert results["ood"]["per_head"][head]["0"]
+    report = (tmp / "runs" / name / "report.md").read_text()
+    assert "## Fine-tuning (reference protocol)" in report and "blocks.5.1" in report
+
+
+def test_a_rerun_reads_the_fine_tuned_weights_and_features_from_the_cache(reference_runs):
+    tmp, runs = reference_runs
+    extra = ["--dataset", "digits", "--image-size", "64", "--n-train", "300", "--n-test", "100", "--n-attack", "0",
+             "--no-ood", "--compare-with", str(tmp / "runs" / "gray")]
+    assert main(["run", *TINY, *extra, "--name", "again", "--runs-dir", str(tmp / "runs"),
+                 "--cache-dir", str(tmp / "cache")]) == 0
+    again = json.loads((tmp / "runs" / "again" / "results.json").read_text())
+    first = runs["gray"]
+    assert again["finetune"]["loaded_from_cache"] and again["finetune"]["weights_sha256"] == \
+        first["finetune"]["weights_sha256"]
+    assert again["timings"]["extract features"] < 5, again["timings"]  # every feature came from the cache
+    assert again["clean"] == first["clean"]
+    report = (tmp / "runs" / "again" / "report.md").read_text()
+    assert "## Protocols side by side" in report and "linear · reference" in report
+
+
+def test_a_compare_with_folder_without_a_run_is_refused_before_any_work(tmp_path, capsys):
+    assert main(["run", *TINY, "--dataset", "digits", "--compare-with", str(tmp_path), "--runs-dir",
+                 str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "--compare-with" in err and "results.json" in err and "Traceback" not in err
+
+
+def test_fine_tuning_trains_the_top_with_batchnorm_in_training_mode_and_leaves_the_bottom(tmp_path):
+    train, test = load_train_test("digits")
+    train, test = balanced_subset(train, 200, 0, "train"), balanced_subset(test, 50, 0, "test")
+    base = create_backbone("efficientnet_lite0", image_size=64, device="cpu", jit=False, precision="fp32")
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    tuned = fine_tune(FeatureCache(tmp_path), base, train, test, FinetuneSettings(protocol="reference",
+                      finetune_epochs=2), seed=0, progress=False, log=lambda *_: None)
+    assert all(torch.equal(v, base.model.state_dict()[k]) for k, v in before.items())  # the base is untouched
+    after = tuned.backbone.model.state_dict()
+    cut = CutModel(base.model, "blocks.5.1")
+    bottom = {f"{k}" for k, _ in base.model.named_parameters()} - {
+        n for n, p in base.model.named_parameters() if any(p is q for q in cut.top_units.parameters())}
+    bottom_buffers = [k for k in before if k.startswith(("conv_stem", "bn1", "blocks.0", "blocks.4"))]
+    assert all(torch.equal(after[k], before[k]) for k in [*bottom, *bottom_buffers])  # frozen, stats included
+    assert not torch.equal(after["blocks.5.1.bn1.running_mean"], before["blocks.5.1.bn1.running_mean"])
+    assert not torch.equal(after["conv_head.weight"], before["conv_head.weight"])
+    assert tuned.backbone.fingerprint() != base.fingerprint()
+    # the features stages use (cached activations -> fine-tuned top) are the fine-tuned network's own
+    via_cut = tuned.features(test)
+    direct = tuned.backbone.extract(test.images, progress=False)
+    cos = (via_cut * direct).sum(1) / np.linalg.norm(via_cut, axis=1) / np.linalg.norm(direct, axis=1)
+    assert cos.min() > 0.9999
+    # the same seed fine-tunes to the same weights (the new Dense layer included), another seed does not
+    again = fine_tune(FeatureCache(tmp_path / "again"), base, train, test, FinetuneSettings(
+                      protocol="reference", finetune_epochs=2), seed=0, progress=False, log=lambda *_: None)
+    assert again.record["weights_sha256"] == tuned.record["weights_sha256"] and not again.record["loaded_from_cache"]
+    other = fine_tune(FeatureCache(tmp_path / "other"), base, train, test, FinetuneSettings(
+                      protocol="reference", finetune_epochs=2), seed=1, progress=False, log=lambda *_: None)
+    assert other.record["weights_sha256"] != tuned.record["weights_sha256"]
+
+
+def test_the_compare_model_keeps_the_bottom_in_inference_mode_while_training():
+    model = CompareModel(CutModel(create_backbone("efficientnet_lite0", image_size=64, device="cpu", jit=False,
+                                                  precision="fp32").model, "blocks.5.1"), (192, 2, 2), 3, 1280)
+    model.train()
+    assert not any(m.training for m in model.cut.bottom.modules())
+    assert all(m.training for m in model.cut.top_units.modules())
