@@ -15,6 +15,7 @@ like with like on a machine shared with other jobs; the table gives medians and 
     python benchmarks/bench_extraction.py --faithfulness  # bf16 vs fp32 features: cosine and downstream accuracy
     python benchmarks/bench_extraction.py --thread-modes   # 1 thread + prefetch vs all cores, each fixed
     python benchmarks/bench_extraction.py --profile     # operator time of vfe's path (torch.profiler)
+    python benchmarks/bench_extraction.py --runtimes    # vfe on torch vs ONNX Runtime vs OpenVINO, same run
 
 Faithfulness is the smallest per-image cosine between vfe's features and the baseline's fp32 ones.
 EfficientNet-Lite0 runs with its packaged ImageNet weights; DenseNet121 with random weights (no
@@ -24,8 +25,13 @@ ImageNet weights ship offline), so its cosine says less - it is marked as such.
 images extracted in fp32 and in bf16, the smallest cosine, and the linear head's test accuracy on each
 (trained on that precision's features), which must agree within 0.2 points.
 
+--runtimes runs `Backbone.extract` with runtime="torch" (today's vfe path), "onnxruntime" and "openvino"
+(vfe.backbones.runtimes), each with its default precision, in turn in each round. It reports wall-clock
+img/s and images per CPU-second (the process's CPU time, every thread counted: robust to what else the
+shared machine runs), and the smallest cosine to eager fp32 torch features of the same images.
+
 Writes benchmarks/results/extraction.json (sections "table", "sweep", "scaling", "faithfulness",
-"pipelines", "profile", each replaced
+"pipelines", "profile", "runtimes", each replaced
 only by the run that measures it) and benchmarks/results/scaling.png.
 """
 from __future__ import annotations
@@ -151,7 +157,7 @@ def settings_label(backbone) -> str:
     s = backbone.settings
     return (f"b{s.batch_size} {'NHWC' if s.channels_last else 'NCHW'} {backbone.precision}"
             f"{' jit' if s.jit else ''} t{backbone.threads}{' prefetch' if backbone.prefetch else ''}"
-            f"{' (timed at run time)' if s.prefetch is None and backbone._pipeline.rates else ''}")
+            f"{' (timed at run time)' if s.prefetch is None and backbone._thread_mode.rates else ''}")
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -394,6 +400,60 @@ def run_pipelines(args) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- runtimes
+
+RUNTIME_SIDES = ("torch", "onnxruntime", "openvino")
+KERAS_REFERENCE_IMG_S = 38.0  # DESIGN.md: the reference Keras DenseNet121 pipeline on this machine
+
+
+def run_runtimes(args) -> list[dict]:
+    """vfe's extraction on each runtime, timed in turn within each round, against eager fp32 features."""
+    rows = []
+    for name, weights, size, n in _cases(args):
+        images, source = fashion_mnist(args.images or n)
+        sides = {r: create_backbone(name, weights=weights, image_size=size, device="cpu", runtime=r)
+                 for r in RUNTIME_SIDES}
+        torch_side = sides["torch"]
+        reference = eager_features(plain_copy(torch_side), images, torch_side.data_config)
+        warm = np.resize(images, (15 * torch_side.settings.batch_size, *images.shape[1:]))
+        for bb in sides.values():  # trace / compile for both thread modes (ThreadModeChoice times 3 + 2 x 6 batches)
+            bb.extract(warm, progress=False)
+        wall: dict[str, list[float]] = {r: [] for r in sides}
+        cpu: dict[str, list[float]] = {r: [] for r in sides}
+        features = {}
+        for _ in range(args.rounds):
+            for r, bb in sides.items():
+                w, c = time.perf_counter(), time.process_time()
+                features[r] = bb.extract(images, progress=False)
+                wall[r].append(len(images) / (time.perf_counter() - w))
+                cpu[r].append(len(images) / (time.process_time() - c))
+        for r, bb in sides.items():
+            cosine = min_cosine(features[r], reference)
+            row = {"backbone": name, "weights": "ImageNet (packaged)" if weights == "default" else "random",
+                   "image_size": size, "data": source, "images": len(images), "rounds": args.rounds,
+                   "runtime_asked": r, "runtime": bb.runtime, "precision": bb.precision,
+                   "runtime_check": bb.runtime_check,
+                   "img_s": round(statistics.median(wall[r]), 1), "img_s_all": [round(v, 1) for v in wall[r]],
+                   "img_per_cpu_s": round(statistics.median(cpu[r]), 1),
+                   "img_per_cpu_s_all": [round(v, 1) for v in cpu[r]],
+                   "ratio_vs_vfe_torch": round(statistics.median(a / b for a, b in zip(wall[r], wall["torch"])), 2),
+                   "cpu_ratio_vs_vfe_torch": round(statistics.median(a / b for a, b in zip(cpu[r], cpu["torch"])), 2),
+                   "ratio_vs_keras_reference": round(statistics.median(wall[r]) / KERAS_REFERENCE_IMG_S, 2)
+                   if name == "densenet121" else None,
+                   "min_cosine_vs_fp32": round(cosine, 6), "faithful": cosine >= FAITHFUL_COSINE,
+                   "load_average": [round(v, 2) for v in os.getloadavg()]}
+            rows.append(row)
+            keras = f"{row['ratio_vs_keras_reference']:5.2f}x" if row["ratio_vs_keras_reference"] else "    -"
+            print(f"{name:19} {size:>4} {r:12} {bb.runtime + ' ' + bb.precision:17} {row['img_s']:8.1f} "
+                  f"{row['img_per_cpu_s']:9.1f} {row['ratio_vs_vfe_torch']:6.2f}x {row['cpu_ratio_vs_vfe_torch']:6.2f}x "
+                  f"{keras} {cosine:9.6f}", flush=True)
+    return rows
+
+
+RUNTIME_HEADER = (f"{'backbone':19} {'px':>4} {'asked':12} {'ran on':17} {'img/s':>8} {'img/cpu-s':>9} "
+                  f"{'x vfe':>7} {'x vfe cpu':>7} {'xKeras':>6} {'min cos':>9}")
+
+
 # ---------------------------------------------------------------------------------------------- profile
 
 def run_profile(args) -> list[dict]:
@@ -438,6 +498,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="operator time of vfe's path (torch.profiler)")
     ap.add_argument("--thread-modes", action="store_true", help="time the two pipelines ThreadModeChoice picks from")
     ap.add_argument("--faithfulness", action="store_true", help="bf16 vs fp32: cosine and downstream accuracy")
+    ap.add_argument("--runtimes", action="store_true", help="vfe on torch vs onnxruntime vs openvino")
     ap.add_argument("--faithfulness-images", type=int, default=2000, help="training and test images each")
     ap.add_argument("--scaling-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -462,6 +523,10 @@ def main() -> None:
         print(f"bf16 vs fp32 features (bar: min cosine >= {FAITHFUL_COSINE}, accuracy within "
               f"{FAITHFUL_ACCURACY_POINTS} points):")
         results["faithfulness"] = {"machine": machine, "rows": run_faithfulness(args)}
+    elif args.runtimes:
+        print(f"vfe's extraction on each runtime ({os.cpu_count()} cores, load average "
+              f"{machine['load_average_start']}); x vfe = over runtime torch in the same round:\n{RUNTIME_HEADER}")
+        results["runtimes"] = {"machine": machine, "rows": run_runtimes(args)}
     elif args.sweep:
         results["sweep"] = {"machine": machine, "rows": run_sweep(args)}
     elif args.scaling:

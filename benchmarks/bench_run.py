@@ -19,6 +19,7 @@ Settings:
     python benchmarks/bench_run.py --settings quick      # a check in 2 minutes
     python benchmarks/bench_run.py --settings frozen main --runs-dir runs   # keep the runs, as make run-frozen
                                                                             # then make run write them
+    ... --keep-cache caches        # keep each setting's feature cache (caches/frozen, caches/reference)
 
 Prints a table and writes benchmarks/results/run.json (a setting measured again replaces its entry;
 the others are kept).
@@ -46,18 +47,20 @@ SETTINGS = {
 }
 
 
-def run_setting(setting: str, extra: list[str], runs_dir: str | None) -> dict:
+def run_setting(setting: str, extra: list[str], runs_dir: str | None, keep_cache: str | None) -> dict:
     """One `vfe run` in a child process; its results plus the child's wall time and peak RSS."""
     name = RUN_NAMES.get(setting, setting)
     with tempfile.TemporaryDirectory(prefix=f"vfe-bench-{name}-") as tmp:
         runs = runs_dir or f"{tmp}/runs"
+        cache = f"{keep_cache}/{name}" if keep_cache else f"{tmp}/cache"
         if setting == "main" and (Path(runs) / "frozen" / "results.json").exists():
             extra = [*extra, "--compare-with", f"{runs}/frozen"]  # as make run does
-        cmd = [str(Path(sys.executable).with_name("vfe")), "run", "--name", name, "--cache-dir", f"{tmp}/cache",
+        cmd = [str(Path(sys.executable).with_name("vfe")), "run", "--name", name, "--cache-dir", cache,
                "--runs-dir", runs, *extra]
         print(f"\n$ vfe run {' '.join(['--name', name, *extra])}   (fresh cache; run folder {runs}/{name})",
               flush=True)
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        load_before = os.getloadavg()  # a shared machine: the load says how far the wall time can be trusted
         start = time.perf_counter()
         with open(Path(tmp) / "log.txt", "w+") as log:  # stage lines and progress bars, shown on failure
             done = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT)
@@ -74,6 +77,8 @@ def run_setting(setting: str, extra: list[str], runs_dir: str | None) -> dict:
                       for c, s in results.get("corruption_seconds", {}).items()}
     slowest = min(per_corruption, key=lambda c: per_corruption[c]["images_per_second"]) if per_corruption else None
     return {"args": extra, "wall_seconds": round(wall, 1), "timings": results["timings"],
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "peak_rss_mb_run": results["peak_rss_mb"],
             "peak_rss_mb_after_stage": results.get("peak_rss_mb_after_stage", {}),
             # the children's maximum is only this child's when it exceeds every earlier child's
@@ -101,9 +106,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=["main", "all-heads"])
     ap.add_argument("--runs-dir", help="keep the run folders here (default: a temporary folder, deleted)")
+    ap.add_argument("--keep-cache", metavar="DIR", help="write each setting's fresh feature cache to DIR/NAME and keep "
+                    "it (for later runs to reuse); DIR/NAME must not exist yet")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "run.json"))
     args = ap.parse_args()
-    rows = {name: run_setting(name, SETTINGS[name], args.runs_dir) for name in args.settings}
+    if args.keep_cache:
+        taken = [n for n in args.settings if (Path(args.keep_cache) / RUN_NAMES.get(n, n)).exists()]
+        if taken:
+            ap.error(f"--keep-cache: {', '.join(f'{args.keep_cache}/{RUN_NAMES.get(n, n)}' for n in taken)} already "
+                     "exists; a timed run starts from an empty cache: give another folder or remove it")
+    rows = {name: run_setting(name, SETTINGS[name], args.runs_dir, args.keep_cache) for name in args.settings}
     print_table(rows)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M")}
     # settings measured earlier stay in the file; each keeps the machine and date it was measured on

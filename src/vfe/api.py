@@ -23,6 +23,7 @@ import numpy as np
 from vfe import defaults
 from vfe.backbones import Backbone, create_backbone
 from vfe.backbones.weights import WeightsInfo
+from vfe.benchmark.augment import augmix_features
 from vfe.benchmark.config import FinetuneSettings, RunSettings, SweepSettings, quick_settings, with_overrides
 from vfe.benchmark.prepare import skipped_files, write_skipped
 from vfe.benchmark.run import run
@@ -32,9 +33,11 @@ from vfe.data.errors import MissingDataError
 from vfe.data.split import balanced_subset
 from vfe.errors import DataError, SettingsError
 from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
+from vfe.features.source import BackboneFeatures
 from vfe.heads.linear import LinearHead
-from vfe.heads.registry import check_params, make_head, spec
+from vfe.heads.registry import check_params, is_augmix, make_head, spec
 from vfe.pipeline import Pipeline
+from vfe.robustness.augmix import DEFAULT_VIEWS
 from vfe.robustness.calibration import probability_metrics
 
 ENGINES = ("local", "ray")
@@ -56,8 +59,11 @@ def extract_features(dataset: str, split: str = "train", backbone: str = default
                      device: str = "auto", progress: bool = True, skip_bad: bool = False,
                      download: bool = False, engine: str = "local", address: str | None = None,
                      actors: int | None = None, cpus_per_actor: float = 1.0,
-                     gpus_per_actor: float = 0.0) -> FeatureSet:
+                     gpus_per_actor: float = 0.0, runtime: str = "torch") -> FeatureSet:
     """Backbone features of a data set split, from the feature cache or computed (and cached) now.
+
+    runtime: "torch", "onnxruntime", "openvino" or "auto" (vfe.backbones.runtimes): what runs the network;
+    it enters the cache key. Exported networks are kept under the cache folder's `_models`.
 
     engine: "local" (this process) or "ray": a pool of `actors` backbone actors on the Ray cluster at
     `address` fills the same cache entry (vfe.features.ray_engine; docs/ray.md). With "ray", `cache_dir`
@@ -72,14 +78,16 @@ def extract_features(dataset: str, split: str = "train", backbone: str = default
 
         import_ray()  # a missing Ray is reported before the data loads
         data = _load(dataset, split, data_dir, n, 0, skip_bad, download)
-        spec = BackboneSpec(backbone, weights=weights, image_size=image_size, device=device)
+        spec = BackboneSpec(backbone, weights=weights, image_size=image_size, device=device,
+                            settings={"runtime": runtime})
         return extract_with_ray(spec, data, cache_dir=cache_dir, shard_size=shard_size, address=address,
                                 actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
                                 progress=progress, desc=f"extract {split} (ray)")
     data = _load(dataset, split, data_dir, n, 0, skip_bad, download)
-    bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
-    return FeatureCache(cache_dir).extract(bb, data, shard_size=shard_size, progress=progress,
-                                           desc=f"extract {split}")
+    cache = FeatureCache(cache_dir)
+    bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device, runtime=runtime,
+                         model_dir=cache.root / "_models")
+    return cache.extract(bb, data, shard_size=shard_size, progress=progress, desc=f"extract {split}")
 
 
 def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = None,
@@ -87,11 +95,13 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
                  image_size: int | None = defaults.IMAGE_SIZE, n_train: int | None = None, seed: int = 0,
                  data_dir: str | None = None, cache_dir: str | None = None, device: str = "auto",
                  progress: bool = True, skip_bad: bool = False, download: bool = False,
-                 skipped_list: str | os.PathLike | None = None) -> tuple[Pipeline, float]:
+                 skipped_list: str | os.PathLike | None = None,
+                 augmix_views: int = DEFAULT_VIEWS) -> tuple[Pipeline, float]:
     """Fit a head on the training split and return the pipeline and its training accuracy.
 
     With `skip_bad`, the unreadable files left out are listed in `skipped_list` (when given).
-    A feature head is fitted on (cached) backbone features. An image head (`finetune`) trains the top of
+    A feature head is fitted on (cached) backbone features; an AugMix head (`linear-augmix`, ...) also on
+    those of `augmix_views` AugMix views of each training image (cached too). An image head (`finetune`) trains the top of
     the backbone itself; its pipeline holds the fine-tuned backbone and its Dropout -> Dense layer.
     """
     head_params = dict(head_params or {})
@@ -107,11 +117,14 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
         X = pipe.features(data.images)
         return pipe, float(np.mean(pipe.head.predict(X) == data.labels))
     bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
-    X = FeatureCache(cache_dir).extract(bb, data, progress=progress, desc="extract train").array()
+    cache = FeatureCache(cache_dir)
+    X = cache.extract(bb, data, progress=progress, desc="extract train").array()
+    views = {"X_aug": augmix_features(BackboneFeatures(cache, bb, progress), data, augmix_views, seed)[0]} \
+        if is_augmix(head) else {}
     model = make_head(head, **{"random_state": seed, **head_params})
     if "device" in model.get_params():
         model.set_params(device=str(bb.device))
-    model.fit(X, data.labels)
+    model.fit(X, data.labels, **views)
     if "device" in model.get_params():
         model.set_params(device="cpu")  # the saved pipeline predicts wherever it is loaded
     return Pipeline(bb, model, data.class_names), float(model.score(X, data.labels))

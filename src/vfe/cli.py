@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: CPUs each actor reserves (its torch threads) (default: %(default)s)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0,
                    help="with --engine ray: GPUs each actor reserves (default: %(default)s)")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino", "auto"], default="torch",
+                   help="what runs the network: torch, or the network exported to ONNX and run on the CPU by "
+                        "onnxruntime (pip install 'vfe[export]') or openvino (pip install 'vfe[openvino]'); "
+                        "auto: the fastest measured for the backbone and size where installed, else torch. "
+                        "Used only where its features match torch fp32 (cosine >= 0.999 on photos); part of "
+                        "the cache key (default: %(default)s)")
     p.set_defaults(func=cmd_extract)
 
     p = _add(sub, "fit", "Fit a head on cached features (or fine-tune on images) and save the pipeline file.")
@@ -192,7 +198,8 @@ def cmd_extract(args) -> int:
                           image_size=args.image_size, data_dir=args.data_dir, cache_dir=args.cache_dir,
                           shard_size=args.shard_size, skip_bad=args.skip_bad, download=args.download,
                           engine=args.engine, address=args.address, actors=args.actors,
-                          cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor)
+                          cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                          runtime=args.runtime)
     print(f"{len(fs)} x {fs.manifest['dim']} features at {fs.path}")
     return 0
 

@@ -26,11 +26,12 @@ NEW_VALUES = {
     "name": "other", "runs_dir": "elsewhere", "cache_dir": "/tmp/c", "progress": False,
     "dataset": "digits", "data_dir": "/data", "n_train": 123, "n_test": 45, "data_seed": 7, "skip_bad": True,
     "backbone": "resnet18", "weights": "none", "image_size": 64, "device": "cpu",
-    "heads": ["pca", "vib"], "seeds": [4, 5], "augment_family": "blur",
+    "heads": ["pca", "vib"], "seeds": [4, 5], "augment_family": "blur", "augmix_views": 3,
     "corruptions": ["snow", "fog"], "severities": [2, 4], "corruption_params": "cifar",
     "n_attack": 9, "attack_eps_linf": [0.5], "attack_eps_l2": [2.0], "attack_steps": 3, "n_eot": 4,
     "ood": False, "compare_with": "runs/frozen", "protocol": "reference", "cut_point": "blocks.4.0",
     "finetune_epochs": 7, "finetune_batch_size": 50, "finetune_lr": 0.01, "finetune_augment": True,
+    "finetune_lp_epochs": 2, "test_time_bn": True, "bn_batch_size": 32, "bn_prior": 4.0, "bn_heads": ["linear"],
 }
 
 

@@ -129,3 +129,23 @@ def test_the_compare_model_keeps_the_bottom_in_inference_mode_while_training():
     model.train()
     assert not any(m.training for m in model.cut.bottom.modules())
     assert all(m.training for m in model.cut.top_units.modules())
+
+
+def test_lp_ft_trains_the_dense_layer_on_the_untuned_features_first(tmp_path):
+    train, test = load_train_test("digits")
+    train, test = balanced_subset(train, 200, 0, "train"), balanced_subset(test, 50, 0, "test")
+    base = create_backbone("efficientnet_lite0", image_size=64, device="cpu", jit=False, precision="fp32")
+    quiet = {"progress": False, "log": lambda *_: None}
+    plain = fine_tune(FeatureCache(tmp_path), base, train, test, FinetuneSettings(
+        protocol="reference", finetune_epochs=1), seed=0, **quiet)
+    lpft = fine_tune(FeatureCache(tmp_path), base, train, test, FinetuneSettings(
+        protocol="reference", finetune_epochs=1, finetune_lp_epochs=3), seed=0, **quiet)
+    assert not lpft.record["loaded_from_cache"]  # its own cache entry, not plain fine-tuning's
+    assert lpft.record["weights_sha256"] != plain.record["weights_sha256"]
+    probe = lpft.record["history"]["linear_probe"]
+    assert len(probe["records"]) == 3 and "linear_probe" not in plain.record["history"]
+    # the probe learned on frozen features: its training loss fell, and fine-tuning started from a fitted head
+    # (its first epoch's loss is below plain fine-tuning's, which starts from a random Dense layer)
+    losses = [r["loss"] for r in probe["records"]]
+    assert losses[-1] < losses[0]
+    assert lpft.record["history"]["records"][0]["loss"] < plain.record["history"]["records"][0]["loss"]

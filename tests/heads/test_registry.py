@@ -42,7 +42,11 @@ def test_presets_keep_their_settings_and_inherit_their_base():
         "vfe-k8": ("vfe", {"predict_mode": "average", "n_samples": 8}, False),
         "vfe-aug": ("vfe", {}, True),
         "dae": ("ae", {"noise_std": 0.3}, False),
-        "dae-aug": ("ae", {}, True)}
+        "dae-aug": ("ae", {}, True),
+        "linear-augmix": ("linear", {}, False),
+        "linear-augmix-js": ("linear", {"js_weight": 12.0}, False),
+        "vfe-augmix": ("vfe", {}, False),
+        "vfe-augmix-js": ("vfe", {"js_weight": 12.0}, False)}
     assert head_class_of("vfe-k8") is VFEHead and head_class_of("dae-aug") is AutoencoderHead
     assert {n: dict(REGISTRY[n].params) for n in ("linear-ens", "vfe-ens")} == {"linear-ens": {"base": "linear"},
                                                                               "vfe-ens": {"base": "vfe"}}

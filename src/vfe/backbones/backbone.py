@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -31,6 +31,7 @@ from vfe.backbones.precision import (
 )
 from vfe.backbones.preprocess import preprocess_uint8, resize_normalize, resolve_data_config, to_tensor_nchw
 from vfe.backbones.registry import DEFAULT_BACKBONE, ExtractionSettings, check_overrides, settings_for
+from vfe.backbones.runtimes import check_available, choose_runtime
 from vfe.backbones.weights import WeightsInfo, load_model
 
 FINGERPRINT_VERSION = 2
@@ -78,6 +79,14 @@ class Backbone(nn.Module):
         self._thread_mode = ThreadModeChoice()  # used when settings.prefetch is None (measured per extraction)
         super().train(False)
         self.precision, self.precision_check = self._choose_precision()
+        self.runtime = "torch"  # what `extract` runs the network on (runtimes.choose_runtime may switch it)
+        self.runtime_check: dict | None = None
+
+    def use_runtime(self, features: Callable[[torch.Tensor], torch.Tensor], check: dict) -> None:
+        """Extract with `features` (normalised input -> pooled features) of another runtime, found faithful
+        by `check` (runtimes.py). `forward` stays torch fp32: attacks need its gradients."""
+        self._fast, self.runtime, self.precision, self.runtime_check = features, check["runtime"], \
+            check["precision"], check
 
     def _choose_precision(self) -> tuple[str, dict | None]:
         """settings.precision, or under 'auto' the device's reduced precision if real photos' features
@@ -120,16 +129,24 @@ class Backbone(nn.Module):
         return compute_threads(self.settings.threads, self.prefetch and self.device.type == "cpu")
 
     @property
+    def pooled(self) -> nn.Module:
+        """The network as normalised input -> pooled features, eager (what every fast path is checked against)."""
+        return self._pooled
+
+    @property
     def has_classifier(self) -> bool:
         return self.weights.has_classifier
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the features: architecture and its timm version, weights
-        file, preprocessing, precision. Batch size, layout and tracing are left out: they change the
-        features only at float rounding level, and a cache should survive a faster setting."""
+        file, preprocessing, precision, and the runtime when not torch (so keys of torch features stay
+        as they were). Batch size, layout and tracing are left out: they change the features only at
+        float rounding level, and a cache should survive a faster setting."""
         spec = {"v": FINGERPRINT_VERSION, "arch": self.arch, "timm": timm.__version__,
                 "weights": self.weights.identity, "data_config": _jsonable(self.data_config),
                 "output": "pooled", "precision": self.precision}
+        if self.runtime != "torch":
+            spec["runtime"] = self.runtime
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
     def describe(self) -> dict[str, Any]:
@@ -137,7 +154,8 @@ class Backbone(nn.Module):
         return {"name": self.name, "arch": self.arch, "weights": self.weights.source,
                 "weights_kind": self.weights.kind, "feature_dim": self.feature_dim, "image_size": self.image_size,
                 "data_config": _jsonable(self.data_config), "device": str(self.device),
-                "precision": self.precision, "precision_check": self.precision_check, "threads": self.threads,
+                "precision": self.precision, "precision_check": self.precision_check, "runtime": self.runtime,
+                "runtime_check": self.runtime_check, "threads": self.threads,
                 "prefetch": self.prefetch,
                 "settings": asdict(self.settings),
                 "fingerprint": self.fingerprint()}
@@ -146,7 +164,7 @@ class Backbone(nn.Module):
         c = self.data_config
         return (f"Backbone({self.name!r}, arch={self.arch!r}, weights={self.weights.source!r}, "
                 f"input={c['input_size'][1]}x{c['input_size'][2]} {c['interpolation']}, dim={self.feature_dim}, "
-                f"device={self.device}, precision={self.precision})")
+                f"device={self.device}, precision={self.precision}, runtime={self.runtime})")
 
     # -- frozen -----------------------------------------------------------------------------------------
 
@@ -209,7 +227,8 @@ class Backbone(nn.Module):
             for x in Prefetcher(batches, prepare, enabled=prefetch):
                 if cuda:
                     x = self.preprocess(x)
-                with autocast_for(self.device, self.precision):
+                # another runtime applies its precision itself, in its own compiled network
+                with autocast_for(self.device, self.precision if self.runtime == "torch" else "fp32"):
                     f = self._fast(x)
                 yield f.float().cpu().numpy()
 
@@ -234,7 +253,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike = "default",
                     image_size: int | None = None, device: str | torch.device | None = "auto",
-                    crop_pct: float | None = None, **settings: Any) -> Backbone:
+                    crop_pct: float | None = None, model_dir: str | os.PathLike | None = None,
+                    **settings: Any) -> Backbone:
     """A frozen timm backbone with its weights and preprocessing.
 
     name: any timm model name (default efficientnet_lite0).
@@ -242,11 +262,17 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | os.PathLike = "
         'none' (random, seeded) or the path of a .safetensors / torch state-dict file.
     image_size: input resolution (default: the model's data config).
     crop_pct: centre-crop fraction as in timm (default 1.0: the whole image is resized).
+    model_dir: where networks exported for runtime='onnxruntime' / 'openvino' / 'auto' are kept (default:
+        `_models` in the feature cache folder).
     settings: overrides of ExtractionSettings (batch_size, channels_last, jit, precision, reduced_precision,
-        prefetch, threads);
+        prefetch, threads, runtime);
         the defaults per architecture are in registry.SETTINGS, chosen by measurement.
     """
     check_overrides(settings)  # before the slow part
+    if settings.get("runtime") not in (None, "torch", "auto"):
+        check_available(settings["runtime"], resolve_device(device))  # a missing package before the slow part
     model, info = load_model(name, weights)
     data_config = resolve_data_config(model, image_size=image_size, crop_pct=crop_pct)
-    return Backbone(model, name, info, data_config, resolve_device(device), settings_for(info.arch, **settings))
+    backbone = Backbone(model, name, info, data_config, resolve_device(device), settings_for(info.arch, **settings))
+    choose_runtime(backbone, model_dir)
+    return backbone

@@ -13,6 +13,7 @@ from vfe import defaults
 
 DEFAULT_BACKBONE = defaults.BACKBONE
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "auto")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ for _i, _n in ((0, 296), (1, 386), (2, 386)):
 @dataclass(frozen=True)
 class ExtractionSettings:
     """How `Backbone.extract` runs a network. None of these enter the features' fingerprint except
-    the precision actually used (see precision.py), since they change features only by rounding."""
+    the precision and runtime actually used (see precision.py, runtimes.py), since they change
+    features only by rounding."""
 
     batch_size: int = 16
     channels_last: bool = True  # NHWC: oneDNN's native layout, no reorder around every convolution
@@ -60,6 +62,10 @@ class ExtractionSettings:
     # intra-op threads while extracting, process-wide while it runs; None: one per core, less one for
     # the prefetch thread (engine.compute_threads)
     threads: int | None = None
+    # "torch", "onnxruntime" or "openvino" (the network exported to ONNX, run on the CPU), or "auto":
+    # the runtime RUNTIME_CHOICES measured fastest for the architecture and size, if installed and
+    # faithful on the check photos (runtimes.py); torch otherwise
+    runtime: str = "torch"
 
 
 # Chosen with `python benchmarks/bench_extraction.py --sweep --rounds 3 --images 128` on the project
@@ -84,6 +90,20 @@ SETTINGS: dict[str, ExtractionSettings] = {
     "densenet121": ExtractionSettings(batch_size=16, reduced_precision=True),
 }
 
+# runtime="auto": (architecture, image size, the precision torch extracts in) -> the fastest runtime
+# measured there with faithful features (cosine >= 0.999 to torch fp32); missing keys: torch. Measured
+# 2026-12-02 with `python benchmarks/bench_extraction.py --runtimes` (3 rounds, each runtime timed in turn,
+# images per CPU-second over vfe's torch path; benchmarks/results/extraction.json, "runtimes"):
+#   Lite0 112 px fp32: openvino 1.70x, onnxruntime 1.33x;  224 px fp32: onnxruntime 1.85x, openvino 1.77x
+#   DenseNet121 224 px bf16 (random weights): openvino bf16 1.56x, onnxruntime (fp32 only) 0.50x
+# OpenVINO bf16 / fp16 for Lite0 keep only cosine 0.986-0.989 / 0.9996 and fp16 runs slower than fp32.
+_LITE0_RUNTIMES = {112: "openvino", 224: "onnxruntime"}
+RUNTIME_CHOICES: dict[tuple[str, int, str], str] = {
+    **{(arch, size, "fp32"): runtime for arch in ("tf_efficientnet_lite0", "efficientnet_lite0")
+       for size, runtime in _LITE0_RUNTIMES.items()},
+    ("densenet121", 224, "bf16"): "openvino",
+}
+
 
 def check_overrides(overrides: dict) -> None:
     """Raise on names that are not ExtractionSettings fields and on unknown precisions."""
@@ -93,6 +113,8 @@ def check_overrides(overrides: dict) -> None:
         raise ValueError(f"unknown extraction setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     if overrides.get("precision") not in (None, *PRECISIONS):
         raise ValueError(f"precision={overrides['precision']!r}: expected one of {PRECISIONS}")
+    if overrides.get("runtime") not in (None, *RUNTIMES):
+        raise ValueError(f"runtime={overrides['runtime']!r}: expected one of {RUNTIMES}")
 
 
 def settings_for(arch: str, **overrides) -> ExtractionSettings:

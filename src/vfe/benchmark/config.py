@@ -9,13 +9,15 @@ Defaults are the main job's (`vfe run`), chosen by measurement; `quick_settings(
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from vfe import defaults
 from vfe.errors import SettingsError
-from vfe.heads.registry import check_params, expand_heads, spec
+from vfe.heads.registry import check_params, expand_heads, is_augmented, is_augmix, spec
 from vfe.paths import check_writable_folder
+from vfe.robustness.augmix import DEFAULT_VIEWS
 
 DEFAULT_CORRUPTION_PARAMS = "auto"
 
@@ -68,6 +70,9 @@ class FinetuneSettings:
     finetune_augment: bool = field(default=False, **_help(
         "reference protocol: flip/rotate/zoom images while fine-tuning (the reference: none); runs the whole "
         "backbone every epoch, since augmented images have no cached cut-point activations"))
+    finetune_lp_epochs: int = field(default=0, **_help(
+        "reference protocol: LP-FT (Kumar et al. 2022): first train only the Dense layer on the un-tuned "
+        "top's features for this many epochs, then fine-tune; 0 = the reference's plain fine-tuning"))
 
 
 @dataclass
@@ -85,6 +90,9 @@ class HeadSettings:
         **_help("per-head hyperparameters, --head-param HEAD.KEY=VALUE (repeatable; JSON values)"))
     augment_family: str = field(default="noise", **_help(
         "the one corruption family the augmented heads (vfe-aug, dae-aug) train on"))
+    augmix_views: int = field(default=DEFAULT_VIEWS, **_help(
+        "AugMix views per training image for the AugMix heads (linear-augmix, vfe-augmix, ...): each view is "
+        "one more backbone pass over the training images"))
 
 
 @dataclass
@@ -96,6 +104,15 @@ class CorruptionSettings:
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5], **_help("severities, 1-5"))
     corruption_params: str = field(default=DEFAULT_CORRUPTION_PARAMS, **_help(
         "severity parameters: 'auto' (by image size), 'imagenet' or 'cifar'"))
+    test_time_bn: bool = field(default=False, **_help(
+        "also fit and evaluate heads on features whose backbone BatchNorm adapts to each batch (Schneider et al. "
+        "2020), training, clean and corrupted test batches, as extra heads HEAD+bn"))
+    bn_batch_size: int = field(default=64, **_help("test-time BatchNorm: images per adapted batch (n)"))
+    bn_prior: float = field(default=16.0, **_help(
+        "test-time BatchNorm: prior strength N in images; statistics = N/(N+n) source + n/(N+n) batch "
+        "(0: the batch's own)"))
+    bn_heads: list[str] | None = field(default=None, **_help(
+        "test-time BatchNorm: the heads given a +bn twin; none = every head fitted on the training features alone"))
 
 
 @dataclass
@@ -166,6 +183,8 @@ class SweepSettings:
         "the one corruption family the augmented heads (vfe-aug, dae-aug) train on"))
     corruption_params: str = field(default=DEFAULT_CORRUPTION_PARAMS, **_help(
         "severity parameters of the augmented heads' corruptions: 'auto', 'imagenet' or 'cifar'"))
+    augmix_views: int = field(default=DEFAULT_VIEWS, **_help(
+        "AugMix views per training image for the AugMix heads (linear-augmix, vfe-augmix, ...)"))
     compare_pixels: bool = field(default=False, **_help(
         "also train on raw pixels at the grid's train sizes: where does transfer win?"))
     progress: bool = field(default=True, **_help("progress bars"))
@@ -242,6 +261,8 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
     if heads.augment_family not in families:
         raise SettingsError(f"--augment-family {heads.augment_family!r} is not a corruption family; one of "
                             f"{', '.join(families)}")
+    if heads.augmix_views < 1:
+        raise SettingsError(f"--augmix-views must be at least 1, got {heads.augmix_views}")
     unknown = [c for c in corr.corruptions or [] if c not in REGISTRY]
     if unknown:
         raise SettingsError(f"--corruptions: unknown {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
@@ -251,6 +272,7 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
     if corr.corruption_params not in ("auto", "imagenet", "cifar"):
         raise SettingsError(f"--corruption-params must be 'auto', 'imagenet' or 'cifar', "
                             f"got {corr.corruption_params!r}")
+    check_test_time_bn(corr, expand_heads(heads.heads))
     if att.n_attack < 0 or att.attack_steps < 1 or att.n_eot < 1:
         raise SettingsError(f"--n-attack must be >= 0, --attack-steps and --n-eot >= 1; got {att.n_attack}, "
                             f"{att.attack_steps}, {att.n_eot}")
@@ -259,6 +281,8 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
     ft = settings.finetune
     if ft.protocol not in PROTOCOLS:
         raise SettingsError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {ft.protocol!r}")
+    if ft.finetune_lp_epochs < 0:
+        raise SettingsError(f"--finetune-lp-epochs must be >= 0 (0: plain fine-tuning); got {ft.finetune_lp_epochs}")
     if ft.finetune_epochs < 1 or ft.finetune_batch_size < 1 or not ft.finetune_lr > 0:
         raise SettingsError(f"--finetune-epochs and --finetune-batch-size must be >= 1 and --finetune-lr > 0; got "
                             f"{ft.finetune_epochs}, {ft.finetune_batch_size}, {ft.finetune_lr}")
@@ -268,6 +292,29 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
     if (out / "results.json").exists() and not overwrite:
         raise SettingsError(f"{out} already holds a run; pass --overwrite or choose another --name")
     check_writable_folder(out, "--runs-dir")
+
+
+def check_test_time_bn(corr: CorruptionSettings, heads: list[str]) -> None:
+    """The test-time BatchNorm settings: sizes in range, heads among the run's, the corruption stage on."""
+    if corr.bn_heads is not None:
+        unknown = [h for h in corr.bn_heads if h not in heads]
+        if unknown or not corr.bn_heads:
+            raise SettingsError(f"--bn-heads must name heads of the run ({', '.join(heads)}), got "
+                                f"{' '.join(corr.bn_heads) or 'none'}; leave it out for every head")
+        views = [h for h in corr.bn_heads if is_augmented(h) or is_augmix(h)]
+        if views:
+            raise SettingsError(f"--bn-heads: {', '.join(views)} train on corrupted or AugMix views of the training "
+                                "images, which are not adapted; choose heads fitted on the training features alone")
+    if not corr.test_time_bn:
+        return
+    if corr.corruptions == []:
+        raise SettingsError("--test-time-bn evaluates heads on corrupted test images: it needs the corruption "
+                            "stage (leave --corruptions out for all 19, or name some)")
+    if corr.bn_batch_size < 1:
+        raise SettingsError(f"--bn-batch-size must be at least 1, got {corr.bn_batch_size}")
+    if not 0 <= corr.bn_prior < math.inf:
+        raise SettingsError(f"--bn-prior must be a finite number >= 0 (0: the batch's own statistics), "
+                            f"got {corr.bn_prior}")
 
 
 def compared_results(folder: str) -> dict:

@@ -1,5 +1,7 @@
 """Corrupt the test images (every corruption x severity), extract their features through the cache,
 and measure every head on them; then the corruption metrics (mCE with the linear head as normaliser).
+With `--test-time-bn` the chosen heads are measured again on features from test-time-adapted BatchNorm,
+as heads "<head>+bn" (`vfe.benchmark.test_time_bn`).
 """
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import time
 
 import numpy as np
 
+from vfe.benchmark import test_time_bn
+from vfe.benchmark.clean import evaluate_clean
 from vfe.benchmark.config import CorruptionSettings
 from vfe.benchmark.context import RunContext
-from vfe.benchmark.summary import BASELINE
+from vfe.benchmark.summary import BASELINE, by_head
 from vfe.data.types import ImageSet
 from vfe.features.source import FeatureSource
 from vfe.robustness import metrics as cm
@@ -25,12 +29,37 @@ def corruption_names(settings: CorruptionSettings) -> list[str]:
 
 
 def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
-    """results.json's "corruptions" (per head and seed, and mCE against the baseline) and "corruption_seconds"."""
+    """results.json's "corruptions" (per head and seed, and mCE against the baseline) and "corruption_seconds";
+    with `test_time_bn` also "test_time_bn" and "clean" with the "+bn" heads' clean metrics added (so the
+    summary, the report and the leaderboard list them as heads)."""
     p = ctx.prepared
-    measured = run_corruptions(p.features, p.test, ctx.models, corruption_names(settings), settings.severities,
-                               ctx.data_seed, settings.corruption_params)
-    return {"corruptions": corruption_summary(measured["per_model"], ctx.clean, settings.severities),
-            "corruption_seconds": measured["seconds"]}
+    names = corruption_names(settings)
+    measured = run_corruptions(p.features, p.test, ctx.models, names, settings.severities, ctx.data_seed,
+                               settings.corruption_params)
+    per_model, clean, extra = measured["per_model"], ctx.clean, {}
+    if settings.test_time_bn:
+        adapted = run_adapted(settings, ctx, names)
+        per_model, clean = {**per_model, **adapted["per_model"]}, {**clean, **adapted["clean"]}
+        extra = {"clean": by_head(clean), "test_time_bn": adapted["record"]}
+    return {"corruptions": corruption_summary(per_model, clean, settings.severities),
+            "corruption_seconds": measured["seconds"], **extra}
+
+
+def run_adapted(settings: CorruptionSettings, ctx: RunContext, names: list[str]) -> dict:
+    """The "+bn" heads, refitted on adapted training features: {"per_model": as run_corruptions', "clean":
+    {(head+bn, seed): metrics} on adapted clean test batches, "record": results.json's "test_time_bn"}."""
+    p = ctx.prepared
+    extractor, source = test_time_bn.adapted_source(settings, p, ctx.progress)
+    started = time.perf_counter()
+    models, fit_seconds = test_time_bn.fit_adapted(ctx.models, settings.bn_heads,
+                                                   source(p.train, desc="train (adapted BatchNorm)"), p.train.labels)
+    clean, _ = evaluate_clean(models, source(p.test, desc="test (adapted BatchNorm)"), p.test.labels)
+    measured = run_corruptions(source, p.test, models, names, settings.severities, ctx.data_seed,
+                               settings.corruption_params)
+    seconds = {"total": round(time.perf_counter() - started, 3), "per_corruption": measured["seconds"]}
+    cost = test_time_bn.extraction_cost(p.backbone, extractor, p.test.images)
+    return {"per_model": measured["per_model"], "clean": clean,
+            "record": test_time_bn.record(extractor, models, seconds, fit_seconds, cost)}
 
 
 def corrupted_features(features: FeatureSource, test: ImageSet, name: str, severity: int, seed: int,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vfe.backbones import Backbone, create_backbone
-from vfe.benchmark.augment import augmented_features
+from vfe.benchmark.augment import augmented_features, augmix_features
 from vfe.benchmark.config import BackboneSettings, DataSettings, FinetuneSettings
 from vfe.benchmark.timer import StageTimer
 from vfe.data import available_fashion_mnist, load_train_test
@@ -37,6 +37,9 @@ class Prepared:
     finetune: dict | None = None  # the reference protocol's stage 0 (results.json "finetune")
     X_aug: np.ndarray | None = None  # features of corrupted training images, row-aligned with X_train
     augmentation: dict | None = None  # what the augmented heads saw, and which families stayed held out
+    X_views: np.ndarray | None = None  # features of K AugMix views of each training image, n x K x d
+    augmix: dict | None = None  # how those views were made
+    cache: FeatureCache | None = None  # where `features` caches; other extractors of the run cache there too
 
 
 def load_data(data: DataSettings, log=print) -> tuple[ImageSet, ImageSet, str]:
@@ -54,11 +57,11 @@ def load_data(data: DataSettings, log=print) -> tuple[ImageSet, ImageSet, str]:
 
 def prepare(data: DataSettings, backbone: BackboneSettings, cache_dir: str | None, *,
             finetune: FinetuneSettings | None = None, augment_family: str | None = None,
-            corruption_params: str = "auto", progress: bool = True, timer: StageTimer | None = None,
-            log=print) -> Prepared:
+            corruption_params: str = "auto", augmix_views: int | None = None, progress: bool = True,
+            timer: StageTimer | None = None, log=print) -> Prepared:
     """Load, subset, build the backbone, fine-tune its top under the reference protocol, extract (or read
     cached) features; augmented features when `augment_family` is given (the heads that train on corrupted
-    images need them)."""
+    images need them), and `augmix_views` AugMix views of each training image when given (the AugMix heads)."""
     timer = timer or StageTimer(log=log)
     with timer.timed("load data"):
         train, test, dataset = load_data(data, log)
@@ -78,11 +81,14 @@ def prepare(data: DataSettings, backbone: BackboneSettings, cache_dir: str | Non
     with timer.timed("extract features"):
         X_train = features(train, desc="extract train")
         X_test = features(test, desc="extract test")
-    prepared = Prepared(dataset, train, test, bb, features, X_train, X_test, record)
+    prepared = Prepared(dataset, train, test, bb, features, X_train, X_test, record, cache=cache)
     if augment_family is not None:
         with timer.timed(f"features of corrupted training images ({augment_family})"):
             prepared.X_aug, prepared.augmentation = augmented_features(
                 features, train, family=augment_family, seed=data.data_seed + 1, params=corruption_params)
+    if augmix_views is not None:
+        with timer.timed(f"features of AugMix views ({augmix_views} per training image)"):
+            prepared.X_views, prepared.augmix = augmix_features(features, train, augmix_views, data.data_seed)
     return prepared
 
 

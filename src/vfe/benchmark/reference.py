@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -156,6 +156,7 @@ def _train(model: CompareModel, base: Backbone, train: ImageSet, A_train: np.nda
                          lr=settings.finetune_lr, patience=None, seed=seed, device=str(base.device),
                          progress=progress, desc=f"fine-tune from {model.cut.point}")
     y = train.labels.astype(np.int64)
+    probe = _linear_probe(model, A_train, y, settings, config) if settings.finetune_lp_epochs else None
     if settings.finetune_augment:
         from torchvision.transforms import v2  # ~1 s to import; only augmentation needs it
 
@@ -166,7 +167,19 @@ def _train(model: CompareModel, base: Backbone, train: ImageSet, A_train: np.nda
     else:
         history = fit_classifier(model, A_train, y, None, config, parameters=parameters)
     top.requires_grad_(False)
-    return history.to_dict()
+    return {**history.to_dict(), **({"linear_probe": probe} if probe else {})}
+
+
+def _linear_probe(model: CompareModel, A_train: np.ndarray, y: np.ndarray, settings: FinetuneSettings,
+                  config: TrainConfig) -> dict:
+    """LP-FT's first stage (Kumar et al. 2022): the Dropout -> Dense head trained alone on the un-tuned top's
+    pooled features, so that fine-tuning starts from a fitted head and distorts the features less."""
+    model.eval()
+    with torch.inference_mode():
+        features = torch.cat([model.cut.top(torch.from_numpy(A_train[i:i + 512]).float().view(-1, *model.shape))
+                              for i in range(0, len(A_train), 512)]).numpy()
+    lp = replace(config, epochs=settings.finetune_lp_epochs, desc="linear probe (LP-FT)")
+    return fit_classifier(model.head, features, y, None, lp).to_dict()
 
 
 @torch.inference_mode()

@@ -15,15 +15,18 @@ from pathlib import Path
 import torch
 
 from vfe.backbones import resolve_device
+from vfe.benchmark.augment import training_record
 from vfe.benchmark.clean import evaluate_clean
 from vfe.benchmark.config import RunSettings, check, compared_results
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fit import fit_heads
+from vfe.benchmark.leaderboard import leaderboard
 from vfe.benchmark.prepare import Prepared, prepare, skipped_files, write_skipped
 from vfe.benchmark.stages import STAGES
 from vfe.benchmark.summary import by_head, summarise
+from vfe.benchmark.test_time_bn import base_head
 from vfe.benchmark.timer import StageTimer, peak_rss_mb
-from vfe.heads.registry import expand_heads, is_augmented
+from vfe.heads.registry import expand_heads, is_augmented, is_augmix
 from vfe.io import write_json
 from vfe.report import write_report
 from vfe.report.inputs import report_inputs
@@ -43,20 +46,23 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
     augmented = any(is_augmented(h) for h in heads)
     prepared = prepare(settings.data, settings.backbone, settings.cache_dir, finetune=settings.finetune,
                        augment_family=settings.heads.augment_family if augmented else None,
-                       corruption_params=settings.corruptions.corruption_params, progress=settings.progress,
-                       timer=timer, log=log)
+                       corruption_params=settings.corruptions.corruption_params,
+                       augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
+                       progress=settings.progress, timer=timer, log=log)
     write_skipped(out / "skipped_files.txt", skipped_files(prepared.train, prepared.test), log)
     with timer.timed("fit heads"):
         models, fit_seconds = fit_heads(settings.heads, heads, prepared.X_train, prepared.train.labels,
-                                        device=device, progress=settings.progress, X_aug=prepared.X_aug)
+                                        device=device, progress=settings.progress, X_aug=prepared.X_aug,
+                                        X_views=prepared.X_views)
     with timer.timed("clean evaluation"):
         clean, clean_probs = evaluate_clean(models, prepared.X_test, prepared.test.labels)
 
     results = {"setting": setting_of(settings, heads, prepared, device), "config": settings.to_dict(),
                "clean": by_head(clean), "fit_seconds": fit_seconds,
                "histories": {f"{h}/seed{s}": getattr(m, "history_", None) for (h, s), m in models.items()}}
-    if prepared.augmentation is not None:
-        results["augmentation"] = prepared.augmentation
+    augmentation = training_record(heads, prepared.augmentation, prepared.augmix)
+    if augmentation is not None:
+        results["augmentation"] = augmentation
     if prepared.finetune is not None:
         results["finetune"] = prepared.finetune
 
@@ -69,6 +75,8 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
                 results.update(stage.function()(own, ctx))
 
     results["summary"] = summarise(results)
+    results["leaderboard"] = leaderboard(results, {h: base_head(h) in heads and is_augmented(base_head(h))
+                                                   for h in results["clean"]})  # "vfe-aug+bn" saw what vfe-aug saw
     if settings.compare_with is not None:
         results["compared_run"] = {"path": settings.compare_with,
                                    **comparable(compared_results(settings.compare_with))}

@@ -22,12 +22,13 @@ import numpy as np
 from sklearn.model_selection import ParameterGrid
 from tqdm.auto import tqdm
 
+from vfe.benchmark.augment import training_record
 from vfe.benchmark.config import SweepSettings
 from vfe.benchmark.prepare import prepare
 from vfe.benchmark.timer import StageTimer
 from vfe.data.split import balanced_index
 from vfe.errors import SettingsError
-from vfe.heads.registry import is_augmented, make_head, spec
+from vfe.heads.registry import is_augmented, is_augmix, make_head, spec
 from vfe.io import read_json, write_json
 from vfe.robustness.calibration import probability_metrics
 from vfe.robustness.stats import mean_std
@@ -77,12 +78,13 @@ def cell_file(cell: dict, key: str) -> str:
 
 def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
               out_dir: str | Path, X_aug: np.ndarray | None = None, device: str = "cpu",
-              progress: bool = True) -> list[dict]:
+              progress: bool = True, X_views: np.ndarray | None = None) -> list[dict]:
     """Fit and evaluate every cell of `grid`; finished cells are read back, not recomputed.
 
     The seed sets both the head's random_state and which training subset a `train_size` draws, so
     the spread over seeds includes the luck of the labelled sample. `X_aug` (row-aligned with
-    X_train) feeds the heads that train on corrupted-image features (e.g. `vfe-aug`).
+    X_train) feeds the heads that train on corrupted-image features (e.g. `vfe-aug`), `X_views` (n x K x d,
+    AugMix views of each training image) the AugMix heads (e.g. `linear-augmix-js`).
     Returns one record per cell: head, params, train_size, n_train, seed, metrics, fit_seconds.
     """
     out_dir = Path(out_dir)
@@ -90,12 +92,16 @@ def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.n
     needs_aug = sorted({c["head"] for c in cells if is_augmented(c["head"])})
     if needs_aug and X_aug is None:
         raise ValueError(f"heads {needs_aug} train on corrupted-image features: pass X_aug (see vfe.benchmark.augment)")
+    needs_views = sorted({c["head"] for c in cells if is_augmix(c["head"])})
+    if needs_views and X_views is None:
+        raise ValueError(f"heads {needs_views} train on AugMix views: pass X_views (see vfe.benchmark.augment)")
     n_classes = len(np.unique(y_train))
     for size in {c["train_size"] for c in cells} - {None}:
         if not n_classes <= size <= len(y_train):
             raise SettingsError(f"sweep grid: train size {size} must be between the number of classes "
                                 f"({n_classes}) and the training set's size ({len(y_train)}), or null for all")
-    key = data_key(X_train, y_train, X_test, y_test, *([X_aug] if needs_aug else []))
+    key = data_key(X_train, y_train, X_test, y_test, *([X_aug] if needs_aug else []),
+                   *([X_views] if needs_views else []))
     records = []
     for cell in tqdm(cells, desc="sweep", unit="cell", disable=not progress):
         path = out_dir / cell_file(cell, key)
@@ -106,7 +112,8 @@ def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.n
         head = make_head(cell["head"], **{"random_state": cell["seed"], **cell["params"]})
         if "device" in head.get_params():
             head.set_params(device=device)
-        aug = {"X_aug": X_aug[index]} if is_augmented(cell["head"]) else {}
+        aug = {"X_aug": X_aug[index]} if is_augmented(cell["head"]) else \
+            {"X_aug": X_views[index]} if is_augmix(cell["head"]) else {}
         start = time.perf_counter()
         head.fit(X_train[index], y_train[index], **aug)
         seconds = time.perf_counter() - start
@@ -223,16 +230,19 @@ def run_sweep_job(settings: SweepSettings, grid: dict | None = None) -> dict:
     augmented = any(is_augmented(cell["head"]) for cell in cells)
     prepared = prepare(settings.data, settings.backbone, settings.cache_dir,
                        augment_family=settings.augment_family if augmented else None,
-                       corruption_params=settings.corruption_params, progress=settings.progress,
-                       timer=StageTimer(log=lambda *_: None))
+                       corruption_params=settings.corruption_params,
+                       augmix_views=settings.augmix_views if any(is_augmix(c["head"]) for c in cells) else None,
+                       progress=settings.progress, timer=StageTimer(log=lambda *_: None))
     train, test, device = prepared.train, prepared.test, str(prepared.backbone.device)
     records = run_sweep(grid, prepared.X_train, train.labels, prepared.X_test, test.labels, out / "sweep",
-                        X_aug=prepared.X_aug, device=device, progress=settings.progress)
+                        X_aug=prepared.X_aug, device=device, progress=settings.progress, X_views=prepared.X_views)
     rows = summarise_cells(records)
     result = {"setting": {"dataset": prepared.dataset, "backbone": prepared.backbone.name,
                           "image_size": prepared.backbone.image_size, "n_train": len(train), "n_test": len(test),
                           "data_seed": settings.data.data_seed},
-              "grid": grid, "rows": rows, "augmentation": prepared.augmentation}
+              "grid": grid, "rows": rows,
+              "augmentation": training_record(list(dict.fromkeys(c["head"] for c in cells)), prepared.augmentation,
+                                              prepared.augmix)}
     if settings.compare_pixels:
         sizes = tuple(grid.get("train_sizes", [100, 1000, None]))
         seeds = tuple(grid.get("seeds", [0, 1, 2]))

@@ -25,6 +25,7 @@ class Head(ClassifierMixin, BaseEstimator):
     """Base of all heads. Subclasses implement `_fit`, `_predict_proba`, `_get_state`, `_set_state`."""
 
     inputs = "features"  # what fit/predict take: "features" (N x D floats) or "images" (uint8 N x H x W x C)
+    takes_views = False  # whether fit takes several augmented views per training image (X_aug n x K x d)
 
     def fit(self, X, y, X_aug=None) -> Head:
         """Fit on features X and labels y.
@@ -32,7 +33,8 @@ class Head(ClassifierMixin, BaseEstimator):
         X_aug (optional, heads whose `_fit` takes it): features of the same training images under a
         random corruption, row-aligned with X (X_aug[i] is a corrupted view of the image behind X[i]).
         It is training data only: the early-stopping split stays clean, and a denoising head can use
-        the (X_aug[i], X[i]) pairs.
+        the (X_aug[i], X[i]) pairs. Heads with `takes_views` also take n x K x d: K views of each image
+        (X_aug[i, k] is view k of the image behind X[i]), e.g. AugMix views.
         """
         X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2)
         check_classification_targets(y)
@@ -48,11 +50,12 @@ class Head(ClassifierMixin, BaseEstimator):
     def _check_augmented(self, X_aug, X: np.ndarray) -> np.ndarray:
         if "X_aug" not in inspect.signature(self._fit).parameters:
             raise TypeError(f"{type(self).__name__} does not train on augmented features (X_aug)")
-        X_aug = check_array(X_aug, dtype=np.float32)
-        if X_aug.shape != X.shape:
-            raise ValueError(f"X_aug must be row-aligned with X (one corrupted view per training image): "
-                             f"shape {X_aug.shape} != X's {X.shape}")
-        return X_aug
+        X_aug = check_array(X_aug, dtype=np.float32, allow_nd=True)
+        if X_aug.shape == X.shape or self.takes_views and X_aug.ndim == 3 and X_aug.shape[::2] == X.shape:
+            return X_aug
+        views = " (or n x K x d: K views of each)" if self.takes_views else ""
+        raise ValueError(f"X_aug must be row-aligned with X (one augmented view per training image{views}): "
+                         f"shape {X_aug.shape} != X's {X.shape}")
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "classes_")
@@ -130,11 +133,14 @@ class TorchHead(Head):
         return train_idx, val_idx
 
     def _split(self, X: np.ndarray, y: np.ndarray, X_aug: np.ndarray | None = None):
-        """(X_train, y_train), held-out (X_val, y_val) or None. Augmented views join the training part only."""
+        """(X_train, y_train), held-out (X_val, y_val) or None. Augmented views join the training part only
+        (all K views of each row, when X_aug is n x K x d)."""
         train_idx, val_idx = self._validation_indices(y)
         train = (X, y) if val_idx is None else (X[train_idx], y[train_idx])
         if X_aug is not None:
-            train = (np.concatenate([train[0], X_aug[train_idx]]), np.concatenate([train[1], y[train_idx]]))
+            views = X_aug[train_idx].reshape(-1, X.shape[1])
+            labels = np.repeat(y[train_idx], len(views) // len(train_idx))
+            train = (np.concatenate([train[0], views]), np.concatenate([train[1], labels]))
         return train, (None if val_idx is None else (X[val_idx], y[val_idx]))
 
 

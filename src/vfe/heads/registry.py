@@ -31,9 +31,9 @@ INPUTS = ("features", "images")
 class HeadSpec:
     """A registered head: its class (`target`), or for a preset the `base` head and the `params` it sets.
 
-    A preset inherits its base head's class, inputs and user parameters; its own `params` override the
-    class defaults and are overridden by the user's. An entry with a `target` may set `params` too (a
-    wrapper's, e.g. the ensemble's `base`).
+    A preset inherits its base head's class (unless it names a subclass as its own `target`), inputs and
+    user parameters; its own `params` override the class defaults and are overridden by the user's. An
+    entry with a `target` may set `params` too (a wrapper's, e.g. the ensemble's `base`).
     """
 
     name: str
@@ -42,6 +42,7 @@ class HeadSpec:
     base: str | None = None
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     augmented: bool = False  # fitted with fit(X, y, X_aug=...) on features of corrupted training images
+    augmix: bool = False  # fitted with fit(X, y, X_aug=views): K AugMix views per training image (n x K x d)
     benchmark: bool = True  # compared by the feature benchmark (`vfe run --heads all`)
     excluded_because: str = ""
     about: str = ""
@@ -66,7 +67,7 @@ def _registry(*entries: HeadSpec) -> dict[str, HeadSpec]:
     for entry in entries:
         if entry.base is not None:
             base = out[entry.base]
-            entry = dataclasses.replace(entry, target=base.target, inputs=base.inputs)
+            entry = dataclasses.replace(entry, target=entry.target or base.target, inputs=base.inputs)
         out[entry.name] = entry
     return out
 
@@ -102,6 +103,13 @@ REGISTRY: dict[str, HeadSpec] = _registry(
     HeadSpec("finetune", "vfe.heads.finetune:FinetuneHead", inputs="images", benchmark=False,
              excluded_because="trains the backbone on images: use `vfe fit --head finetune`",
              about="the backbone's top blocks fine-tuned with Dropout -> Dense, on images"),
+    HeadSpec("linear-augmix", "vfe.heads.augmix:AugMixLinearHead", base="linear", augmix=True,
+             about="linear head on clean + AugMix-view features (no benchmark corruption seen in training)"),
+    HeadSpec("linear-augmix-js", "vfe.heads.augmix:AugMixLinearHead", base="linear", params={"js_weight": 12.0},
+             augmix=True, about="linear-augmix + AugMix's Jensen-Shannon consistency term (weight 12)"),
+    _preset("vfe-augmix", "vfe", augmix=True, about="VFE on clean + AugMix-view features, both stages"),
+    _preset("vfe-augmix-js", "vfe", {"js_weight": 12.0}, augmix=True,
+            about="vfe-augmix + AugMix's Jensen-Shannon consistency term (weight 12) in stage 2"),
 )
 
 # Classes a saved pipeline may name besides the registered ones (wrappers around a head).
@@ -159,6 +167,11 @@ def head_class_of(name: str) -> type:
 def is_augmented(name: str) -> bool:
     """Whether `name` is fitted with features of corrupted training images (fit(X, y, X_aug=...))."""
     return spec(name).augmented
+
+
+def is_augmix(name: str) -> bool:
+    """Whether `name` is fitted with AugMix views of the training images (fit(X, y, X_aug=n x K x d))."""
+    return spec(name).augmix
 
 
 def params_for(name: str, head_params: dict[str, dict]) -> dict:

@@ -54,7 +54,7 @@ def finetune_section(results: dict) -> Section | None:
 
 def comparable(results: dict) -> dict:
     """What another run's report needs of this run's results (results.json "compared_run")."""
-    return {k: results.get(k) for k in ("setting", "summary", "adversarial_intervals", "finetune")}
+    return {k: results.get(k) for k in ("setting", "summary", "adversarial_intervals", "finetune", "leaderboard")}
 
 
 def _strongest_attack(keys) -> str | None:

@@ -181,10 +181,13 @@ def _per_corruption_table(ctx: Context, corr: dict, names: list[str]) -> Table:
     caption = ("Per corruption: accuracy averaged over severities, and corruption error (CE: summed error over "
                f"severities relative to the {corr.get('normaliser', 'baseline')} head with the same seed); mean ± "
                "std over seeds.")
-    if augmentation:
+    if augmentation and augmentation["train_corruptions"]:
         caption += (f" The augmented heads trained on the {augmentation['train_family']} family "
                     f"({', '.join(augmentation['train_corruptions'])}): those rows are \"seen\", not a test of "
                     f"robustness for them; {', '.join(augmentation['held_out_families'])} stayed held out.")
+    elif augmentation:
+        caption += (" The AugMix heads trained on views made by operations that are none of these corruptions: "
+                    "every row is held out for them.")
     return Table(header, rows, caption)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from vfe.io import atomic_write_bytes
 from vfe.report import protocols, sections
 from vfe.report.document import Document
+from vfe.report.leaderboard import leaderboard_section
 from vfe.report.to_html import to_html
 from vfe.report.to_markdown import to_markdown
 
@@ -18,7 +19,9 @@ def build_document(results: dict) -> Document:
         raise ValueError("results must be the dict of a run (vfe.experiment.run), holding at least 'clean'")
     ctx = sections.Context(results)
     parts = [sections.setting_section(ctx), protocols.finetune_section(results), sections.narrative_section(ctx),
-             sections.summary_section(ctx), protocols.protocols_section(results), sections.comparison_section(ctx), sections.corruption_section(ctx), sections.adversarial_section(ctx),
+             sections.summary_section(ctx), protocols.protocols_section(results),
+             leaderboard_section(results), sections.comparison_section(ctx), sections.corruption_section(ctx),
+             sections.adversarial_section(ctx),
              sections.calibration_section(ctx), sections.ood_section(ctx), sections.training_section(ctx),
              sections.sweep_section(ctx)]
     name = results.get("config", {}).get("name")
