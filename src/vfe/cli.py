@@ -32,7 +32,8 @@ EXAMPLES = {
     "predict": "vfe predict runs/models/fmnist-vfe.safetensors photo1.png photo2.jpg some_folder/",
     "sweep": "vfe sweep --name beta --grid '{\"heads\": {\"vfe\": {\"beta\": [0.1, 1, 10]}, \"linear\": {}}, "
              "\"seeds\": [0, 1, 2]}'\n"
-             "vfe sweep --name sizes --grid grid.json --compare-pixels   # transfer vs raw pixels per train size",
+             "vfe sweep --name sizes --grid grid.json --compare-pixels   # transfer vs raw pixels per train size\n"
+             "vfe sweep --name beta --grid grid.json --engine ray --address auto   # cells as Ray tasks: docs/ray.md",
     "export": "vfe export runs/models/fmnist-vfe.safetensors --out fmnist-vfe.onnx --input-shape 28 28 1\n"
               "vfe export model.safetensors --out model-k8.onnx --samples 8   # a VFE averaging 8 draws",
     "cache": "vfe cache ls\nvfe cache rm 3fa9c1     # removes entries whose key starts with 3fa9c1\nvfe cache rm --all\n"

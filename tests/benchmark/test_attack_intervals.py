@@ -168,6 +168,25 @@ def test_without_intervals_the_narrative_keeps_the_seed_spread():
     assert "survives EOT" in "\n".join(paired) and "%" in other[0] and "[" not in other[0]
 
 
+def test_the_narrative_quotes_the_largest_budget_at_which_some_head_is_above_zero():
+    """With a 16/255 attack at which both heads are at 0 %, the bullets stay at 8/255: 0 against 0 tells nothing."""
+    from vfe.report.narrative import what_this_says
+
+    results = hand_made_results(with_intervals=False)
+    zero = {"n": 3, "mean_diff": 0.0, "std_diff": 0.0, "p_value": None, "exceeds_spread": False,
+            "verdict": "no clear difference"}
+    for key in ("adv:pgd_linf_16/255", "adv:pgd_linf_16/255_eot"):
+        results["summary"]["vs_baseline"]["vfe"][key] = zero
+        for head in ("vfe", "linear"):
+            results["summary"]["table"][head][key] = {"mean": 0.0, "std": 0.0, "n": 3}
+    paired, _ = (b.items for b in what_this_says(results))
+    quoted = [item for item in paired if item.startswith("adversarial accuracy")]
+    assert quoted and all("8/255" in item for item in quoted), quoted
+    results["summary"]["table"]["linear"]["adv:pgd_linf_16/255"]["mean"] = 0.01  # now 16/255 tells heads apart
+    paired, _ = (b.items for b in what_this_says(results))
+    assert any("16/255" in item for item in paired if item.startswith("adversarial accuracy"))
+
+
 def test_the_section_table_shows_each_attack_with_its_interval_beside_the_clean_accuracy():
     from vfe.report.sections import _interval_table
 

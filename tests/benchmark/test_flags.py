@@ -32,6 +32,7 @@ NEW_VALUES = {
     "ood": False, "compare_with": "runs/frozen", "protocol": "reference", "cut_point": "blocks.4.0",
     "finetune_epochs": 7, "finetune_batch_size": 50, "finetune_lr": 0.01, "finetune_augment": True,
     "finetune_lp_epochs": 2, "test_time_bn": True, "bn_batch_size": 32, "bn_prior": 4.0, "bn_heads": ["linear"],
+    "engine": "ray", "address": "ray://head:10001",
 }
 
 
@@ -80,8 +81,11 @@ def test_unknown_flags_and_wrong_types_are_refused(capsys, argv, message):
 
 
 def test_sweep_flags_come_from_its_settings():
-    settings = parse(SweepSettings(), ["--name", "s", "--grid", "{}", "--n-train", "300", "--compare-pixels"])
+    settings = parse(SweepSettings(), ["--name", "s", "--grid", "{}", "--n-train", "300", "--compare-pixels",
+                                       "--engine", "ray", "--address", "auto"])
     assert (settings.name, settings.data.n_train, settings.compare_pixels) == ("s", 300, True)
+    assert (settings.cluster.engine, settings.cluster.address) == ("ray", "auto")
+    assert parse(SweepSettings(), ["--name", "s", "--grid", "{}"]).cluster == cfg.EngineSettings(engine="local")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["sweep", "--grid", "{}"])  # --name is required
 

@@ -63,3 +63,16 @@ def test_the_finetune_section_shows_the_record_and_every_epoch():
     assert "| share of the backbone's parameters trained | 72.6 % |" in text
     assert "| last epoch: training loss, accuracy | 0.75, 0.8 |" in text
     assert "| 2 | 0.75 | 0.8 | 20 |" in text and "read from the cache" in text and "0.8123" in text
+
+
+def test_the_attack_row_drops_to_the_largest_budget_where_some_head_is_above_zero():
+    """At 8/255 every head is at 0 % here: that row would tell nothing, so the row is 2/255's."""
+    zeroed = {run: {h: {**m, "adv:pgd_linf_8/255_eot": [0.0, 0.0, 0.0]} for h, m in heads.items()}
+              for run, heads in (("reference", REFERENCE), ("frozen", FROZEN))}
+    setting = {"dataset": "fashion-mnist", "n_test": 2000, "seeds": [0, 1, 2], "backbone": "efficientnet_lite0"}
+    results = {"setting": {**setting, "protocol": "reference"}, "summary": _summary(zeroed["reference"]),
+               "compared_run": {"setting": {**setting, "protocol": "frozen"}, "summary": _summary(zeroed["frozen"])}}
+    rows, _ = _table(protocols_section(results))
+    attack = [k for k in rows if "255" in k]
+    assert len(attack) == 1 and "2/255" in attack[0]
+    assert rows[attack[0]][0] == f"{30.0:.1f} ± {0.0:.1f}"

@@ -1,6 +1,6 @@
 """The main job's settings: one typed dataclass per concern, composed into `RunSettings`.
 
-Every field is a command-line flag of `vfe run` (and the data/backbone ones of `vfe sweep`): the flags
+Every field is a command-line flag of `vfe run` (and the data/backbone/engine ones of `vfe sweep`): the flags
 are generated from these dataclasses by `vfe.benchmark.flags`, so a field added here is settable at once.
 A field's flag is its name with dashes (`n_train` -> `--n-train`); names are unique across the
 sub-settings for that reason. This module imports no torch: `vfe --help` reads it.
@@ -134,6 +134,22 @@ class OODSettings:
     ood: bool = field(default=True, **_help("run the out-of-distribution stage"))
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class EngineSettings:
+    """Where heads are fitted: in this process, or as Ray tasks on a cluster (docs/ray.md)."""
+
+    engine: str = field(default="local", metadata={"choices": ENGINES, "help": (
+        "local: fit the heads in this process; ray: fit them as Ray tasks, one CPU and one torch thread each, "
+        "on the cluster at --address (pip install 'vfe[ray]'; docs/ray.md); the numbers of a local fit at one "
+        "torch thread")})
+    address: str | None = field(default=None, **_help(
+        "with --engine ray: auto (a running cluster), local (a new one here), ray://HOST:PORT (Ray Client) or "
+        "HOST:PORT of the head; none: a running cluster if found, else a local one"))
+
+
 @dataclass
 class RunSettings:
     """Everything that defines a run of the main job."""
@@ -152,6 +168,7 @@ class RunSettings:
     corruptions: CorruptionSettings = field(default_factory=CorruptionSettings)
     attacks: AttackSettings = field(default_factory=AttackSettings)
     ood: OODSettings = field(default_factory=OODSettings)
+    cluster: EngineSettings = field(default_factory=EngineSettings)
 
     @property
     def run_dir(self) -> Path:
@@ -190,6 +207,7 @@ class SweepSettings:
     progress: bool = field(default=True, **_help("progress bars"))
     data: DataSettings = field(default_factory=DataSettings)
     backbone: BackboneSettings = field(default_factory=BackboneSettings)
+    cluster: EngineSettings = field(default_factory=EngineSettings)
 
 
 def quick_settings() -> RunSettings:
@@ -288,10 +306,19 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
                             f"{ft.finetune_epochs}, {ft.finetune_batch_size}, {ft.finetune_lr}")
     if settings.compare_with is not None:
         compared_results(settings.compare_with)
+    check_engine(settings.cluster)
     out = settings.run_dir
     if (out / "results.json").exists() and not overwrite:
         raise SettingsError(f"{out} already holds a run; pass --overwrite or choose another --name")
     check_writable_folder(out, "--runs-dir")
+
+
+def check_engine(cluster: EngineSettings) -> None:
+    """--engine among ENGINES, and --address only with --engine ray (Ray itself is imported only then)."""
+    if cluster.engine not in ENGINES:
+        raise SettingsError(f"--engine must be one of {', '.join(ENGINES)}, got {cluster.engine!r}")
+    if cluster.engine == "local" and cluster.address is not None:
+        raise SettingsError("--address applies to --engine ray only")
 
 
 def check_test_time_bn(corr: CorruptionSettings, heads: list[str]) -> None:

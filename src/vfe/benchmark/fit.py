@@ -1,4 +1,4 @@
-"""Fit every head with every seed on the cached training features."""
+"""Fit every head with every seed on the cached training features, here or as Ray tasks."""
 from __future__ import annotations
 
 import time
@@ -6,27 +6,54 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from vfe.benchmark.config import HeadSettings
+from vfe.benchmark.config import EngineSettings, HeadSettings, check_engine
+from vfe.benchmark.fanout import TASK_DEVICE, cluster_session, fan_out
 from vfe.heads.registry import is_augmented, is_augmix, make_head, params_for
 
 
+def fit_one(job: tuple[str, int], X: np.ndarray, y: np.ndarray, head_params: dict[str, dict], device: str = "cpu",
+            X_aug: np.ndarray | None = None, X_views: np.ndarray | None = None) -> tuple[object, float]:
+    """One head fitted with one seed: (the fitted head, its fit seconds). What both engines run per model."""
+    head, seed = job
+    start = time.perf_counter()
+    model = make_head(head, **{"random_state": seed, **params_for(head, head_params)})
+    if "device" in model.get_params():
+        model.set_params(device=device)
+    extra = {"X_aug": X_aug} if is_augmented(head) else {"X_aug": X_views} if is_augmix(head) else {}
+    model = model.fit(X, y, **extra)
+    return model, round(time.perf_counter() - start, 3)
+
+
 def fit_heads(settings: HeadSettings, heads: list[str], X: np.ndarray, y: np.ndarray, device: str = "cpu",
-              progress: bool = True, X_aug: np.ndarray | None = None, X_views: np.ndarray | None = None
-              ) -> tuple[dict[tuple[str, int], object], dict[str, list[float]]]:
+              progress: bool = True, X_aug: np.ndarray | None = None, X_views: np.ndarray | None = None,
+              cluster: EngineSettings | None = None) -> tuple[dict[tuple[str, int], object], dict[str, list[float]]]:
     """{(head, seed): fitted head} and the fit seconds per head (one entry per seed).
 
     `heads` are the settings' heads with 'all' expanded. `X_aug` (features of corrupted training
     images, row-aligned with X) goes to the augmented heads only, `X_views` (features of K AugMix views of
     each training image, n x K x d) to the AugMix heads only.
+
+    `cluster`: EngineSettings(engine="ray", address=...) fits the heads x seeds as Ray tasks (one CPU and one
+    torch thread each, on the CPU: vfe.benchmark.fanout) on the cluster at the address (a connection this
+    process already has is used); the result is the same dict in the same order as the local engine's.
     """
-    models, seconds = {}, {}
+    cluster = cluster or EngineSettings()
+    check_engine(cluster)
     jobs = [(h, s) for h in heads for s in settings.seeds]
-    for head, seed in tqdm(jobs, desc="fit heads", unit="model", disable=not progress):
-        start = time.perf_counter()
-        model = make_head(head, **{"random_state": seed, **params_for(head, settings.head_params)})
-        if "device" in model.get_params():
-            model.set_params(device=device)
-        extra = {"X_aug": X_aug} if is_augmented(head) else {"X_aug": X_views} if is_augmix(head) else {}
-        models[(head, seed)] = model.fit(X, y, **extra)
-        seconds.setdefault(head, []).append(round(time.perf_counter() - start, 3))
+    fitted: list[tuple[object, float] | None] = [None] * len(jobs)
+    if cluster.engine == "ray":
+        shared = {"X": X, "y": y, "head_params": settings.head_params, "device": TASK_DEVICE,
+                  "X_aug": X_aug if any(map(is_augmented, heads)) else None,
+                  "X_views": X_views if any(map(is_augmix, heads)) else None}
+        with cluster_session(cluster):
+            for i, result in fan_out(fit_one, jobs, shared, progress=progress, desc="fit heads (ray)",
+                                     unit="model"):
+                fitted[i] = result
+    else:
+        for i, job in enumerate(tqdm(jobs, desc="fit heads", unit="model", disable=not progress)):
+            fitted[i] = fit_one(job, X, y, settings.head_params, device, X_aug, X_views)
+    models, seconds = {}, {}
+    for (head, seed), (model, fit_s) in zip(jobs, fitted):
+        models[(head, seed)] = model
+        seconds.setdefault(head, []).append(fit_s)
     return models, seconds

@@ -19,6 +19,7 @@ from vfe.benchmark.augment import training_record
 from vfe.benchmark.clean import evaluate_clean
 from vfe.benchmark.config import RunSettings, check, compared_results
 from vfe.benchmark.context import RunContext
+from vfe.benchmark.fanout import cluster_session
 from vfe.benchmark.fit import fit_heads
 from vfe.benchmark.leaderboard import leaderboard
 from vfe.benchmark.prepare import Prepared, prepare, skipped_files, write_skipped
@@ -44,16 +45,19 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
     started = time.perf_counter()
 
     augmented = any(is_augmented(h) for h in heads)
-    prepared = prepare(settings.data, settings.backbone, settings.cache_dir, finetune=settings.finetune,
-                       augment_family=settings.heads.augment_family if augmented else None,
-                       corruption_params=settings.corruptions.corruption_params,
-                       augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
-                       progress=settings.progress, timer=timer, log=log)
-    write_skipped(out / "skipped_files.txt", skipped_files(prepared.train, prepared.test), log)
-    with timer.timed("fit heads"):
-        models, fit_seconds = fit_heads(settings.heads, heads, prepared.X_train, prepared.train.labels,
-                                        device=device, progress=settings.progress, X_aug=prepared.X_aug,
-                                        X_views=prepared.X_views)
+    # --engine ray: connected before the data is prepared (a wrong --address costs nothing), and disconnected
+    # once the heads are fitted (the later stages run here); the local engine connects to nothing
+    with cluster_session(settings.cluster):
+        prepared = prepare(settings.data, settings.backbone, settings.cache_dir, finetune=settings.finetune,
+                           augment_family=settings.heads.augment_family if augmented else None,
+                           corruption_params=settings.corruptions.corruption_params,
+                           augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
+                           progress=settings.progress, timer=timer, log=log)
+        write_skipped(out / "skipped_files.txt", skipped_files(prepared.train, prepared.test), log)
+        with timer.timed("fit heads"):
+            models, fit_seconds = fit_heads(settings.heads, heads, prepared.X_train, prepared.train.labels,
+                                            device=device, progress=settings.progress, X_aug=prepared.X_aug,
+                                            X_views=prepared.X_views, cluster=settings.cluster)
     with timer.timed("clean evaluation"):
         clean, clean_probs = evaluate_clean(models, prepared.X_test, prepared.test.labels)
 

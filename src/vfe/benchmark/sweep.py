@@ -23,7 +23,8 @@ from sklearn.model_selection import ParameterGrid
 from tqdm.auto import tqdm
 
 from vfe.benchmark.augment import training_record
-from vfe.benchmark.config import SweepSettings
+from vfe.benchmark.config import EngineSettings, SweepSettings, check_engine
+from vfe.benchmark.fanout import TASK_DEVICE, cluster_session, fan_out
 from vfe.benchmark.prepare import prepare
 from vfe.benchmark.timer import StageTimer
 from vfe.data.split import balanced_index
@@ -76,9 +77,27 @@ def cell_file(cell: dict, key: str) -> str:
     return f"{cell['head']}-n{size}-seed{cell['seed']}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}.json"
 
 
+def fit_cell(cell: dict, key: str, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
+             y_test: np.ndarray, X_aug: np.ndarray | None = None, X_views: np.ndarray | None = None,
+             device: str = "cpu") -> dict:
+    """One cell fitted and evaluated: its record (what both engines run per cell; the caller writes it)."""
+    index = balanced_index(y_train, cell["train_size"], cell["seed"])
+    head = make_head(cell["head"], **{"random_state": cell["seed"], **cell["params"]})
+    if "device" in head.get_params():
+        head.set_params(device=device)
+    aug = {"X_aug": X_aug[index]} if is_augmented(cell["head"]) else \
+        {"X_aug": X_views[index]} if is_augmix(cell["head"]) else {}
+    start = time.perf_counter()
+    head.fit(X_train[index], y_train[index], **aug)
+    seconds = time.perf_counter() - start
+    return {**cell, "n_train": len(index), "data": key, "fit_seconds": round(seconds, 3),
+            "metrics": probability_metrics(head.predict_proba(X_test), y_test)}
+
+
 def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
               out_dir: str | Path, X_aug: np.ndarray | None = None, device: str = "cpu",
-              progress: bool = True, X_views: np.ndarray | None = None) -> list[dict]:
+              progress: bool = True, X_views: np.ndarray | None = None,
+              cluster: EngineSettings | None = None) -> list[dict]:
     """Fit and evaluate every cell of `grid`; finished cells are read back, not recomputed.
 
     The seed sets both the head's random_state and which training subset a `train_size` draws, so
@@ -86,7 +105,14 @@ def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.n
     X_train) feeds the heads that train on corrupted-image features (e.g. `vfe-aug`), `X_views` (n x K x d,
     AugMix views of each training image) the AugMix heads (e.g. `linear-augmix-js`).
     Returns one record per cell: head, params, train_size, n_train, seed, metrics, fit_seconds.
+
+    `cluster`: EngineSettings(engine="ray", address=...) fits the cells not yet on disk as Ray tasks (one CPU
+    and one torch thread each, on the CPU: vfe.benchmark.fanout); this process writes each cell's file as
+    its task finishes, so an interrupted sweep resumes as a local one does. A rerun with every cell on disk
+    connects to no cluster.
     """
+    cluster = cluster or EngineSettings()
+    check_engine(cluster)
     out_dir = Path(out_dir)
     cells = expand_grid(grid)
     needs_aug = sorted({c["head"] for c in cells if is_augmented(c["head"])})
@@ -102,25 +128,24 @@ def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.n
                                 f"({n_classes}) and the training set's size ({len(y_train)}), or null for all")
     key = data_key(X_train, y_train, X_test, y_test, *([X_aug] if needs_aug else []),
                    *([X_views] if needs_views else []))
-    records = []
-    for cell in tqdm(cells, desc="sweep", unit="cell", disable=not progress):
-        path = out_dir / cell_file(cell, key)
-        if path.exists():
-            records.append(read_json(path))
-            continue
-        index = balanced_index(y_train, cell["train_size"], cell["seed"])
-        head = make_head(cell["head"], **{"random_state": cell["seed"], **cell["params"]})
-        if "device" in head.get_params():
-            head.set_params(device=device)
-        aug = {"X_aug": X_aug[index]} if is_augmented(cell["head"]) else \
-            {"X_aug": X_views[index]} if is_augmix(cell["head"]) else {}
-        start = time.perf_counter()
-        head.fit(X_train[index], y_train[index], **aug)
-        seconds = time.perf_counter() - start
-        record = {**cell, "n_train": len(index), "data": key, "fit_seconds": round(seconds, 3),
-                  "metrics": probability_metrics(head.predict_proba(X_test), y_test)}
-        write_json(path, record)
-        records.append(record)
+    paths = [out_dir / cell_file(cell, key) for cell in cells]
+    records: list[dict | None] = [read_json(path) if path.exists() else None for path in paths]
+    todo = [i for i, record in enumerate(records) if record is None]
+    shared = {"key": key, "X_train": X_train, "y_train": y_train, "X_test": X_test, "y_test": y_test,
+              "X_aug": X_aug if needs_aug else None, "X_views": X_views if needs_views else None}
+    bar = {"desc": "sweep", "unit": "cell", "total": len(cells), "initial": len(cells) - len(todo)}
+    if cluster.engine == "ray" and todo:
+        with cluster_session(cluster):
+            for j, record in fan_out(fit_cell, [cells[i] for i in todo], {**shared, "device": TASK_DEVICE},
+                                     progress=progress, **{**bar, "desc": "sweep (ray)"}):
+                write_json(paths[todo[j]], record)
+                records[todo[j]] = record
+    else:
+        with tqdm(disable=not progress, **bar) as progress_bar:
+            for i in todo:
+                records[i] = fit_cell(cells[i], **shared, device=device)
+                write_json(paths[i], records[i])
+                progress_bar.update()
     return records
 
 
@@ -170,13 +195,13 @@ def train_size_sweep(features: tuple[np.ndarray, np.ndarray], pixels: tuple[np.n
                      y_train: np.ndarray, y_test: np.ndarray, out_dir: str | Path,
                      sizes: tuple[int | None, ...] = (100, 1000, 10000), seeds: tuple[int, ...] = (0, 1, 2),
                      transfer_heads: dict | None = None, scratch_heads: dict | None = None,
-                     device: str = "cpu", progress: bool = True) -> list[dict]:
+                     device: str = "cpu", progress: bool = True, cluster: EngineSettings | None = None) -> list[dict]:
     """Transfer (heads on backbone features) vs from scratch (heads on raw pixels) as labels grow.
 
     `features` and `pixels` are (train, test) pairs over the same images. By default transfer is the
     linear SVM and the linear head, and "from scratch" is logistic regression on raw pixels (the
     linear head without dropout). Returns `summarise` rows, each tagged input="features"/"pixels";
-    `transfer_gain` reads the answer off them.
+    `transfer_gain` reads the answer off them. `cluster` as in run_sweep.
     """
     transfer_heads = {"svm": {}, "linear": {}} if transfer_heads is None else transfer_heads
     scratch_heads = {"linear": {"dropout": 0.0}} if scratch_heads is None else scratch_heads
@@ -184,7 +209,7 @@ def train_size_sweep(features: tuple[np.ndarray, np.ndarray], pixels: tuple[np.n
     for tag, (X_train, X_test), heads in (("features", features, transfer_heads), ("pixels", pixels, scratch_heads)):
         grid = {"heads": heads, "seeds": list(seeds), "train_sizes": list(sizes)}
         cells = run_sweep(grid, X_train, y_train, X_test, y_test, Path(out_dir) / tag, device=device,
-                          progress=progress)
+                          progress=progress, cluster=cluster)
         records += [{"input": tag, **c} for c in cells]
     return summarise_cells(records)
 
@@ -220,12 +245,20 @@ def run_sweep_job(settings: SweepSettings, grid: dict | None = None) -> dict:
     """`vfe sweep`: prepare the data once (as `vfe run` does), run every cell, write runs/<name>/sweep.json.
 
     Cells land in runs/<name>/sweep/ as they finish; the summary (mean +/- std over seeds) goes to
-    sweep.json. `compare_pixels` adds the same sizes on raw pixels (transfer vs scratch).
+    sweep.json. `compare_pixels` adds the same sizes on raw pixels (transfer vs scratch). With `--engine ray`
+    the cells are fitted as Ray tasks (run_sweep); the cluster is connected to before the data is prepared,
+    so a wrong --address costs nothing.
     """
     grid = load_grid(settings.grid) if grid is None else grid
     cells = expand_grid(grid)  # unknown heads and keys are refused before any work
     if not settings.name:
         raise SettingsError("--name: give the sweep a name (its folder under --runs-dir)")
+    check_engine(settings.cluster)
+    with cluster_session(settings.cluster):
+        return _sweep_job(settings, grid, cells)
+
+
+def _sweep_job(settings: SweepSettings, grid: dict, cells: list[dict]) -> dict:
     out = Path(settings.runs_dir) / settings.name
     augmented = any(is_augmented(cell["head"]) for cell in cells)
     prepared = prepare(settings.data, settings.backbone, settings.cache_dir,
@@ -235,7 +268,8 @@ def run_sweep_job(settings: SweepSettings, grid: dict | None = None) -> dict:
                        progress=settings.progress, timer=StageTimer(log=lambda *_: None))
     train, test, device = prepared.train, prepared.test, str(prepared.backbone.device)
     records = run_sweep(grid, prepared.X_train, train.labels, prepared.X_test, test.labels, out / "sweep",
-                        X_aug=prepared.X_aug, device=device, progress=settings.progress, X_views=prepared.X_views)
+                        X_aug=prepared.X_aug, device=device, progress=settings.progress, X_views=prepared.X_views,
+                        cluster=settings.cluster)
     rows = summarise_cells(records)
     result = {"setting": {"dataset": prepared.dataset, "backbone": prepared.backbone.name,
                           "image_size": prepared.backbone.image_size, "n_train": len(train), "n_test": len(test),
@@ -249,7 +283,7 @@ def run_sweep_job(settings: SweepSettings, grid: dict | None = None) -> dict:
         pixel_rows = train_size_sweep((prepared.X_train, prepared.X_test),
                                       (pixel_features(train.images), pixel_features(test.images)),
                                       train.labels, test.labels, out / "train-size", sizes=sizes, seeds=seeds,
-                                      device=device, progress=settings.progress)
+                                      device=device, progress=settings.progress, cluster=settings.cluster)
         result["train_size"] = {"rows": pixel_rows, "gain": transfer_gain(pixel_rows)}
     result["markdown"] = markdown_table(rows)
     write_json(out / "sweep.json", result)

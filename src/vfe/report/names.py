@@ -54,6 +54,19 @@ class OODMetric:
                 f"{OOD_SCORE_LABELS.get(self.score, self.score)} score")
 
 
+def hardest_telling_budget(keys, tables) -> float | None:
+    """The largest attack budget among `keys` ('adv:<attack>') at which some head of `tables` (summary tables,
+    head -> metric -> {"mean"}) keeps a mean accuracy above 0: the hardest test that still tells heads apart.
+    The largest budget when every head is at 0 everywhere; None without attacks."""
+    budgets = {spec.eps for k in keys if k.startswith("adv:") and (spec := parse_attack(k[4:])) is not None}
+    if not budgets:
+        return None
+    alive = {parse_attack(k[4:]).eps for k in keys if k.startswith("adv:") and parse_attack(k[4:]) is not None
+             and any(((table.get(head) or {}).get(k) or {}).get("mean", 0) > 0
+                     for table in tables for head in table)}
+    return max(alive or budgets)
+
+
 def parse_ood(name: str) -> OODMetric | None:
     m = OOD_NAME.match(name)
     return OODMetric(m["score"], m["stat"], m["dataset"]) if m else None

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from vfe.report import numbers
 from vfe.report.document import Bullets
-from vfe.report.names import OOD_SCORE_LABELS, metric_of, parse_attack
+from vfe.report.names import OOD_SCORE_LABELS, hardest_telling_budget, metric_of, parse_attack
 
 HEADLINE = ("clean_accuracy", "corruption_accuracy", "mCE", "relative_mCE", "clean_ece", "clean_nll")
 BETTER, WORSE = "better than baseline", "worse than baseline"
@@ -32,7 +32,7 @@ def what_this_says(results: dict) -> list[Bullets]:
         n = max((c.get("n", 0) for c in per_metric.values()), default=0)
         items = [_difference(k, per_metric[k]) for k in HEADLINE if k in per_metric]
         items += [_attack_difference(k, per_metric[k], head, baseline, intervals)
-                  for k in _strongest_attacks(per_metric)]
+                  for k in _strongest_attacks(per_metric, table)]
         items += _eot_survival(head, per_metric, baseline, intervals)
         items.append(_tally(head, baseline, per_metric, intervals))
         blocks.append(Bullets(items, f"{head} vs {baseline}, paired over {n} seeds (difference of {head} minus "
@@ -57,13 +57,14 @@ def _difference(key: str, comparison: dict) -> str:
     return f"{metric.label}: {numbers.signed_difference(metric, comparison)} ({comparison.get('verdict', '?')})"
 
 
-def _strongest_attacks(keys) -> list[str]:
-    """Per norm, the largest radius (PGD preferred), naive then EOT: where robustness is tested hardest."""
+def _strongest_attacks(keys, table: dict | None = None) -> list[str]:
+    """Per norm, the largest radius at which some head of `table` keeps accuracy above 0 (the largest radius
+    when none does; PGD preferred), naive then EOT: where robustness is tested hardest and heads still differ."""
     attacks = {k: a for k in keys if k.startswith("adv:") and (a := parse_attack(k[4:])) is not None}
     chosen = []
     for norm in sorted({a.norm for a in attacks.values()}, key=lambda n: (n != "linf", n)):
         in_norm = {k: a for k, a in attacks.items() if a.norm == norm}
-        top = max(a.eps for a in in_norm.values())
+        top = hardest_telling_budget(in_norm, [table or {}])
         at_top = {k: a for k, a in in_norm.items() if a.eps == top}
         kinds = {a.method for a in at_top.values()}
         kind = "pgd" if "pgd" in kinds else min(kinds)
@@ -193,7 +194,7 @@ def _eot_effect(table: dict, sampling: set[str], intervals: dict | None = None) 
     for head, per_metric in table.items():
         if head not in sampling:
             continue
-        for key in _strongest_attacks(per_metric):
+        for key in _strongest_attacks(per_metric, table):
             twin = _eot_twin(key, per_metric)
             if twin is None:
                 continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from vfe.report import numbers
 from vfe.report.document import Note, Paragraph, Section, Table
-from vfe.report.names import metric_of, parse_attack
+from vfe.report.names import hardest_telling_budget, metric_of, parse_attack
 
 PROTOCOL_LABELS = {"frozen": "frozen ImageNet backbone", "reference": "fine-tuned top (the reference's protocol)"}
 SIDE_BY_SIDE = ("clean_accuracy", "corruption_accuracy", "mCE", "relative_mCE", "clean_ece")
@@ -57,11 +57,13 @@ def comparable(results: dict) -> dict:
     return {k: results.get(k) for k in ("setting", "summary", "adversarial_intervals", "finetune", "leaderboard")}
 
 
-def _strongest_attack(keys) -> str | None:
-    """The largest L-inf budget's EOT attack (the strongest the summary holds), else None."""
-    specs = [(spec, k) for k in keys if k.startswith("adv:") and (spec := parse_attack(k[4:])) is not None
-             and spec.norm == "linf" and spec.eot]
-    return max(specs, key=lambda sk: sk[0].eps)[1] if specs else None
+def _strongest_attack(keys, tables) -> str | None:
+    """The L-inf EOT attack of the largest budget at which some head of `tables` keeps accuracy above 0 (the
+    hardest test that still tells heads apart; the largest budget when none does), else None."""
+    specs = {k: spec for k in keys if k.startswith("adv:") and (spec := parse_attack(k[4:])) is not None
+             and spec.norm == "linf" and spec.eot}
+    eps = hardest_telling_budget(specs, tables)
+    return next((k for k, spec in specs.items() if spec.eps == eps), None)
 
 
 def protocols_section(results: dict) -> Section | None:
@@ -80,7 +82,7 @@ def protocols_section(results: dict) -> Section | None:
     for key in [k for k in SIDE_BY_SIDE if k in shared]:
         m = metric_of(key)
         rows.append([m.unit_label, *(numbers.mean_pm_std(m, stats.get(key)) for stats, _ in cells)])
-    attack = _strongest_attack(shared)
+    attack = _strongest_attack(shared, [(res.get("summary") or {}).get("table", {}) for _, res in runs])
     if attack:
         m = metric_of(attack)
         rows.append([m.unit_label, *(_with_interval(m, stats.get(attack), intervals.get(attack[4:]))

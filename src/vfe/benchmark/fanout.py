@@ -1,0 +1,111 @@
+"""Heads fitted as Ray tasks: the fit stage of `vfe run --engine ray` and the cells of `vfe sweep --engine ray`.
+
+The work itself is one function used by both engines (vfe.benchmark.fit.fit_one for a head x seed,
+vfe.benchmark.sweep.fit_cell for a sweep cell); this module only runs it as tasks on the connected Ray
+cluster (vfe.features.ray_engine.ray_session connects) and hands the results back to the driver.
+
+  * Data movement: the arrays every task reads (training and test features, labels, augmented views) go
+    into the object store once (`ray.put`); tasks on the driver's node read them zero-copy (read-only),
+    other nodes fetch them once per node.
+  * Resources and numbers: each task reserves one CPU and runs torch (`torch.set_num_threads(1)`, in the
+    task) and the BLAS/OpenMP pools (threadpoolctl) at one thread, so a task's numbers are those of a local
+    fit at one thread (tests/benchmark/test_ray_fanout.py), and as many tasks run at once as the cluster
+    has CPUs. Tasks fit on the CPU (`TASK_DEVICE`; no GPU is reserved).
+  * Results come back in completion order with their position, so the caller writes each one as it arrives
+    (a sweep stays resumable: a killed driver loses only the cells in flight) and orders them as the local
+    engine does. Fitted heads travel back pickled by Ray between its own processes; nothing is unpickled
+    from disk.
+  * Failures: a task that raises a user error (VfeError) re-raises it on the driver as itself, and the tasks
+    still pending are cancelled; a worker process that dies is retried by Ray (`MAX_RETRIES`).
+
+Ray is imported only when a fan-out runs: the local engine never imports it.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vfe.benchmark.config import EngineSettings
+from vfe.errors import VfeError
+from vfe.features.ray_engine import RayEngineError, import_ray, ray_session
+
+TASK_DEVICE = "cpu"  # tasks reserve one CPU and no GPU
+TASK_THREADS = 1  # torch and BLAS threads inside a task (its one reserved CPU)
+MAX_RETRIES = 3  # a task whose worker process died is run again this often
+
+
+@contextmanager
+def cluster_session(cluster: EngineSettings) -> Iterator[None]:
+    """Connected to the Ray cluster for the block when `--engine ray` (a connection this process already has
+    is reused); nothing at all with the local engine."""
+    if cluster.engine != "ray":
+        yield
+        return
+    with ray_session(cluster.address):
+        yield
+
+
+def fan_out(function: Callable[..., Any], items: Sequence, shared: dict[str, Any], *, progress: bool = True,
+            desc: str = "ray", unit: str = "task", total: int | None = None,
+            initial: int = 0) -> Iterator[tuple[int, Any]]:
+    """(position in `items`, function(item, **shared)) for every item, each computed as a Ray task and
+    yielded as it finishes (completion order), under a progress bar of `total` (default len(items)) steps
+    starting at `initial`.
+
+    `function` must be importable by the workers (a module-level function of vfe); `shared` (the arrays)
+    is put in the object store once for all the tasks. Needs a Ray connection (ray_session / cluster_session).
+    """
+    if not items:
+        return
+    ray = import_ray()
+    if not ray.is_initialized():
+        raise RayEngineError("fan_out needs a Ray connection: use it inside `with ray_session(...)`")
+    shared_ref = ray.put(shared)  # once; a top-level ObjectRef argument reaches each task as the value
+    remote = ray.remote(_task).options(num_cpus=1, max_retries=MAX_RETRIES)
+    pending = {remote.remote(function, shared_ref, item): i for i, item in enumerate(items)}
+    try:
+        with tqdm(total=len(items) if total is None else total, initial=initial, desc=desc, unit=unit,
+                  disable=not progress, dynamic_ncols=True) as bar:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                position = pending.pop(ref)
+                result = _result(ray, ref)
+                bar.update()
+                yield position, result
+    finally:  # an error here or in the caller (e.g. writing a cell): the rest is not computed for nothing
+        for ref in pending:
+            ray.cancel(ref)
+
+
+def _task(function: Callable[..., Any], shared: dict[str, Any], item: Any) -> Any:
+    """One task on a worker: `function(item, **shared)` at one torch and one BLAS thread."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(TASK_THREADS)  # Ray sets OMP_NUM_THREADS for a 1-CPU task; torch is set explicitly
+    with threadpool_limits(limits=TASK_THREADS), warnings.catch_warnings():
+        # the shared arrays are the object store's read-only buffers; the heads only read them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return function(item, **shared)
+
+
+def _result(ray, ref) -> Any:
+    """ray.get(ref), with a user error raised in the task re-raised as itself (one line at the command
+    line) and a worker that died more often than it may be retried reported in one line."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, VfeError):
+            raise err.cause from None
+        raise
+    except ray.exceptions.WorkerCrashedError as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise RayEngineError(f"a Ray worker fitting a head died {MAX_RETRIES + 1} times ({first}); what was "
+                             "written is kept: run the command again to compute the rest") from None
+
+
+__all__ = ["MAX_RETRIES", "TASK_DEVICE", "TASK_THREADS", "cluster_session", "fan_out"]
