@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vfe.benchmark import sweep
+from vfe.benchmark import fit, sweep
 from vfe.benchmark.config import DataSettings
 from vfe.benchmark.prepare import load_data
 from vfe.data import load_train_test
@@ -73,7 +73,7 @@ def test_sweep_cells_train_on_the_selectors_rows(digits_features, tmp_path, monk
         def predict_proba(self, X):
             return np.full((len(X), len(self.classes_)), 1 / len(self.classes_))
 
-    monkeypatch.setattr(sweep, "make_head", lambda name, **params: Recorder(**params))
+    monkeypatch.setattr(fit, "make_head", lambda name, **params: Recorder(**params))
     sweep.run_sweep({"heads": ["linear"], "seeds": [5], "train_sizes": [120]}, X_train, y_train, X_test, y_test,
                     tmp_path, progress=False)
     assert np.array_equal(seen[0], X_train[balanced_index(y_train, 120, 5)])

@@ -45,7 +45,7 @@ def test_sweep_writes_cells_resumes_and_summarises(digits_features, tmp_path, mo
     def no_fitting(*args, **kwargs):
         raise AssertionError("a finished cell was fitted again")
 
-    monkeypatch.setattr(sweep, "make_head", no_fitting)
+    monkeypatch.setattr(sweep, "fit_head", no_fitting)
     assert run_sweep(GRID, X_train, y_train, X_test, y_test, out, progress=False) == records
     with pytest.raises(AssertionError, match="fitted again"):  # other data: nothing is reused
         run_sweep(GRID, X_train, y_train, X_test[:-1], y_test[:-1], out, progress=False)

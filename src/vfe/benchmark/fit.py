@@ -11,17 +11,25 @@ from vfe.benchmark.fanout import TASK_DEVICE, cluster_session, fan_out
 from vfe.heads.registry import is_augmented, is_augmix, make_head, params_for
 
 
-def fit_one(job: tuple[str, int], X: np.ndarray, y: np.ndarray, head_params: dict[str, dict], device: str = "cpu",
-            X_aug: np.ndarray | None = None, X_views: np.ndarray | None = None) -> tuple[object, float]:
-    """One head fitted with one seed: (the fitted head, its fit seconds). What both engines run per model."""
-    head, seed = job
+def fit_head(head: str, seed: int, params: dict, X: np.ndarray, y: np.ndarray, device: str = "cpu",
+             X_aug: np.ndarray | None = None, X_views: np.ndarray | None = None) -> tuple[object, float]:
+    """`head` built with `params` and `seed` and fitted: (the fitted head, its fit seconds). `X_aug` goes to the
+    augmented heads only, `X_views` to the AugMix heads only (both row-aligned with X). The run's fit stage and
+    the sweep's cells both fit through here."""
     start = time.perf_counter()
-    model = make_head(head, **{"random_state": seed, **params_for(head, head_params)})
+    model = make_head(head, **{"random_state": seed, **params})
     if "device" in model.get_params():
         model.set_params(device=device)
     extra = {"X_aug": X_aug} if is_augmented(head) else {"X_aug": X_views} if is_augmix(head) else {}
     model = model.fit(X, y, **extra)
     return model, round(time.perf_counter() - start, 3)
+
+
+def fit_one(job: tuple[str, int], X: np.ndarray, y: np.ndarray, head_params: dict[str, dict], device: str = "cpu",
+            X_aug: np.ndarray | None = None, X_views: np.ndarray | None = None) -> tuple[object, float]:
+    """One head fitted with one seed and the run's parameters for it. What both engines run per model."""
+    head, seed = job
+    return fit_head(head, seed, params_for(head, head_params), X, y, device, X_aug, X_views)
 
 
 def fit_heads(settings: HeadSettings, heads: list[str], X: np.ndarray, y: np.ndarray, device: str = "cpu",

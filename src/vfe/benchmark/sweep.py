@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,12 @@ from tqdm.auto import tqdm
 from vfe.benchmark.augment import training_record
 from vfe.benchmark.config import EngineSettings, SweepSettings, check_engine
 from vfe.benchmark.fanout import TASK_DEVICE, cluster_session, fan_out
+from vfe.benchmark.fit import fit_head
 from vfe.benchmark.prepare import prepare
 from vfe.benchmark.timer import StageTimer
 from vfe.data.split import balanced_index
 from vfe.errors import SettingsError
-from vfe.heads.registry import is_augmented, is_augmix, make_head, spec
+from vfe.heads.registry import is_augmented, is_augmix, spec
 from vfe.io import read_json, write_json
 from vfe.robustness.calibration import probability_metrics
 from vfe.robustness.stats import mean_std
@@ -82,15 +82,10 @@ def fit_cell(cell: dict, key: str, X_train: np.ndarray, y_train: np.ndarray, X_t
              device: str = "cpu") -> dict:
     """One cell fitted and evaluated: its record (what both engines run per cell; the caller writes it)."""
     index = balanced_index(y_train, cell["train_size"], cell["seed"])
-    head = make_head(cell["head"], **{"random_state": cell["seed"], **cell["params"]})
-    if "device" in head.get_params():
-        head.set_params(device=device)
-    aug = {"X_aug": X_aug[index]} if is_augmented(cell["head"]) else \
-        {"X_aug": X_views[index]} if is_augmix(cell["head"]) else {}
-    start = time.perf_counter()
-    head.fit(X_train[index], y_train[index], **aug)
-    seconds = time.perf_counter() - start
-    return {**cell, "n_train": len(index), "data": key, "fit_seconds": round(seconds, 3),
+    head, seconds = fit_head(cell["head"], cell["seed"], cell["params"], X_train[index], y_train[index], device,
+                             X_aug=X_aug[index] if is_augmented(cell["head"]) else None,
+                             X_views=X_views[index] if is_augmix(cell["head"]) else None)
+    return {**cell, "n_train": len(index), "data": key, "fit_seconds": seconds,
             "metrics": probability_metrics(head.predict_proba(X_test), y_test)}
 
 
