@@ -162,9 +162,15 @@ def run_child(config: str, data_path: Path, phases: list[str], epochs: dict) -> 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+QUIET_LOAD = 0.5  # a quiet run starts once the 1-minute load average is below this
+
+
 def wait_for_quiet(max_seconds: float) -> float:
-    """Wait (at most `max_seconds`) until no other task is runnable in 10 samples over a second; returns the
-    seconds waited. This machine is shared: a 'quiet' baseline is only as quiet as the others' jobs allow."""
+    """Wait (at most `max_seconds`) until no other task is runnable in 10 samples over a second and the 1-minute
+    load average is below QUIET_LOAD; returns the seconds waited. The load average matters: vfe reads it when it
+    chooses its threads, and right after the previous child it still holds that child's load for a minute (which
+    a quiet machine would not show). This machine is shared: a 'quiet' baseline is only as quiet as the others'
+    jobs allow."""
     from vfe.hardware import runnable_elsewhere
 
     start = time.monotonic()
@@ -173,7 +179,7 @@ def wait_for_quiet(max_seconds: float) -> float:
         for _ in range(10):
             samples.append(runnable_elsewhere(samples=1) or 0.0)
             time.sleep(0.1)
-        if max(samples) == 0:
+        if max(samples) == 0 and os.getloadavg()[0] < QUIET_LOAD:
             break
         time.sleep(2.0)
     return round(time.monotonic() - start, 1)

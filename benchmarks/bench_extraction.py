@@ -16,6 +16,7 @@ like with like on a machine shared with other jobs; the table gives medians and 
     python benchmarks/bench_extraction.py --thread-modes   # 1 thread + prefetch vs all cores, each fixed
     python benchmarks/bench_extraction.py --profile     # operator time of vfe's path (torch.profiler)
     python benchmarks/bench_extraction.py --runtimes    # vfe on torch vs ONNX Runtime vs OpenVINO, same run
+    python benchmarks/bench_extraction.py --runtimes --keras-python /tmp/tf/bin/python   # + the Keras reference
 
 Faithfulness is the smallest per-image cosine between vfe's features and the baseline's fp32 ones.
 EfficientNet-Lite0 runs with its packaged ImageNet weights; DenseNet121 with random weights (no
@@ -28,7 +29,10 @@ images extracted in fp32 and in bf16, the smallest cosine, and the linear head's
 --runtimes runs `Backbone.extract` with runtime="torch" (today's vfe path), "onnxruntime" and "openvino"
 (vfe.backbones.runtimes), each with its default precision, in turn in each round. It reports wall-clock
 img/s and images per CPU-second (the process's CPU time, every thread counted: robust to what else the
-shared machine runs), and the smallest cosine to eager fp32 torch features of the same images.
+shared machine runs), and the smallest cosine to eager fp32 torch features of the same images. With
+--keras-python PATH (a Python with tensorflow-cpu: `python -m venv /tmp/tf && /tmp/tf/bin/pip install
+tensorflow-cpu`, about a minute), DenseNet121's rounds also time the reference Keras pipeline
+(keras_reference.py, kept running in that interpreter), and "x Keras" is the ratio within each round.
 
 Writes benchmarks/results/extraction.json (sections "table", "sweep", "scaling", "faithfulness",
 "pipelines", "profile", "runtimes", each replaced
@@ -403,11 +407,46 @@ def run_pipelines(args) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- runtimes
 
 RUNTIME_SIDES = ("torch", "onnxruntime", "openvino")
-KERAS_REFERENCE_IMG_S = 38.0  # DESIGN.md: the reference Keras DenseNet121 pipeline on this machine
+# the reference Keras DenseNet121 pipeline as measured on this machine before (batch 100, oneDNN): used only
+# when no --keras-python is given; with it, the pipeline is timed in the same rounds (keras_reference.py)
+KERAS_REFERENCE_IMG_S = 38.0
+
+
+class KerasReference:
+    """benchmarks/keras_reference.py in a TensorFlow interpreter, kept running: built and warmed up once, then
+    timed on request, so its rounds interleave with vfe's."""
+
+    def __init__(self, python: str, images: np.ndarray, size: int):
+        self._folder = tempfile.TemporaryDirectory(prefix="vfe-keras-")
+        path = Path(self._folder.name) / "images.npy"
+        np.save(path, images)
+        self.process = subprocess.Popen([python, str(Path(__file__).with_name("keras_reference.py")), str(path),
+                                         "--size", str(size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"--keras-python: {self.process.args[0]} ended without an answer (is tensorflow-cpu "
+                             "installed there?)")
+        return json.loads(line)
+
+    def time(self) -> dict:
+        self.process.stdin.write("time\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.process.stdin.write("quit\n")
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        self._folder.cleanup()
 
 
 def run_runtimes(args) -> list[dict]:
-    """vfe's extraction on each runtime, timed in turn within each round, against eager fp32 features."""
+    """vfe's extraction on each runtime, timed in turn within each round, against eager fp32 features; with
+    --keras-python, DenseNet121's reference Keras pipeline timed in the same rounds."""
     rows = []
     for name, weights, size, n in _cases(args):
         images, source = fashion_mnist(args.images or n)
@@ -418,8 +457,11 @@ def run_runtimes(args) -> list[dict]:
         warm = np.resize(images, (15 * torch_side.settings.batch_size, *images.shape[1:]))
         for bb in sides.values():  # trace / compile for both thread modes (ThreadModeChoice times 3 + 2 x 6 batches)
             bb.extract(warm, progress=False)
+        keras = KerasReference(args.keras_python, images, size) if args.keras_python and name == "densenet121" \
+            else None
         wall: dict[str, list[float]] = {r: [] for r in sides}
         cpu: dict[str, list[float]] = {r: [] for r in sides}
+        keras_wall, keras_cpu = [], []
         features = {}
         for _ in range(args.rounds):
             for r, bb in sides.items():
@@ -427,8 +469,29 @@ def run_runtimes(args) -> list[dict]:
                 features[r] = bb.extract(images, progress=False)
                 wall[r].append(len(images) / (time.perf_counter() - w))
                 cpu[r].append(len(images) / (time.process_time() - c))
+            if keras is not None:
+                timed_keras = keras.time()
+                keras_wall.append(len(images) / timed_keras["seconds"])
+                keras_cpu.append(len(images) / timed_keras["cpu_seconds"])
+        if keras is not None:
+            keras.close()
+            rows.append({"backbone": name, "weights": "random", "image_size": size, "data": source,
+                         "images": len(images), "rounds": args.rounds, "runtime_asked": "keras (reference)",
+                         "runtime": f"tensorflow {keras.info['tensorflow']}", "precision": "fp32",
+                         "img_s": round(statistics.median(keras_wall), 1), "img_s_all": [round(v, 1) for v in keras_wall],
+                         "img_per_cpu_s": round(statistics.median(keras_cpu), 1),
+                         "ratio_vs_vfe_torch": round(statistics.median(a / b for a, b in zip(keras_wall, wall["torch"])), 2),
+                         "keras_measured": True, "load_average": [round(v, 2) for v in os.getloadavg()]})
+            print(f"{name:19} {size:>4} {'keras':12} {rows[-1]['runtime']:17} {rows[-1]['img_s']:8.1f} "
+                  f"{rows[-1]['img_per_cpu_s']:9.1f} {rows[-1]['ratio_vs_vfe_torch']:6.2f}x", flush=True)
         for r, bb in sides.items():
             cosine = min_cosine(features[r], reference)
+            if name != "densenet121":
+                vs_keras = None
+            elif keras is not None:  # per round, against the Keras pipeline timed in that round
+                vs_keras = round(statistics.median(a / b for a, b in zip(wall[r], keras_wall)), 2)
+            else:
+                vs_keras = round(statistics.median(wall[r]) / KERAS_REFERENCE_IMG_S, 2)
             row = {"backbone": name, "weights": "ImageNet (packaged)" if weights == "default" else "random",
                    "image_size": size, "data": source, "images": len(images), "rounds": args.rounds,
                    "runtime_asked": r, "runtime": bb.runtime, "precision": bb.precision,
@@ -438,15 +501,14 @@ def run_runtimes(args) -> list[dict]:
                    "img_per_cpu_s_all": [round(v, 1) for v in cpu[r]],
                    "ratio_vs_vfe_torch": round(statistics.median(a / b for a, b in zip(wall[r], wall["torch"])), 2),
                    "cpu_ratio_vs_vfe_torch": round(statistics.median(a / b for a, b in zip(cpu[r], cpu["torch"])), 2),
-                   "ratio_vs_keras_reference": round(statistics.median(wall[r]) / KERAS_REFERENCE_IMG_S, 2)
-                   if name == "densenet121" else None,
+                   "ratio_vs_keras_reference": vs_keras, "keras_measured": keras is not None,
                    "min_cosine_vs_fp32": round(cosine, 6), "faithful": cosine >= FAITHFUL_COSINE,
                    "load_average": [round(v, 2) for v in os.getloadavg()]}
             rows.append(row)
-            keras = f"{row['ratio_vs_keras_reference']:5.2f}x" if row["ratio_vs_keras_reference"] else "    -"
+            shown = f"{vs_keras:5.2f}x" if vs_keras else "    -"
             print(f"{name:19} {size:>4} {r:12} {bb.runtime + ' ' + bb.precision:17} {row['img_s']:8.1f} "
                   f"{row['img_per_cpu_s']:9.1f} {row['ratio_vs_vfe_torch']:6.2f}x {row['cpu_ratio_vs_vfe_torch']:6.2f}x "
-                  f"{keras} {cosine:9.6f}", flush=True)
+                  f"{shown} {cosine:9.6f}", flush=True)
     return rows
 
 
@@ -499,6 +561,8 @@ def main() -> None:
     ap.add_argument("--thread-modes", action="store_true", help="time the two pipelines ThreadModeChoice picks from")
     ap.add_argument("--faithfulness", action="store_true", help="bf16 vs fp32: cosine and downstream accuracy")
     ap.add_argument("--runtimes", action="store_true", help="vfe on torch vs onnxruntime vs openvino")
+    ap.add_argument("--keras-python", metavar="PATH", help="with --runtimes: a Python with tensorflow-cpu; "
+                    "DenseNet121's reference Keras pipeline is timed in the same rounds (keras_reference.py)")
     ap.add_argument("--faithfulness-images", type=int, default=2000, help="training and test images each")
     ap.add_argument("--scaling-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()

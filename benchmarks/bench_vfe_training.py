@@ -1,6 +1,6 @@
 """VFE training: wall time to reach the reference's validation reconstruction MSE, reference vs faster recipes.
 
-Reference-style training (DESIGN.md): Adam lr 1e-3, batch 128, fp32, a fixed number of epochs (the
+Reference-style training (as the reference work trained its feature VAE): Adam lr 1e-3, batch 128, fp32, a fixed number of epochs (the
 reference ran 2000). The target is the best validation MSE that reference-style training reaches in
 `--reference-epochs` epochs; then every recipe is timed to its first epoch at or below the target
 (all runs use the same shared training loop, vfe.training.train, with its fused Adam, on features held

@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from vfe.benchmark import adversarial
-from vfe.benchmark.config import AttackSettings
+from vfe.benchmark.config import AttackSettings, EngineSettings
 from vfe.data.types import ImageSet
 from vfe.heads import make_head
 from vfe.robustness.stats import correctness
@@ -45,7 +45,7 @@ def attacked():
                                               epochs=10, recon_weight=10.0, random_state=seed).fit(features, y[train])
     test_set = ImageSet(images[test], y[test], [str(c) for c in range(10)])
     ctx = SimpleNamespace(prepared=SimpleNamespace(backbone=Flatten(), test=test_set), models=models, data_seed=0,
-                          device="cpu", progress=False)
+                          device="cpu", progress=False, cluster=EngineSettings())
     attacks, perturbations = [], []
     real_make, real_perturb = adversarial.make_attack, adversarial.perturb
 

@@ -1,7 +1,8 @@
 """`--engine ray` for `vfe sweep` and `vfe run` (src/vfe/benchmark/fanout.py) on a local 2-CPU Ray cluster:
-the sweep's cell records and the fit stage's fitted heads are the local engine's (at one torch thread in
-both), on grayscale digits and on colour photos through a real backbone; a rerun computes nothing; the local
-engine never imports Ray; and a wrong --address is one line, at once.
+the sweep's cell records, the fit stage's fitted heads, the corruption stage's numbers (its corrupted test sets
+extracted by backbone actors) and the attack stage's (each head attacked in a task) are the local engine's (at
+one torch thread in both), on grayscale digits and on colour photos through a real backbone; a rerun computes
+nothing; the local engine never imports Ray; and a wrong --address is one line, at once.
 
 One Ray session serves the whole module (starting Ray takes ~12 s here); each task reserves one CPU.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from colour_data import write_colour_folder
 
-from vfe.benchmark import fit, sweep
+from vfe.benchmark import adversarial, corruption, fit, sweep
 from vfe.benchmark.config import BackboneSettings, DataSettings, EngineSettings, HeadSettings
 from vfe.benchmark.fit import fit_heads
 from vfe.benchmark.prepare import prepare
@@ -27,6 +28,7 @@ from vfe.benchmark.sweep import run_sweep
 from vfe.benchmark.timer import StageTimer
 from vfe.cli import main
 from vfe.errors import SettingsError
+from vfe.features.cache import FeatureCache
 from vfe.robustness.calibration import probability_metrics
 
 ray = pytest.importorskip("ray")
@@ -188,6 +190,63 @@ def test_vfe_run_fits_its_heads_on_ray(cluster, features, world):
     assert results["clean"]["linear"]["0"]["nll"] == pytest.approx(local["nll"], rel=1e-5, abs=1e-6)
 
 
+def only_reads_corrupted_features(monkeypatch):
+    """The corruption stage may read its corrupted features from the cache but not compute any here: each
+    read gets a transform that fails if called (the cache key names the corruption, not the function)."""
+    real = corruption.run_corruptions
+
+    def reading(features, *args, **kwargs):
+        def source(data, transform=None, transform_key=None, desc=None):
+            def refuse(images, first_row):
+                raise AssertionError(f"{transform_key} was computed on the driver, not by the Ray actors")
+
+            return features(data, transform=refuse if transform else None, transform_key=transform_key, desc=desc)
+
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(corruption, "run_corruptions", reading)
+
+
+ROBUSTNESS = ["--heads", "linear", "vfe", "--seeds", "0", "--head-param", "linear.epochs=8",
+              *[arg for key, value in TINY_VFE.items() for arg in ("--head-param", f"vfe.{key}={value}")],
+              "--corruptions", "gaussian_noise", "contrast", "--severities", "1", "4", "--n-attack", "10",
+              "--attack-eps-linf", "0.008", "--attack-eps-l2", "0.5", "--attack-steps", "2", "--n-eot", "2",
+              "--no-ood"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,protocol", [("digits", "frozen"), ("colour", "frozen"), ("digits", "reference")])
+def test_vfe_run_on_ray_sends_corruptions_and_attacks_and_gets_the_local_numbers(cluster, world, name, protocol,
+                                                                                  monkeypatch, tmp_path):
+    """Each engine from its own empty cache: the corrupted test sets go to the backbone actors (frozen
+    protocol; the reference protocol's cut-point path stays on the driver) and every head x seed is attacked in
+    a task; corruption and attack results equal the local run's, image by image."""
+    results = {}
+    for engine in ("local", "ray"):
+        args = ["run", *common_flags(world, name), "--cache-dir", str(tmp_path / engine), "--name",
+                f"robust-{name}-{protocol}-{engine}", "--protocol", protocol, "--finetune-epochs", "1",
+                *ROBUSTNESS, "--engine", engine]
+        with monkeypatch.context() as patch:
+            if engine == "ray" and protocol == "frozen":
+                only_reads_corrupted_features(patch)
+            with sent_to_ray(adversarial) as attacked:
+                assert main(args) == 0, engine
+        assert attacked == ([("linear", 0), ("vfe", 0)] if engine == "ray" else [])
+        results[engine] = json.loads((world["runs"] / f"robust-{name}-{protocol}-{engine}" / "results.json")
+                                     .read_text())
+    local, remote = results["local"], results["ray"]
+    for head in ("linear", "vfe"):
+        assert remote["corruptions"]["per_head"][head]["0"]["accuracy"] == \
+            local["corruptions"]["per_head"][head]["0"]["accuracy"], head
+        assert remote["adversarial"][head]["0"]["correct"] == local["adversarial"][head]["0"]["correct"], head
+    accuracies = [a for sev in local["corruptions"]["per_head"]["linear"]["0"]["accuracy"].values()
+                  for a in sev.values()]
+    assert max(accuracies) > min(accuracies)  # severities 1 and 4 differ: the numbers measure something
+    if protocol == "frozen":  # the actors wrote the very entries a local run writes
+        entries = {e["key"] for e in FeatureCache(tmp_path / "ray").entries()}
+        assert entries == {e["key"] for e in FeatureCache(tmp_path / "local").entries()} and len(entries) == 2 + 4
+
+
 def test_a_user_error_in_a_task_is_raised_on_the_driver_as_itself(cluster, digits_features, tmp_path):
     X_train, X_test, y_train, y_test = digits_features
     with pytest.raises(SettingsError, match="epochz"):
@@ -202,6 +261,7 @@ def test_the_local_engine_never_imports_ray(tmp_path):
              "from vfe.benchmark.config import HeadSettings\n"
              "from vfe.benchmark.fit import fit_heads\n"
              "from vfe.benchmark.sweep import run_sweep\n"
+             "import vfe.benchmark.adversarial, vfe.benchmark.corruption, vfe.benchmark.run\n"
              "rng = np.random.default_rng(0)\n"
              "X, y = rng.normal(size=(40, 5)).astype(np.float32), np.arange(40) % 2\n"
              f"run_sweep({{'heads': ['svm']}}, X, y, X, y, {str(tmp_path)!r}, progress=False)\n"

@@ -84,6 +84,34 @@ def test_ray_writes_the_entry_a_local_extraction_writes_byte_for_byte(extractor,
 
 
 @pytest.mark.slow
+def test_extract_many_fills_every_entry_in_one_queue_as_local_extraction_does(extractor, backbone, local,
+                                                                              tmp_path, monkeypatch):
+    """Grey and colour images, plain and transformed, in one call: each entry byte-equal to a local one,
+    the shared grey set put once for its two jobs."""
+
+    def darken(images: np.ndarray, first_row: int) -> np.ndarray:
+        # depends on the shard's first row, as the corruptions' noise seeds do; a closure, so Ray ships it by value
+        return (images // 2 + first_row % 7).astype(np.uint8)
+
+    grey, colour = digits_images(), colour_images()
+    jobs = [ray_engine.ExtractionJob(grey), ray_engine.ExtractionJob(grey, darken, "darken"),
+            ray_engine.ExtractionJob(colour, darken, "darken")]
+    ray, put = ray_engine.import_ray(), []
+    monkeypatch.setattr(ray, "put", lambda value, _put=ray.put, **kw: put.append(type(value).__name__) or _put(value))
+    out = extractor.extract_many(jobs, FeatureCache(tmp_path), shard_size=SHARD, progress=False)
+    assert sorted(put) == ["ImageSet"] * 2 + ["_Job"] * 3  # each image set once, whatever the jobs sharing it
+    assert out[0].array().tobytes() == local["digits"].array().tobytes()
+    for job, fs in zip(jobs[1:], out[1:], strict=True):
+        reference = FeatureCache(tmp_path / "local").extract(backbone, job.data, darken, "darken", shard_size=SHARD,
+                                                             progress=False)
+        assert fs.key == reference.key and fs.array().tobytes() == reference.array().tobytes()
+        assert fs.array().tobytes() != out[0].array().tobytes()[:len(fs.array().tobytes())]  # the transform ran
+    run = extractor.last_run
+    assert run.shards_sent == run.shards == 2 * -(-len(grey) // SHARD) + -(-len(colour) // SHARD)
+    assert run.images_computed == 2 * len(grey) + len(colour) and len(run.busy_s) == 2
+
+
+@pytest.mark.slow
 def test_a_rerun_computes_only_the_missing_shards(extractor, backbone, local, tmp_path):
     data, cache = digits_images(), FeatureCache(tmp_path)
     count = -(-len(data) // SHARD)

@@ -134,6 +134,14 @@ def test_pgd_breaks_a_linear_probe_and_eot_is_reported_for_a_sampling_head(fashi
 
     vfe = results[("vfe", 0)]
     assert vfe["samples_randomly"] and vfe["n_eot"] == 8
+    # a head's numbers do not depend on the heads attacked before it, nor on the global random state (as in a
+    # Ray task of its own), and attacking leaves that state alone
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    alone = run_attacks(settings, small_backbone, {("vfe", 0): models[("vfe", 0)]}, test, data_seed=0, device="cpu",
+                        progress=False)[("vfe", 0)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert alone["correct"] == vfe["correct"]
     assert set(vfe["accuracy"]) == set(acc)
     assert all(0 <= v <= 1 for v in vfe["accuracy"].values())
     assert vfe["accuracy"]["pgd_linf_8/255_eot"] < vfe["accuracy"]["clean"]

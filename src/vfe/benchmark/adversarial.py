@@ -20,6 +20,10 @@ is already *settled* (misclassified by the head's prediction and by each of n_eo
 sampling head) keeps that version at the larger budgets: it lies inside the larger ball, so the
 attack stays valid, and only the images still standing are attacked again. For a deterministic head
 this is exactly as strong as attacking every image; FGSM, one step by definition, attacks all.
+
+With `--engine ray` each head x seed is attacked in a Ray task of its own (vfe.benchmark.fanout), on a copy of
+the backbone rebuilt there; each attack runs under its own seeded random state, so the numbers are the same
+wherever and in whichever order the heads are attacked.
 """
 from __future__ import annotations
 
@@ -30,8 +34,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vfe.benchmark.config import AttackSettings
+from vfe.backbones import Backbone
+from vfe.benchmark.config import AttackSettings, EngineSettings
 from vfe.benchmark.context import RunContext
+from vfe.benchmark.fanout import TASK_DEVICE, fan_out
 from vfe.benchmark.summary import by_head
 from vfe.data.split import balanced_subset
 from vfe.data.types import ImageSet
@@ -56,31 +62,62 @@ def run_stage(settings: AttackSettings, ctx: RunContext) -> dict:
     """results.json's "adversarial" section, {head: {seed: result}}, and "adversarial_intervals",
     {head: {attack key: {mean, low, high, n_images, n_seeds, level}}} (`vfe.robustness.stats.attack_intervals`)."""
     per_head = by_head(run_attacks(settings, ctx.prepared.backbone, ctx.models, ctx.prepared.test,
-                                   ctx.data_seed, ctx.device, ctx.progress))
+                                   ctx.data_seed, ctx.device, ctx.progress, ctx.cluster))
     return {"adversarial": per_head,
             "adversarial_intervals": {head: attack_intervals(per_seed) for head, per_seed in per_head.items()}}
 
 
 def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet, data_seed: int,
-                device: str | torch.device, progress: bool = True) -> dict:
+                device: str | torch.device, progress: bool = True, cluster: EngineSettings | None = None) -> dict:
     """{(head, seed): result} (see the module docstring) on a class-balanced subset of `settings.n_attack`
-    test images chosen with `data_seed`; the same images for every head."""
+    test images chosen with `data_seed`; the same images for every head. With `cluster.engine == "ray"` each
+    head x seed is attacked in a Ray task of its own (one CPU, one thread), with the same numbers as here."""
     subset = balanced_subset(test, settings.n_attack, data_seed, "attack")
-    images = to_unit_float(subset.images).to(device)
     specs = attack_specs(settings.attack_eps_linf, settings.attack_eps_l2, eot=True)
+    if cluster is not None and cluster.engine == "ray":
+        shared = {"parts": _shippable(backbone), "models": models, "images": subset.images, "labels": subset.labels,
+                  "specs": specs, "settings": settings, "data_seed": data_seed}
+        done = dict(fan_out(attack_task, list(models), shared, progress=progress, desc="attacks (ray)",
+                            unit="head"))
+        return {key: done[i] for i, key in enumerate(models)}
+    images = to_unit_float(subset.images).to(device)
     results = {}
     with tqdm(total=len(models) * len(specs), desc="attacks", unit="attack", disable=not progress,
               dynamic_ncols=True) as bar:
         for (head, seed), model in models.items():
-            started = time.perf_counter()
-            results[(head, seed)] = _attack_one(backbone, model, images, subset.labels, specs, settings, data_seed,
-                                                device, bar, f"{head}/seed{seed}")
-            results[(head, seed)]["seconds"] = round(time.perf_counter() - started, 3)
+            results[(head, seed)] = attack_one(backbone, model, images, subset.labels, specs, settings, data_seed,
+                                               device, bar, f"{head}/seed{seed}")
     return results
 
 
-def _attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],
-                settings: AttackSettings, data_seed: int, device, bar, name: str) -> dict:
+def attack_task(key: tuple[str, int], *, parts: dict, models: dict, images: np.ndarray, labels: np.ndarray,
+                specs: list[AttackSpec], settings: AttackSettings, data_seed: int) -> dict:
+    """One head x seed attacked in a Ray task: the backbone rebuilt on the task's CPU from `_shippable`'s parts."""
+    backbone = Backbone(device=torch.device(TASK_DEVICE), **parts)
+    return attack_one(backbone, models[key], to_unit_float(images), labels, specs, settings, data_seed, TASK_DEVICE)
+
+
+def _shippable(backbone: Backbone) -> dict:
+    """Backbone's constructor arguments (its network on the CPU, and its metadata), for a Ray task to rebuild it:
+    attacks differentiate `forward`, plain torch in fp32, so the traced or other-runtime fast path stays here."""
+    model = backbone.model if backbone.device.type == "cpu" else copy.deepcopy(backbone.model).cpu()
+    return {"model": model, "name": backbone.name, "weights": backbone.weights, "data_config": backbone.data_config,
+            "settings": backbone.settings}
+
+
+def attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],
+               settings: AttackSettings, data_seed: int, device, bar=None, name: str = "") -> dict:
+    """One fitted head attacked with every spec (the module docstring's result), under a random state seeded
+    with `data_seed`: a head's numbers do not depend on which heads were attacked before it, or where."""
+    started = time.perf_counter()
+    with torch.random.fork_rng():
+        torch.manual_seed(data_seed)  # the sampling heads' draws when deciding which images are settled
+        result = _attack(backbone, model, images, labels, specs, settings, data_seed, device, bar, name)
+    return {**result, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _attack(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],
+            settings: AttackSettings, data_seed: int, device, bar, name: str) -> dict:
     head = _on_device(model.probability_module(), device).eval()
     target = torch.from_numpy(_class_index(model, labels)).to(device)
     clean = _features(backbone, images)
@@ -93,8 +130,9 @@ def _attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs
     # per PGD attack: features of the adversarial images held so far, and which of them are settled
     held: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     for spec in specs:
-        bar.set_postfix_str(f"{name} {spec.key}")
-        bar.update(1)
+        if bar is not None:
+            bar.set_postfix_str(f"{name} {spec.key}")
+            bar.update(1)
         if spec.eot and not random_head:
             correct[spec.key] = correct[AttackSpec(spec.method, spec.norm, spec.eps).key]
             continue

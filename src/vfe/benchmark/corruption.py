@@ -15,6 +15,8 @@ from vfe.benchmark.config import CorruptionSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.summary import BASELINE, by_head
 from vfe.data.types import ImageSet
+from vfe.features.cache import ImageTransform
+from vfe.features.ray_engine import ExtractionJob
 from vfe.features.source import FeatureSource
 from vfe.robustness import metrics as cm
 from vfe.robustness.calibration import probability_metrics
@@ -34,6 +36,13 @@ def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
     summary, the report and the leaderboard list them as heads)."""
     p = ctx.prepared
     names = corruption_names(settings)
+    if ctx.cluster.engine == "ray":  # every corrupted test set into the cache at once; the loop below reads them
+        from vfe.benchmark.fanout import extract_on_cluster
+
+        jobs = [ExtractionJob(p.test, *corruption_transform(name, severity, ctx.data_seed, settings.corruption_params))
+                for name in names for severity in settings.severities]
+        extract_on_cluster(p.features, jobs, ctx.backbone_settings, progress=ctx.progress,
+                           desc=f"corruptions ({len(names)} x {len(settings.severities)} severities, ray)")
     measured = run_corruptions(p.features, p.test, ctx.models, names, settings.severities, ctx.data_seed,
                                settings.corruption_params)
     per_model, clean, extra = measured["per_model"], ctx.clean, {}
@@ -62,16 +71,21 @@ def run_adapted(settings: CorruptionSettings, ctx: RunContext, names: list[str])
             "record": test_time_bn.record(extractor, models, seconds, fit_seconds, cost)}
 
 
-def corrupted_features(features: FeatureSource, test: ImageSet, name: str, severity: int, seed: int,
-                       params: str) -> np.ndarray:
-    """Features of the test images under one corruption (from the run's feature source, cached under a key
-    naming the corruption)."""
+def corruption_transform(name: str, severity: int, seed: int, params: str) -> tuple[ImageTransform, str]:
+    """The image transform of one corruption x severity and the cache key naming it."""
 
     def transform(images: np.ndarray, first_row: int) -> np.ndarray:
         # the seed depends on the shard's first row, so every shard draws its own noise
         return corrupt(images, name, severity, seed=seed + first_row, params=params)
 
-    key = f"corrupt:{name}:s{severity}:seed{seed}:params={params}:v{CORRUPTIONS_VERSION}"
+    return transform, f"corrupt:{name}:s{severity}:seed{seed}:params={params}:v{CORRUPTIONS_VERSION}"
+
+
+def corrupted_features(features: FeatureSource, test: ImageSet, name: str, severity: int, seed: int,
+                       params: str) -> np.ndarray:
+    """Features of the test images under one corruption (from the run's feature source, cached under a key
+    naming the corruption)."""
+    transform, key = corruption_transform(name, severity, seed, params)
     return features(test, transform=transform, transform_key=key, desc=f"{name} s{severity}")
 
 

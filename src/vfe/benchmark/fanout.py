@@ -1,8 +1,12 @@
-"""Heads fitted as Ray tasks: the fit stage of `vfe run --engine ray` and the cells of `vfe sweep --engine ray`.
+"""`vfe run --engine ray` and `vfe sweep --engine ray`: the independent work of a run, sent to a Ray cluster.
 
+  * tasks (`fan_out`): the fit stage's heads x seeds, the sweep's cells, the attack stage's heads x seeds;
+  * a pool of backbone actors (`extract_on_cluster`): the corruption stage's test set under every
+    corruption x severity, shard by shard, into the shared feature cache, which the stage then reads.
 The work itself is one function used by both engines (vfe.benchmark.fit.fit_one for a head x seed,
-vfe.benchmark.sweep.fit_cell for a sweep cell); this module only runs it as tasks on the connected Ray
-cluster (vfe.features.ray_engine.ray_session connects) and hands the results back to the driver.
+vfe.benchmark.sweep.fit_cell for a sweep cell, vfe.benchmark.adversarial.attack_one for an attacked head,
+FeatureCache.extract for a shard); this module only runs it on the connected Ray cluster
+(vfe.features.ray_engine.ray_session connects) and hands the results back to the driver.
 
   * Data movement: the arrays every task reads (training and test features, labels, augmented views) go
     into the object store once (`ray.put`); tasks on the driver's node read them zero-copy (read-only),
@@ -29,9 +33,18 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vfe.benchmark.config import EngineSettings
+from vfe.benchmark.config import BackboneSettings, EngineSettings
 from vfe.errors import VfeError
-from vfe.features.ray_engine import RayEngineError, import_ray, ray_session
+from vfe.features.ray_engine import (
+    BackboneSpec,
+    ExtractionJob,
+    RayEngineError,
+    RayExtractor,
+    cluster_cpus,
+    import_ray,
+    ray_session,
+)
+from vfe.features.source import BackboneFeatures, FeatureSource
 
 TASK_DEVICE = "cpu"  # tasks reserve one CPU and no GPU
 TASK_THREADS = 1  # torch and BLAS threads inside a task (its one reserved CPU)
@@ -81,6 +94,35 @@ def fan_out(function: Callable[..., Any], items: Sequence, shared: dict[str, Any
             ray.cancel(ref)
 
 
+def extract_on_cluster(source: FeatureSource, jobs: list[ExtractionJob], backbone: BackboneSettings, *,
+                       progress: bool = True, desc: str = "extract (ray)", log=print) -> bool:
+    """Fill the cache entries that `source` will read for `jobs`, with one backbone actor per CPU of the cluster;
+    True if it did. The caller then reads them through `source` as the local engine would (every entry found).
+
+    Only a frozen backbone's features are extracted this way (the actors build it from the run's backbone
+    settings); the reference protocol's features (cut-point activations, then the fine-tuned top) are computed
+    on this machine, and this says so. The actors must build the backbone this machine built (same
+    fingerprint: architecture, weights, preprocessing, precision), else their entries would be ones the run
+    never reads: that is an error, not a silent recomputation.
+    """
+    if not isinstance(source, BackboneFeatures):
+        log("[vfe] --engine ray: the reference protocol's corrupted features (activations at the cut through the "
+            "fine-tuned top) are computed on this machine; only frozen-backbone extraction goes to the cluster")
+        return False
+    spec = BackboneSpec(backbone.backbone, weights=backbone.weights, image_size=backbone.image_size,
+                        device=backbone.device)
+    with RayExtractor(spec, actors=max(1, int(cluster_cpus()))) as extractor:
+        here, there = source.backbone.fingerprint(), extractor.fingerprint()
+        if here != there:
+            actor = extractor.describe()[0]
+            raise RayEngineError(f"the Ray actors built a different backbone ({actor['device']}, {actor['precision']}) "
+                                 f"from this machine's ({source.backbone.device}, {source.backbone.precision}): "
+                                 "their features would go to cache entries this run never reads; give "
+                                 "--device cpu (or the device the workers have)")
+        extractor.extract_many(jobs, source.cache, progress=progress, desc=desc)
+    return True
+
+
 def _task(function: Callable[..., Any], shared: dict[str, Any], item: Any) -> Any:
     """One task on a worker: `function(item, **shared)` at one torch and one BLAS thread."""
     import torch
@@ -108,4 +150,4 @@ def _result(ray, ref) -> Any:
                              "written is kept: run the command again to compute the rest") from None
 
 
-__all__ = ["MAX_RETRIES", "TASK_DEVICE", "TASK_THREADS", "cluster_session", "fan_out"]
+__all__ = ["MAX_RETRIES", "TASK_DEVICE", "TASK_THREADS", "cluster_session", "extract_on_cluster", "fan_out"]

@@ -44,20 +44,39 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
     timer = StageTimer(log=log)
     started = time.perf_counter()
 
-    augmented = any(is_augmented(h) for h in heads)
-    # --engine ray: connected before the data is prepared (a wrong --address costs nothing), and disconnected
-    # once the heads are fitted (the later stages run here); the local engine connects to nothing
+    # --engine ray: connected before the data is prepared (a wrong --address costs nothing) and kept for every
+    # stage (heads x seeds, corruption shards and attacked heads go to the cluster); local: connects to nothing
     with cluster_session(settings.cluster):
-        prepared = prepare(settings.data, settings.backbone, settings.cache_dir, finetune=settings.finetune,
-                           augment_family=settings.heads.augment_family if augmented else None,
-                           corruption_params=settings.corruptions.corruption_params,
-                           augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
-                           progress=settings.progress, timer=timer, log=log)
-        write_skipped(out / "skipped_files.txt", skipped_files(prepared.train, prepared.test), log)
-        with timer.timed("fit heads"):
-            models, fit_seconds = fit_heads(settings.heads, heads, prepared.X_train, prepared.train.labels,
-                                            device=device, progress=settings.progress, X_aug=prepared.X_aug,
-                                            X_views=prepared.X_views, cluster=settings.cluster)
+        results = measure(settings, heads, device, out, timer, log)
+    results["summary"] = summarise(results)
+    results["leaderboard"] = leaderboard(results, {h: base_head(h) in heads and is_augmented(base_head(h))
+                                                   for h in results["clean"]})  # "vfe-aug+bn" saw what vfe-aug saw
+    if settings.compare_with is not None:
+        results["compared_run"] = {"path": settings.compare_with,
+                                   **comparable(compared_results(settings.compare_with))}
+    results["timings"] = {**timer.seconds, "total": round(time.perf_counter() - started, 3)}
+    results["peak_rss_mb"] = peak_rss_mb()
+    results["peak_rss_mb_after_stage"] = timer.peak_rss_mb
+    write_json(out / "results.json", results)
+    with timer.timed("report"):
+        write_report(out, results)
+    return out
+
+
+def measure(settings: RunSettings, heads: list[str], device: str, out: Path, timer: StageTimer, log) -> dict:
+    """Prepare, fit, evaluate clean, run every enabled robustness stage: results.json's measurements (the
+    summary, leaderboard and timings are added from them)."""
+    augmented = any(is_augmented(h) for h in heads)
+    prepared = prepare(settings.data, settings.backbone, settings.cache_dir, finetune=settings.finetune,
+                       augment_family=settings.heads.augment_family if augmented else None,
+                       corruption_params=settings.corruptions.corruption_params,
+                       augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
+                       progress=settings.progress, timer=timer, log=log)
+    write_skipped(out / "skipped_files.txt", skipped_files(prepared.train, prepared.test), log)
+    with timer.timed("fit heads"):
+        models, fit_seconds = fit_heads(settings.heads, heads, prepared.X_train, prepared.train.labels,
+                                        device=device, progress=settings.progress, X_aug=prepared.X_aug,
+                                        X_views=prepared.X_views, cluster=settings.cluster)
     with timer.timed("clean evaluation"):
         clean, clean_probs = evaluate_clean(models, prepared.X_test, prepared.test.labels)
 
@@ -71,27 +90,15 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
         results["finetune"] = prepared.finetune
 
     ctx = RunContext(prepared, heads, models, clean, clean_probs, device, settings.data.data_seed,
-                     settings.corruptions.corruption_params, settings.progress, timer)
+                     settings.corruptions.corruption_params, settings.progress, timer, settings.cluster,
+                     settings.backbone)
     for stage in STAGES:
         own = getattr(settings, stage.settings)
         if stage.enabled(own):
             with timer.timed(stage.label(own)):
                 results.update(stage.function()(own, ctx))
-
-    results["summary"] = summarise(results)
-    results["leaderboard"] = leaderboard(results, {h: base_head(h) in heads and is_augmented(base_head(h))
-                                                   for h in results["clean"]})  # "vfe-aug+bn" saw what vfe-aug saw
-    if settings.compare_with is not None:
-        results["compared_run"] = {"path": settings.compare_with,
-                                   **comparable(compared_results(settings.compare_with))}
     results.update(report_inputs(models, prepared.test, clean_probs))  # the report reads results.json only
-    results["timings"] = {**timer.seconds, "total": round(time.perf_counter() - started, 3)}
-    results["peak_rss_mb"] = peak_rss_mb()
-    results["peak_rss_mb_after_stage"] = timer.peak_rss_mb
-    write_json(out / "results.json", results)
-    with timer.timed("report"):
-        write_report(out, results)
-    return out
+    return results
 
 
 def setting_of(settings: RunSettings, heads: list[str], prepared: Prepared, device: str) -> dict:

@@ -13,7 +13,9 @@ shard's task rather than the whole run.
 Data movement. The images go into Ray's object store once per extraction (`ray.put`, with the content
 hash already memoised in them so no actor re-hashes); actors on the driver's node read the NumPy
 arrays zero-copy, other nodes fetch them once. Each actor fetches them once per extraction (not per
-task). A lazily decoded image folder travels as its file list (absolute paths, which must be on the
+task). `extract_many` queues the shards of many entries at once (the corruption stage of `vfe run
+--engine ray`: one image set under 95 transforms), puts each distinct image set in the store once, and
+ships each entry's transform (a closure, by value) with its job; the actors corrupt the images themselves. A lazily decoded image folder travels as its file list (absolute paths, which must be on the
 shared filesystem), and each actor decodes only its shards' files.
 
 Why long-lived actors (an ActorPool) and not Ray Data's `map_batches(CallableClass, compute=...)`
@@ -157,10 +159,20 @@ class BackboneSpec:
 
 
 @dataclass
-class _Job:
-    """One extraction, put in the object store once and fetched once per actor."""
+class ExtractionJob:
+    """One cache entry for `RayExtractor.extract_many` to fill: FeatureCache.extract's data and transform."""
 
     data: ImageSet
+    transform: ImageTransform | None = None
+    transform_key: str | None = None
+
+
+@dataclass
+class _Job:
+    """One extraction, put in the object store once and fetched once per actor. `data` is the images, or
+    [ObjectRef] to them when several jobs share one image set (extract_many puts each set once)."""
+
+    data: ImageSet | list
     root: str
     transform: ImageTransform | None
     transform_key: str | None
@@ -219,19 +231,22 @@ class ShardWorker:
 
         if self._job is None or self._job[0] != job_id:
             self._job = None  # the previous job's images are released before the next are fetched
-            self._job = (job_id, ray.get(job_ref[0]))
+            job = ray.get(job_ref[0])
+            if not isinstance(job.data, ImageSet):  # shared images: fetched once per node, zero-copy here
+                job = replace(job, data=ray.get(job.data[0]))
+            self._job = (job_id, job)
         job = self._job[1]
         counting = _Counting(self.backbone)
         started = time.perf_counter()
         fs = FeatureCache(job.root).extract(counting, job.data, transform=job.transform,
                                             transform_key=job.transform_key, shard_size=job.shard_size,
                                             shard_ids=None if shard is None else [shard], progress=False)
-        return {"shard": shard, "images": counting.images, "seconds": time.perf_counter() - started,
+        return {"job": job_id, "shard": shard, "images": counting.images, "seconds": time.perf_counter() - started,
                 "pid": os.getpid(), "complete": None if fs is None else (str(fs.path), fs.manifest)}
 
-    def release(self, job_id: str) -> None:
-        """Drop the job's images (so the object store can free them)."""
-        if self._job is not None and self._job[0] == job_id:
+    def release(self, job_ids: str | list[str]) -> None:
+        """Drop the images of the job held, if it is one of `job_ids` (so the object store can free them)."""
+        if self._job is not None and self._job[0] in ([job_ids] if isinstance(job_ids, str) else job_ids):
             self._job = None
 
 
@@ -337,53 +352,82 @@ class RayExtractor:
         `cache`'s folder must be the same path on every node (a shared filesystem). `on_shard` is called
         on the driver with each finished task's record (shard, images, seconds, pid).
         """
+        return self.extract_many([ExtractionJob(data, transform, transform_key)], cache, shard_size, progress,
+                                 desc or f"extract {data.source} (ray)", on_shard)[0]
+
+    def extract_many(self, jobs: list[ExtractionJob], cache: FeatureCache | None = None,
+                     shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True, desc: str | None = None,
+                     on_shard: Callable[[dict], None] | None = None) -> list[FeatureSet]:
+        """Several entries at once (e.g. the test set under every corruption x severity): every missing shard
+        of every job goes to the pool in one queue, so the actors stay busy across entries instead of idling
+        at the end of each one. Jobs that share an ImageSet object share one copy of it in the object store.
+        Returns each job's FeatureSet, in order."""
         ray = import_ray()
         from ray.util import ActorPool
 
         started = time.perf_counter()
-        if transform is not None and not transform_key:
-            raise ValueError("a transform needs a transform_key naming it (it is part of the cache key)")
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-        if len(data) == 0:
-            raise ValueError(f"{data.source}: no images to extract features from")
+        for job in jobs:
+            if job.transform is not None and not job.transform_key:
+                raise ValueError("a transform needs a transform_key naming it (it is part of the cache key)")
+            if len(job.data) == 0:
+                raise ValueError(f"{job.data.source}: no images to extract features from")
         root = (cache or FeatureCache()).root.expanduser().resolve()
-        data = _portable(data)
-        key = cache_key(self.fingerprint(), data, transform_key, shard_size)  # memoises the content hash
-        count = -(-len(data) // shard_size)
-        on_disk = _shards_on_disk(root / key)
-        todo = [i for i in reversed(range(count)) if i not in on_disk]  # highest first: see the module docstring
-        job_id = uuid.uuid4().hex
-        job_ref = ray.put(_Job(data, str(root), transform, transform_key, shard_size))
-        stats = self.last_run = RunStats(shards=count, shards_sent=len(todo))
+        fingerprint = self.fingerprint()
+        shared: dict[int, tuple[ImageSet, Any]] = {}  # id(ImageSet) -> (portable copy, [ObjectRef])
+        for job in jobs:
+            if id(job.data) not in shared:
+                data = _portable(job.data)
+                cache_key(fingerprint, data, None, shard_size)  # memoises the content hash before it travels
+                shared[id(job.data)] = (data, [ray.put(data)])
+        plans = []  # (job id, [ObjectRef to its _Job], shards to send, images)
+        tasks: list[tuple[int, int]] = []
+        for j, job in enumerate(jobs):
+            data, data_ref = shared[id(job.data)]
+            key = cache_key(fingerprint, data, job.transform_key, shard_size)
+            on_disk = _shards_on_disk(root / key)
+            count = -(-len(data) // shard_size)
+            todo = [i for i in reversed(range(count)) if i not in on_disk]  # highest first: see the module docstring
+            plans.append((uuid.uuid4().hex, [ray.put(_Job(data_ref, str(root), job.transform, job.transform_key,
+                                                           shard_size))], len(data)))
+            tasks += [(j, i) for i in todo]
+        stats = self.last_run = RunStats(shards=sum(-(-n // shard_size) for *_, n in plans), shards_sent=len(tasks))
         stats.plan_s = time.perf_counter() - started
-        complete = None
+        index = {job_id: j for j, (job_id, _, _) in enumerate(plans)}
+        complete: list = [None] * len(jobs)
+
+        def images_in(j: int, shard: int) -> int:
+            return min(plans[j][2], (shard + 1) * shard_size) - shard * shard_size
+
         try:
-            size = sum(min(len(data), (i + 1) * shard_size) - i * shard_size for i in todo)
             pool = ActorPool(list(self.actors))
-            with tqdm(total=size, unit="img", desc=desc or f"extract {data.source} (ray)", disable=not progress,
-                      dynamic_ncols=True) as bar:
-                results = pool.map_unordered(lambda actor, i: actor.extract.remote([job_ref], job_id, i), todo)
+            with tqdm(total=sum(images_in(j, i) for j, i in tasks), unit="img", desc=desc or "extract (ray)",
+                      disable=not progress, dynamic_ncols=True) as bar:
+                results = pool.map_unordered(
+                    lambda actor, t: actor.extract.remote(plans[t[0]][1], plans[t[0]][0], t[1]), tasks)
                 for record in _unwrap_iter(ray, results):
+                    j = index[record["job"]]
                     stats.images_computed += record["images"]
                     stats.busy_s[record["pid"]] = stats.busy_s.get(record["pid"], 0.0) + record["seconds"]
                     stats.images[record["pid"]] = stats.images.get(record["pid"], 0) + record["images"]
-                    complete = complete or record["complete"]
-                    bar.update(min(len(data), (record["shard"] + 1) * shard_size) - record["shard"] * shard_size)
+                    complete[j] = complete[j] or record["complete"]
+                    bar.update(images_in(j, record["shard"]))
                     if on_shard is not None:
                         on_shard(record)
             finishing = time.perf_counter()
-            if complete is None:  # nothing was missing, or a writer's last check raced another's: verify, finish
-                record = _unwrap(ray, lambda: ray.get(self.actors[0].extract.remote([job_ref], job_id, None)))
-                stats.images_computed += record["images"]
-                complete = record["complete"]
+            for j, (job_id, job_ref, _) in enumerate(plans):
+                if complete[j] is None:  # nothing was missing, or a writer's last check raced another's: verify
+                    call = self.actors[0].extract.remote(job_ref, job_id, None)
+                    record = _unwrap(ray, lambda call=call: ray.get(call))
+                    stats.images_computed += record["images"]
+                    complete[j] = record["complete"]
             stats.finish_s = time.perf_counter() - finishing
-        finally:  # the actors drop the job's images; bounded, so an actor that is down cannot hold us here
-            ray.wait([actor.release.remote(job_id) for actor in self.actors], num_returns=len(self.actors),
-                     timeout=10)
+        finally:  # the actors drop the jobs' images; bounded, so an actor that is down cannot hold us here
+            ids = [job_id for job_id, _, _ in plans]
+            ray.wait([actor.release.remote(ids) for actor in self.actors], num_returns=len(self.actors), timeout=10)
         stats.wall_s = time.perf_counter() - started
-        path, manifest = complete
-        return FeatureSet(Path(path), manifest)
+        return [FeatureSet(Path(path), manifest) for path, manifest in complete]
 
 
 def extract_with_ray(spec: BackboneSpec, data: ImageSet, cache_dir: str | os.PathLike | None = None,
@@ -450,5 +494,5 @@ def _unwrap_iter(ray, results: Iterator) -> Iterator:
         yield item
 
 
-__all__ = ["BackboneSpec", "RayConnectionError", "RayEngineError", "RayExtractor", "RayNotInstalledError",
+__all__ = ["BackboneSpec", "ExtractionJob", "RayConnectionError", "RayEngineError", "RayExtractor", "RayNotInstalledError",
            "RunStats", "ShardWorker", "extract_with_ray", "import_ray", "ray_session"]
