@@ -218,16 +218,17 @@ ROBUSTNESS = ["--heads", "linear", "vfe", "--seeds", "0", "--head-param", "linea
 @pytest.mark.parametrize("name,protocol", [("digits", "frozen"), ("colour", "frozen"), ("digits", "reference")])
 def test_vfe_run_on_ray_sends_corruptions_and_attacks_and_gets_the_local_numbers(cluster, world, name, protocol,
                                                                                   monkeypatch, tmp_path):
-    """Each engine from its own empty cache: the corrupted test sets go to the backbone actors (frozen
-    protocol; the reference protocol's cut-point path stays on the driver) and every head x seed is attacked in
-    a task; corruption and attack results equal the local run's, image by image."""
+    """Each engine from its own empty cache: the corrupted test sets are extracted on the cluster (by backbone
+    actors under the frozen protocol, by tasks holding the fine-tuned top under the reference protocol) and
+    every head x seed is attacked in a task; corruption and attack results equal the local run's, image by
+    image, and the entries written are the local run's."""
     results = {}
     for engine in ("local", "ray"):
         args = ["run", *common_flags(world, name), "--cache-dir", str(tmp_path / engine), "--name",
                 f"robust-{name}-{protocol}-{engine}", "--protocol", protocol, "--finetune-epochs", "1",
                 *ROBUSTNESS, "--engine", engine]
         with monkeypatch.context() as patch:
-            if engine == "ray" and protocol == "frozen":
+            if engine == "ray":
                 only_reads_corrupted_features(patch)
             with sent_to_ray(adversarial) as attacked:
                 assert main(args) == 0, engine
@@ -242,9 +243,10 @@ def test_vfe_run_on_ray_sends_corruptions_and_attacks_and_gets_the_local_numbers
     accuracies = [a for sev in local["corruptions"]["per_head"]["linear"]["0"]["accuracy"].values()
                   for a in sev.values()]
     assert max(accuracies) > min(accuracies)  # severities 1 and 4 differ: the numbers measure something
-    if protocol == "frozen":  # the actors wrote the very entries a local run writes
-        entries = {e["key"] for e in FeatureCache(tmp_path / "ray").entries()}
-        assert entries == {e["key"] for e in FeatureCache(tmp_path / "local").entries()} and len(entries) == 2 + 4
+    entries = {e["key"] for e in FeatureCache(tmp_path / "ray").entries()}
+    assert entries == {e["key"] for e in FeatureCache(tmp_path / "local").entries()}
+    # train and test, and the 4 corrupted test sets; under the reference protocol each at the cut and through the top
+    assert len(entries) == (2 + 4) * (2 if protocol == "reference" else 1)
 
 
 def test_a_user_error_in_a_task_is_raised_on_the_driver_as_itself(cluster, digits_features, tmp_path):

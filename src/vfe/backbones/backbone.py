@@ -82,6 +82,17 @@ class Backbone(nn.Module):
         self.runtime = "torch"  # what `extract` runs the network on (runtimes.choose_runtime may switch it)
         self.runtime_check: dict | None = None
 
+    def __getstate__(self) -> dict:
+        """Picklable, for Ray tasks (`vfe run --engine ray` ships the fine-tuned backbone): the fast path's traces
+        and the pipeline timing are made again where it lands. Another runtime's compiled network cannot travel."""
+        if self.runtime != "torch":
+            raise TypeError(f"a {self.name} backbone running on {self.runtime} cannot be pickled: build it where it "
+                            "is needed (vfe.features.ray_engine.BackboneSpec)")
+        state = super().__getstate__()
+        state["_fast"] = TracedFeatures(self._pooled) if isinstance(self._fast, TracedFeatures) else self._fast
+        state["_thread_mode"] = ThreadModeChoice()
+        return state
+
     def use_runtime(self, features: Callable[[torch.Tensor], torch.Tensor], check: dict) -> None:
         """Extract with `features` (normalised input -> pooled features) of another runtime, found faithful
         by `check` (runtimes.py). `forward` stays torch fp32: attacks need its gradients."""

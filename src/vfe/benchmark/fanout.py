@@ -1,8 +1,9 @@
 """`vfe run --engine ray` and `vfe sweep --engine ray`: the independent work of a run, sent to a Ray cluster.
 
   * tasks (`fan_out`): the fit stage's heads x seeds, the sweep's cells, the attack stage's heads x seeds;
-  * a pool of backbone actors (`extract_on_cluster`): the corruption stage's test set under every
-    corruption x severity, shard by shard, into the shared feature cache, which the stage then reads.
+  * `extract_on_cluster`: the corruption stage's test set under every corruption x severity, into the shared
+    feature cache, which the stage then reads: shard by shard by a pool of backbone actors (frozen protocol), or
+    entry by entry in tasks that receive the run's feature source (the reference protocol's fine-tuned top).
 The work itself is one function used by both engines (vfe.benchmark.fit.fit_one for a head x seed,
 vfe.benchmark.sweep.fit_cell for a sweep cell, vfe.benchmark.adversarial.attack_one for an attacked head,
 FeatureCache.extract for a shard); this module only runs it on the connected Ray cluster
@@ -95,20 +96,24 @@ def fan_out(function: Callable[..., Any], items: Sequence, shared: dict[str, Any
 
 
 def extract_on_cluster(source: FeatureSource, jobs: list[ExtractionJob], backbone: BackboneSettings, *,
-                       progress: bool = True, desc: str = "extract (ray)", log=print) -> bool:
-    """Fill the cache entries that `source` will read for `jobs`, with one backbone actor per CPU of the cluster;
-    True if it did. The caller then reads them through `source` as the local engine would (every entry found).
+                       progress: bool = True, desc: str = "extract (ray)") -> None:
+    """Fill the cache entries that `source` will read for `jobs`; the caller then reads them through `source`
+    as the local engine would (every entry found). The cache must be on a path every node sees.
 
-    Only a frozen backbone's features are extracted this way (the actors build it from the run's backbone
-    settings); the reference protocol's features (cut-point activations, then the fine-tuned top) are computed
-    on this machine, and this says so. The actors must build the backbone this machine built (same
-    fingerprint: architecture, weights, preprocessing, precision), else their entries would be ones the run
-    never reads: that is an error, not a silent recomputation.
+      * frozen backbone (BackboneFeatures): one backbone actor per CPU of the cluster, built from the run's
+        backbone settings, computes every missing shard of every job in one queue. The actors must build the
+        backbone this machine built (same fingerprint: architecture, weights, preprocessing, precision), else
+        their entries would be ones the run never reads: that is an error, not a silent recomputation;
+      * any other source (the reference protocol's CutFeatures: activations at the cut, then the fine-tuned
+        top): the source itself travels to one task per job (its networks pickled once into the object store),
+        and each task fills that job's entries exactly as the driver would.
     """
     if not isinstance(source, BackboneFeatures):
-        log("[vfe] --engine ray: the reference protocol's corrupted features (activations at the cut through the "
-            "fine-tuned top) are computed on this machine; only frozen-backbone extraction goes to the cluster")
-        return False
+        shared = {"source": source, "data": [job.data for job in jobs]}
+        items = [(i, job.transform, job.transform_key) for i, job in enumerate(jobs)]
+        for _ in fan_out(_fill_entry, items, shared, progress=progress, desc=desc, unit="entry"):
+            pass
+        return
     spec = BackboneSpec(backbone.backbone, weights=backbone.weights, image_size=backbone.image_size,
                         device=backbone.device)
     with RayExtractor(spec, actors=max(1, int(cluster_cpus()))) as extractor:
@@ -120,7 +125,13 @@ def extract_on_cluster(source: FeatureSource, jobs: list[ExtractionJob], backbon
                                  "their features would go to cache entries this run never reads; give "
                                  "--device cpu (or the device the workers have)")
         extractor.extract_many(jobs, source.cache, progress=progress, desc=desc)
-    return True
+
+
+def _fill_entry(item: tuple, *, source: FeatureSource, data: list) -> None:
+    """One job of extract_on_cluster in a task: `source(images, transform, key)`, nothing sent back."""
+    i, transform, key = item
+    source.progress = False
+    source(data[i], transform=transform, transform_key=key)
 
 
 def _task(function: Callable[..., Any], shared: dict[str, Any], item: Any) -> Any:
