@@ -55,19 +55,11 @@ def run_setting(setting: str, extra: list[str], runs_dir: str | None, keep_cache
         cache = f"{keep_cache}/{name}" if keep_cache else f"{tmp}/cache"
         if setting == "main" and (Path(runs) / "frozen" / "results.json").exists():
             extra = [*extra, "--compare-with", f"{runs}/frozen"]  # as make run does
-        cmd = [str(Path(sys.executable).with_name("vfe")), "run", "--name", name, "--cache-dir", cache,
-               "--runs-dir", runs, *extra]
         print(f"\n$ vfe run {' '.join(['--name', name, *extra])}   (fresh cache; run folder {runs}/{name})",
               flush=True)
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         load_before = os.getloadavg()  # a shared machine: the load says how far the wall time can be trusted
-        start = time.perf_counter()
-        with open(Path(tmp) / "log.txt", "w+") as log:  # stage lines and progress bars, shown on failure
-            done = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT)
-            wall = time.perf_counter() - start
-            if done.returncode:
-                log.seek(0)
-                sys.exit(f"{' '.join(cmd)} failed:\n{log.read()[-4000:]}")
+        wall = vfe_run(["--name", name, "--cache-dir", cache, "--runs-dir", runs, *extra], Path(tmp) / "log.txt")
         child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, max over all children
         results = read_json(Path(runs) / name / "results.json")
     setting = results["setting"]
@@ -85,6 +77,20 @@ def run_setting(setting: str, extra: list[str], runs_dir: str | None, keep_cache
             "peak_rss_mb_process": round(child_peak / 1024, 1) if child_peak > before else None,
             "heads": setting["heads"], "n_test": n_test, "corruptions": per_corruption,
             "slowest_corruption": slowest}
+
+
+def vfe_run(args: list[str], log_path: Path) -> float:
+    """`vfe run ARGS` in a child process, its output (stage lines, progress bars) to `log_path` and shown if it
+    fails; returns its wall seconds."""
+    cmd = [str(Path(sys.executable).with_name("vfe")), "run", *args]
+    start = time.perf_counter()
+    with open(log_path, "w+") as log:
+        done = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - start
+        if done.returncode:
+            log.seek(0)
+            sys.exit(f"{' '.join(cmd)} failed:\n{log.read()[-4000:]}")
+    return wall
 
 
 def print_table(rows: dict[str, dict]) -> None:

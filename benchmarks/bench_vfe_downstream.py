@@ -27,11 +27,12 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_run import vfe_run
 
 from vfe.io import read_json, write_json
 
@@ -46,16 +47,10 @@ def reference_args(epochs: int) -> list[str]:
 
 def run(name: str, args: list[str], cache: str, runs: str) -> tuple[dict, float]:
     """One `vfe run` in a child process: its results.json and wall seconds."""
-    cmd = [str(Path(sys.executable).with_name("vfe")), "run", "--name", name, "--cache-dir", cache,
-           "--runs-dir", runs, "--overwrite", *args]
     print(f"\n$ vfe run --name {name} {' '.join(args)}", flush=True)
-    start = time.perf_counter()
-    with open(Path(runs) / f"{name}.log", "w+") as log:
-        done = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT)
-        if done.returncode:
-            log.seek(0)
-            sys.exit(f"{' '.join(cmd)} failed:\n{log.read()[-4000:]}")
-    return read_json(Path(runs) / name / "results.json"), time.perf_counter() - start
+    wall = vfe_run(["--name", name, "--cache-dir", cache, "--runs-dir", runs, "--overwrite", *args],
+                   Path(runs) / f"{name}.log")
+    return read_json(Path(runs) / name / "results.json"), wall
 
 
 def per_seed(results: dict) -> dict[str, dict[str, float]]:
