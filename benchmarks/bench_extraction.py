@@ -566,6 +566,9 @@ def main() -> None:
     ap.add_argument("--faithfulness-images", type=int, default=2000, help="training and test images each")
     ap.add_argument("--scaling-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.keras_python and not (args.runtimes and Path(args.keras_python).is_file()):
+        ap.error(f"--keras-python {args.keras_python}: needs --runtimes and an existing Python interpreter (make one: "
+                 "python -m venv /tmp/tf && /tmp/tf/bin/pip install tensorflow-cpu)")
     if args.scaling_child:
         scaling_child(*args.scaling_child)
         return

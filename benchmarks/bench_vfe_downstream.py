@@ -38,6 +38,7 @@ from vfe.io import read_json, write_json
 
 COMMON = ["--protocol", "frozen", "--heads", "vfe", "--n-attack", "0", "--no-ood"]
 QUICK = ["--quick", "--dataset", "digits"]
+RUN_NAMES = ("vfe-default", "vfe-reference")
 
 
 def reference_args(epochs: int) -> list[str]:
@@ -48,7 +49,7 @@ def reference_args(epochs: int) -> list[str]:
 def run(name: str, args: list[str], cache: str, runs: str) -> tuple[dict, float]:
     """One `vfe run` in a child process: its results.json and wall seconds."""
     print(f"\n$ vfe run --name {name} {' '.join(args)}", flush=True)
-    wall = vfe_run(["--name", name, "--cache-dir", cache, "--runs-dir", runs, "--overwrite", *args],
+    wall = vfe_run(["--name", name, "--cache-dir", cache, "--runs-dir", runs, *args],
                    Path(runs) / f"{name}.log")
     return read_json(Path(runs) / name / "results.json"), wall
 
@@ -109,14 +110,17 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.reference_epochs = min(args.reference_epochs, 100)
+    taken = [f"{args.runs_dir}/{name}" for name in RUN_NAMES if args.runs_dir and (Path(args.runs_dir) / name).exists()]
+    if taken:  # before an hour of training, not after it
+        ap.error(f"--runs-dir: {', '.join(taken)} already exist(s); give another folder or remove them")
     common = COMMON + (QUICK if args.quick else [])
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="vfe-downstream-") as tmp:
         cache, runs = args.cache_dir or f"{tmp}/cache", args.runs_dir or f"{tmp}/runs"
         Path(runs).mkdir(parents=True, exist_ok=True)
         # vfe first: it pays the feature extraction (train, test, corruptions), the reference then reads it
-        vfe_results, vfe_wall = run("vfe-default", [*common, "--seeds", *args.seeds], cache, runs)
-        ref_results, ref_wall = run("vfe-reference", [*common, "--seeds", *args.reference_seeds,
+        vfe_results, vfe_wall = run(RUN_NAMES[0], [*common, "--seeds", *args.seeds], cache, runs)
+        ref_results, ref_wall = run(RUN_NAMES[1], [*common, "--seeds", *args.reference_seeds,
                                                       *reference_args(args.reference_epochs)], cache, runs)
     vfe_rows, ref_rows = per_seed(vfe_results), per_seed(ref_results)
     vfe, reference = summary(vfe_rows), summary(ref_rows)
