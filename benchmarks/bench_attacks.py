@@ -55,13 +55,13 @@ def main() -> None:
                "load_average": os.getloadavg(), "image_size": args.image_size, "n": args.n, "seconds": round(total, 1),
                "default": {"n_attack": default.n_attack, "eps_linf": default.attack_eps_linf,
                            "eps_l2": default.attack_eps_l2, "steps": default.attack_steps, "n_eot": default.n_eot,
-                           "seeds": len(run_defaults.heads.seeds)},
-               "extrapolated_stage_seconds": round(per_seed * len(run_defaults.heads.seeds), 1), "rows": rows}
+                           "replicates": run_defaults.heads.replicates},
+               "extrapolated_stage_seconds": round(per_seed * run_defaults.heads.replicates, 1), "rows": rows}
     print(f"{'head':8} {'n':>4} {'s':>7} {'s/img':>6} {'s/seed @' + str(default.n_attack):>12}  random")
     for r in rows:
         print(f"{r['head']:8} {r['n']:4d} {r['seconds']:7.1f} {r['seconds_per_image']:6.3f} "
               f"{r['extrapolated_seconds_per_seed']:12.1f}  {r['samples_randomly']}")
-    print(f"extrapolated stage: {summary['extrapolated_stage_seconds']:.0f} s for {len(default.seeds)} seeds "
+    print(f"extrapolated stage: {summary['extrapolated_stage_seconds']:.0f} s for {run_defaults.heads.replicates} replicates "
           f"(load average {np.round(os.getloadavg(), 1).tolist()})")
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=2)

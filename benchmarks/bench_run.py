@@ -9,10 +9,10 @@ corrupted, extracted by the backbone and evaluated by every head) and the slowes
 
 Settings:
   main        `vfe run` exactly as `make run` runs it: the reference protocol (fine-tuned top), linear vs VFE,
-              3 seeds, all stages; with --runs-dir and a frozen run there, it is compared with it
+              3 replicates, all stages; with --runs-dir and a frozen run there, it is compared with it
   frozen      `make run-frozen`: the same on the frozen ImageNet backbone
   all-heads   the corruption goal: every feature head on 2000 test images at the default size
-              (heads fitted on 2000 training images, one seed; attacks and OOD skipped)
+              (heads fitted on 2000 training images, one replicate; attacks and OOD skipped)
   quick       `vfe run --quick`
 
     python benchmarks/bench_run.py                       # main + all-heads
@@ -42,7 +42,7 @@ RUN_NAMES = {"main": "reference", "frozen": "frozen"}  # the folders `make run` 
 SETTINGS = {
     "main": ["--protocol", "reference"],
     "frozen": ["--protocol", "frozen"],
-    "all-heads": ["--heads", "all", "--n-train", "2000", "--seeds", "0", "--n-attack", "0", "--no-ood"],
+    "all-heads": ["--heads", "all", "--n-train", "2000", "--replicates", "1", "--n-attack", "0", "--no-ood"],
     "quick": ["--quick"],
 }
 
@@ -79,13 +79,14 @@ def run_setting(setting: str, extra: list[str], runs_dir: str | None, keep_cache
             "slowest_corruption": slowest}
 
 
-def vfe_run(args: list[str], log_path: Path) -> float:
-    """`vfe run ARGS` in a child process, its output (stage lines, progress bars) to `log_path` and shown if it
-    fails; returns its wall seconds."""
+def vfe_run(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> float:
+    """`vfe run ARGS` in a child process (with `env` added to this process's environment), its output (stage
+    lines, progress bars) to `log_path` and shown if it fails; returns its wall seconds."""
     cmd = [str(Path(sys.executable).with_name("vfe")), "run", *args]
     start = time.perf_counter()
     with open(log_path, "w+") as log:
-        done = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(env or {})})
         wall = time.perf_counter() - start
         if done.returncode:
             log.seek(0)

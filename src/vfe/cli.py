@@ -22,7 +22,7 @@ from vfe.viz import cli as viz_cli
 EXAMPLES = {
     "run": "vfe run                      # the main job: Fashion-MNIST, efficientnet_lite0, linear vs VFE, robustness\n"
            "vfe run --quick              # the same in a few minutes on small sizes\n"
-           "vfe run --name big --n-train 60000 --heads linear vfe --seeds 0 1 2 3 4\n"
+           "vfe run --name big --n-train 60000 --heads linear vfe --replicates 5\n"
            "vfe run --quick --head-param vfe.vae_epochs=300 --n-attack 0   # any setting is a flag",
     "extract": f"vfe extract fashion-mnist --split test --backbone {defaults.BACKBONE} --image-size 112\n"
                "vfe extract fashion-mnist --engine ray --address auto --cache-dir /shared/vfe-cache   # docs/ray.md",

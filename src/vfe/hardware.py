@@ -1,11 +1,15 @@
 """Facts about the machine that decide how vfe computes (shared by training and extraction).
 
-Thread counts follow the cores that are free now, not the cores that exist. On the 2-core project
-machine, two OpenMP threads beside other busy processes collapse: a thread that reaches a barrier
-waits for its partner, whose core another process holds, at every one of the thousands of parallel
-regions a training step or a batch runs (head fitting measured 7.8x slower beside nice-19 jobs,
-`benchmarks/bench_busy.py`). `free_cores` estimates how many cores other processes leave us;
-`fit_threads` gives a fit that many threads at most; extraction's `engine.compute_threads` uses it too.
+Extraction follows the cores that are free now; training does not. On the 2-core project machine, two
+OpenMP threads beside other busy processes collapse: a thread that reaches a barrier waits for its partner,
+whose core another process holds, at every one of the thousands of parallel regions a batch runs
+(`benchmarks/bench_busy.py`). `free_cores` estimates how many cores other processes leave us, and
+extraction's `engine.compute_threads` runs the network on that many: a forward pass gives the same bits at
+any thread count (measured, docs/reproducibility.md; tests/core/test_determinism.py). A training step does
+not: weight gradients and BatchNorm's batch statistics are sums split across threads, so the weights after
+one epoch differ with the thread count. `fit_threads` therefore gives a fit a count fixed by the machine
+(`usable_cores`, torch's setting at most), never by its load, so the same command gives the same numbers
+however busy the machine is.
 
 OpenMP's wait policy is the other half: `import vfe` sets `OMP_WAIT_POLICY=PASSIVE` unless the user set
 it (`vfe.OPENMP_ENV_DEFAULTS`, in vfe/__init__.py: it must happen before torch loads its OpenMP runtime).
@@ -33,8 +37,8 @@ BUSY_SHARE = 0.5
 USER_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # Heads fitted on feature vectors use at most this many intra-op threads: a second thread gains little on
 # the small matrices of their training steps even on a quiet machine (benchmarks/bench_busy.py --threads),
-# and one thread makes a fit's float sums independent of the machine's load. Image models (fine-tuning,
-# the lab's autoencoders) are not limited: their convolutions gain from every free core.
+# and one thread never waits on a core another process holds. Image models (fine-tuning, the lab's
+# autoencoders) are not limited: their convolutions gain from every usable core.
 FEATURE_HEAD_THREADS = 1
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -190,7 +194,10 @@ def user_fixed_threads() -> bool:
 
 def fit_threads_for(requested: int | None = None, limit: int | None = None) -> int:
     """Intra-op threads for a fit: `requested` when given; torch's current count when the user fixed it in
-    the environment (USER_THREAD_ENV); else the least of torch's current count, `free_cores()` and `limit`.
+    the environment (USER_THREAD_ENV); else the least of torch's current count, `usable_cores()` and `limit`.
+
+    Never `free_cores()`: a training step's float sums depend on the thread count, so a count that followed
+    the load would make the same command give different weights on a busy machine (docs/reproducibility.md).
     Torch's current count bounds the choice, so a `torch.set_num_threads` of the user's is never exceeded."""
     if requested is not None:
         if int(requested) < 1:
@@ -199,7 +206,7 @@ def fit_threads_for(requested: int | None = None, limit: int | None = None) -> i
     current = torch.get_num_threads()
     if user_fixed_threads():
         return current
-    return max(1, min(current, free_cores(), current if limit is None else limit))
+    return max(1, min(current, usable_cores(), current if limit is None else limit))
 
 
 @contextmanager

@@ -43,8 +43,9 @@ class TrainConfig:
     precision: str = "fp32"
     seed: int = 0
     device: str = "cpu"
-    # intra-op threads while training; None: one per free core (vfe.hardware.fit_threads: torch's count at
-    # most, fewer when other processes keep cores busy, torch's count as it is when OMP_NUM_THREADS is set)
+    # intra-op threads while training; None: one per usable core, torch's count at most, whatever the load
+    # (vfe.hardware.fit_threads; torch's count as it is when OMP_NUM_THREADS is set). The weights depend on
+    # this number (float sums split across threads), so it must not follow the load: docs/reproducibility.md
     threads: int | None = None
     progress: bool = False
     desc: str = "train"

@@ -128,7 +128,9 @@ def test_a_backbone_pickles_with_its_traces_left_behind_and_extracts_the_same_fe
     original's features (grey and colour), and a backbone on another runtime refuses to travel in one line."""
     import pickle
 
-    backbone = create_backbone("efficientnet_lite0", image_size=64, device="cpu", precision="fp32")
+    # batch size = the photos' count: only full batches run traced
+    backbone = create_backbone("efficientnet_lite0", image_size=64, device="cpu", precision="fp32",
+                               batch_size=len(photos))
     grey = photos.mean(-1).round().astype(np.uint8)
     before = {"colour": backbone.extract(photos, progress=False), "grey": backbone.extract(grey, progress=False)}
     assert backbone._fast.cache  # traced: that part cannot be pickled, and must not travel

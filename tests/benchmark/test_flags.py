@@ -26,8 +26,8 @@ NEW_VALUES = {
     "name": "other", "runs_dir": "elsewhere", "cache_dir": "/tmp/c", "progress": False,
     "dataset": "digits", "data_dir": "/data", "n_train": 123, "n_test": 45, "data_seed": 7, "skip_bad": True,
     "backbone": "resnet18", "weights": "none", "image_size": 64, "device": "cpu",
-    "heads": ["pca", "vib"], "seeds": [4, 5], "augment_family": "blur", "augmix_views": 3,
-    "corruptions": ["snow", "fog"], "severities": [2, 4], "corruption_params": "cifar",
+    "heads": ["pca", "vib"], "replicates": 4, "augment_family": "blur", "augmix_views": 3,
+    "corruptions": ["snow", "fog"], "severities": [2, 4], "corruption_params": "cifar", "noise_per_replicate": True,
     "n_attack": 9, "attack_eps_linf": [0.5], "attack_eps_l2": [2.0], "attack_steps": 3, "n_eot": 4,
     "ood": False, "compare_with": "runs/frozen", "protocol": "reference", "cut_point": "blocks.4.0",
     "finetune_epochs": 7, "finetune_batch_size": 50, "finetune_lr": 0.01, "finetune_augment": True,
@@ -106,6 +106,8 @@ def settings_for(tmp_path, **flat) -> RunSettings:
     ({"attack_eps_linf": [0.0]}, "positive"),
     ({"augment_family": "sound"}, "noise"),
     ({"corruption_params": "mnist"}, "--corruption-params"),
+    ({"replicates": 0}, "--replicates"),
+    ({"head_params": {"linear": {"random_state": 3}}}, "linear.random_state: each replicate seeds"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flat, message):
     from vfe.benchmark import run as run_module
@@ -113,7 +115,7 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flat, m
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the settings were checked")
 
-    monkeypatch.setattr(run_module, "prepare", no_work)
+    monkeypatch.setattr(run_module, "load_shared", no_work)
     with pytest.raises(SettingsError, match=message):
         run_module.run(settings_for(tmp_path, **flat), log=lambda *_: None)
 

@@ -1,10 +1,13 @@
 """Choosing each OOD score on held-out validation data: the split, the choice, the stage's results and
 the report's wording. Expectations are built by hand or with scikit-learn directly."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 import vfe.benchmark.ood as ood_stage
+from vfe.benchmark.config import OODSettings
 from vfe.data.types import ImageSet
 from vfe.report.document import Table
 from vfe.report.narrative import what_this_says
@@ -129,7 +132,7 @@ def _results(selection=True):
     table = {"linear": {"ood:msp_auroc_digits": stat, "ood:selected_auroc_digits": stat},
              "vfe": {"ood:msp_auroc_digits": best_on_test, "ood:recon_auroc_digits": stat,
                      "ood:selected_auroc_digits": stat, "ood:selected_fpr95_digits": stat}}
-    baselines = {"mahalanobis_auroc_digits": 0.7, "selected_auroc_digits": 0.7}
+    baselines = {"mahalanobis_auroc_digits": {"0": 0.69, "1": 0.71}, "selected_auroc_digits": {"0": 0.69, "1": 0.71}}
     ood = {"per_head": {}, "feature_baselines": baselines,
            "ood_sets": {"digits": {"n": 10, "source": "sklearn"}}, "n_in": 10}
     if selection:
@@ -137,12 +140,13 @@ def _results(selection=True):
                                                     "1": {"digits": {"chosen": "msp"}}},
                                          "vfe": {"0": {"digits": {"chosen": "recon"}},
                                                  "1": {"digits": {"chosen": "msp"}}}},
-                            "feature_baselines": {"digits": {"chosen": "mahalanobis"}},
+                            "feature_baselines": {"0": {"digits": {"chosen": "mahalanobis"}},
+                                                  "1": {"digits": {"chosen": "mahalanobis"}}},
                             "n_validation": {"in": 5}, "n_test": {"in": 5}}
     else:
         table = {head: {k: v for k, v in row.items() if "selected" not in k} for head, row in table.items()}
-        ood["feature_baselines"] = {"mahalanobis_auroc_digits": 0.7}
-    return {"setting": {"seeds": [0, 1]}, "summary": {"table": table}, "ood": ood}
+        ood["feature_baselines"] = {"mahalanobis_auroc_digits": 0.7}  # before replicates: one number
+    return {"setting": {"replicates": 2}, "summary": {"table": table}, "ood": ood}
 
 
 def _text(blocks):
@@ -158,14 +162,16 @@ def _text(blocks):
 def test_report_quotes_the_validation_chosen_score_beside_the_feature_baseline():
     results = _results()
     narrative = _text(what_this_says(results))
-    assert "vfe 60.0 ± 1.0 % with the reconstruction error (seed 0), max softmax (seed 1) score" in narrative
+    assert "vfe 60.0 ± 1.0 % with the reconstruction error (replicate 0), max softmax (replicate 1) score" \
+        in narrative
     assert "linear 60.0 ± 1.0 % with the max softmax score" in narrative
-    assert "head-free Mahalanobis on the backbone features 70.0 %" in narrative
+    # the head-free baseline is fitted on each replicate's features: mean 0.70, std of (0.69, 0.71) = 0.014
+    assert "head-free Mahalanobis on the backbone features 70.0 ± 1.4 %" in narrative
     assert "99.0" not in narrative and "best" not in narrative  # vfe's test-best msp is never quoted
     section = _text(ood_section(Context(results)).blocks)
-    assert "digits: AUROC (%) | 60.0 ± 1.0 | 60.0 ± 1.0 | 70.0 | higher" in section
-    assert "digits: score chosen on validation | max softmax | reconstruction error (seed 0), " \
-           "max softmax (seed 1) | Mahalanobis" in section
+    assert "digits: AUROC (%) | 60.0 ± 1.0 | 60.0 ± 1.0 | 70.0 ± 1.4 | higher" in section
+    assert "digits: score chosen on validation | max softmax | reconstruction error (replicate 0), " \
+           "max softmax (replicate 1) | Mahalanobis" in section
 
 
 def test_report_of_old_results_quotes_no_best_on_test_figure():
@@ -174,3 +180,67 @@ def test_report_of_old_results_quotes_no_best_on_test_figure():
     assert "No head's OOD figure is quoted" in narrative and "99.0" not in narrative
     section = _text(ood_section(Context(results)).blocks)
     assert "predate choosing each head's OOD score" in section
+
+
+class _BatchStandardising:
+    """A head that adapts to each call, like linear-tts: it standardises the rows of the call before a fixed
+    linear map, so a row's probabilities depend on the other rows it is scored with."""
+
+    classes_ = np.array([0, 1])
+
+    def predict_proba(self, X):
+        z = (X - X.mean(0)) / X.std(0)
+        logits = np.c_[z[:, 0], -z[:, 0]]
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+
+def test_an_adapting_head_scores_in_and_out_of_distribution_rows_in_one_shuffled_call():
+    rng = np.random.default_rng(0)
+    X_in, X_out = rng.normal(0, 1, (6, 2)), rng.normal(5, 3, (4, 2))
+    head = _BatchStandardising()
+    scores_in, scores_out = ood_stage.mixed_scores(head, X_in, X_out, seed=9)
+    # by hand: the one call sees the 10 rows in the seeded order; each row's max-softmax score is -max p
+    order = np.random.default_rng(9).permutation(10)
+    joint = head.predict_proba(np.r_[X_in, X_out][order])
+    by_row = np.empty(10)
+    by_row[order] = -joint.max(1)
+    np.testing.assert_allclose(scores_in["msp"], by_row[:6])
+    np.testing.assert_allclose(scores_out["msp"], by_row[6:])
+    # scored apart, the OOD rows are standardised on themselves and look like the in-distribution ones
+    apart = -head.predict_proba(X_out).max(1)
+    assert not np.allclose(apart, scores_out["msp"])
+
+
+def test_only_heads_that_adapt_at_test_time_are_scored_mixed():
+    from vfe.heads.registry import adapts_at_test_time
+
+    assert adapts_at_test_time("t3a") and adapts_at_test_time("linear-tts")
+    assert not any(adapts_at_test_time(h) for h in ("linear", "vfe", "linear-augmix", "linear+bn"))
+
+
+def test_run_stage_splits_each_replicate_by_its_own_seed_not_the_data_seed(monkeypatch):
+    """Features laid out by the replicate's halves (seed 11): recon separates validation, msp the test half.
+    Split by the data seed (0) instead, neither test-half figure would be exactly 0 or 1."""
+    n_in, n_far, seed = 40, 30, 11
+    val_in, val_far = _halves(n_in, seed)[0], _halves(n_far, seed)[0]
+    X_test, X_far = _features(n_in, val_in, out=False), _features(n_far, val_far, out=True)
+    X_noisy = _features(n_in, val_in, out=True)
+    test = ImageSet(np.zeros((n_in, 4, 4, 1), np.uint8), np.zeros(n_in, int), ["x"], source="stub")
+    far = ImageSet(np.zeros((n_far, 4, 4, 1), np.uint8), np.full(n_far, -1), [], source="far stub")
+    monkeypatch.setattr(ood_stage, "far_ood_set", lambda dataset, like, seed: ("far", far))
+    monkeypatch.setattr(ood_stage, "corrupted_features", lambda *args: X_noisy)
+    rng = np.random.default_rng(0)
+    X_train = np.r_[rng.normal(0.8, 0.05, (50, 2)), rng.normal(0.3, 0.05, (50, 2))]
+    replicate = SimpleNamespace(features=lambda images, **_: X_far, X_train=X_train,
+                                train=SimpleNamespace(labels=np.repeat([0, 1], 50)), X_test=X_test, test=test,
+                                dataset="stub", seed=seed)
+    ctx = SimpleNamespace(replicates=[replicate], models_of=lambda r: {("vfe", r): _StubHead()}, clean_probs={},
+                          data_seed=0, corruption_params="auto", noise_seed=lambda r: 0)
+    out = ood_stage.run_stage(OODSettings(), ctx)["ood"]
+    row = out["per_head"]["vfe"]["0"]
+    for ood_set in ("far", "gaussian_noise_s5"):
+        assert out["selection"]["per_head"]["vfe"]["0"][ood_set]["chosen"] == "recon"
+        assert (row[f"recon_auroc_{ood_set}"], row[f"msp_auroc_{ood_set}"]) == (0.0, 1.0)
+        assert row[f"selected_auroc_{ood_set}"] == 0.0
+    assert out["selection"]["seed"] == {"0": seed}

@@ -23,7 +23,7 @@ from colour_data import write_colour_folder
 from vfe.benchmark import adversarial, corruption, fit, sweep
 from vfe.benchmark.config import BackboneSettings, DataSettings, EngineSettings, HeadSettings
 from vfe.benchmark.fit import fit_heads
-from vfe.benchmark.prepare import prepare
+from vfe.benchmark.prepare import load_shared, prepare, prepare_replicate
 from vfe.benchmark.sweep import run_sweep
 from vfe.benchmark.timer import StageTimer
 from vfe.cli import main
@@ -159,12 +159,13 @@ def features(world):
 @pytest.mark.parametrize("name", list(SETS))
 def test_the_fit_stage_on_ray_returns_the_heads_a_local_fit_returns(cluster, features, name):
     X, y, X_test, _ = features[name]
-    settings = HeadSettings(heads=["linear", "vfe"], seeds=[0, 1], head_params=HEAD_PARAMS)
-    local, local_seconds = fit_heads(settings, settings.heads, X, y, progress=False)
+    settings = HeadSettings(heads=["linear", "vfe"], head_params=HEAD_PARAMS)
+    local, local_seconds = fit_heads(settings, settings.heads, X, y, replicate=1, seed=7, progress=False)
     with sent_to_ray(fit) as sent:
-        remote, remote_seconds = fit_heads(settings, settings.heads, X, y, progress=False, cluster=RAY)
-    assert sent == list(local)  # every head x seed was a task
-    assert list(remote) == list(local) == [(h, s) for h in ("linear", "vfe") for s in (0, 1)]  # the same order
+        remote, remote_seconds = fit_heads(settings, settings.heads, X, y, replicate=1, seed=7, progress=False,
+                                           cluster=RAY)
+    assert sent == ["linear", "vfe"]  # every head was a task
+    assert list(remote) == list(local) == [("linear", 1), ("vfe", 1)]  # the same order
     assert {h: len(s) for h, s in remote_seconds.items()} == {h: len(s) for h, s in local_seconds.items()}
     for key, model in local.items():
         np.testing.assert_array_equal(remote[key].predict(X_test), model.predict(X_test), err_msg=str(key))
@@ -175,16 +176,20 @@ def test_the_fit_stage_on_ray_returns_the_heads_a_local_fit_returns(cluster, fea
 @pytest.mark.slow
 def test_vfe_run_fits_its_heads_on_ray(cluster, features, world):
     """`vfe run --engine ray` end to end (clean evaluation only): the clean numbers of the local fit stage."""
-    args = ["run", *common_flags(world, "digits"), "--name", "run-ray", "--heads", "linear", "--seeds", "0",
+    args = ["run", *common_flags(world, "digits"), "--name", "run-ray", "--heads", "linear", "--replicates", "1",
             "--head-param", "linear.epochs=8", "--corruptions", "--n-attack", "0", "--no-ood", "--engine", "ray"]
     with sent_to_ray(fit) as sent:
         assert main(args) == 0
-    assert sent == [("linear", 0)]
+    assert sent == ["linear"]
     results = json.loads((world["runs"] / "run-ray" / "results.json").read_text())
     assert (results["config"]["engine"], results["config"]["address"]) == ("ray", None)
-    X, y, X_test, y_test = features["digits"]
-    settings = HeadSettings(heads=["linear"], seeds=[0], head_params=HEAD_PARAMS)
-    models, _ = fit_heads(settings, ["linear"], X, y, progress=False)
+    seed = results["setting"]["replicate_seeds"][0]  # replicate 0 draws its own training subset
+    data = data_settings(world, "digits")
+    shared = load_shared(data, BackboneSettings(image_size=32), world["cache"], StageTimer(log=lambda *_: None))
+    p = prepare_replicate(shared, data.n_train, seed, progress=False, timer=StageTimer(log=lambda *_: None))
+    X, y, X_test, y_test = p.X_train, p.train.labels, p.X_test, p.test.labels
+    settings = HeadSettings(heads=["linear"], head_params=HEAD_PARAMS)
+    models, _ = fit_heads(settings, ["linear"], X, y, seed=seed, progress=False)
     local = probability_metrics(models[("linear", 0)].predict_proba(X_test), y_test)
     assert results["clean"]["linear"]["0"]["accuracy"] == local["accuracy"]
     assert results["clean"]["linear"]["0"]["nll"] == pytest.approx(local["nll"], rel=1e-5, abs=1e-6)
@@ -207,7 +212,7 @@ def only_reads_corrupted_features(monkeypatch):
     monkeypatch.setattr(corruption, "run_corruptions", reading)
 
 
-ROBUSTNESS = ["--heads", "linear", "vfe", "--seeds", "0", "--head-param", "linear.epochs=8",
+ROBUSTNESS = ["--heads", "linear", "vfe", "--replicates", "1", "--head-param", "linear.epochs=8",
               *[arg for key, value in TINY_VFE.items() for arg in ("--head-param", f"vfe.{key}={value}")],
               "--corruptions", "gaussian_noise", "contrast", "--severities", "1", "4", "--n-attack", "10",
               "--attack-eps-linf", "0.008", "--attack-eps-l2", "0.5", "--attack-steps", "2", "--n-eot", "2",
@@ -267,7 +272,7 @@ def test_the_local_engine_never_imports_ray(tmp_path):
              "rng = np.random.default_rng(0)\n"
              "X, y = rng.normal(size=(40, 5)).astype(np.float32), np.arange(40) % 2\n"
              f"run_sweep({{'heads': ['svm']}}, X, y, X, y, {str(tmp_path)!r}, progress=False)\n"
-             "fit_heads(HeadSettings(heads=['svm'], seeds=[0]), ['svm'], X, y, progress=False)\n"
+             "fit_heads(HeadSettings(heads=['svm']), ['svm'], X, y, progress=False)\n"
              "print('ray' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -4,23 +4,27 @@ are cached, and every stage runs through the fine-tuned backbone."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields, replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from colour_data import write_colour_folder
 from threadpoolctl import threadpool_limits
+from torch import nn
 
 from vfe.backbones import create_backbone
 from vfe.backbones.cut import CutModel
+from vfe.benchmark import reference
 from vfe.benchmark.config import FinetuneSettings
-from vfe.benchmark.reference import CompareModel, fine_tune
+from vfe.benchmark.reference import CompareModel, _key, fine_tune
 from vfe.cli import main
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset
 from vfe.features.cache import FeatureCache
 
-TINY = ["--quick", "--protocol", "reference", "--finetune-epochs", "2", "--seeds", "0", "--heads", "linear", "vfe",
+TINY = ["--quick", "--protocol", "reference", "--finetune-epochs", "2", "--replicates", "1", "--heads", "linear", "vfe",
         "--head-param", "vfe.vae_epochs=10", "--corruptions", "gaussian_noise", "--severities", "3",
         "--n-attack", "8", "--attack-steps", "2", "--n-eot", "2", "--no-progress"]
 
@@ -55,7 +59,7 @@ def _reference_runs(tmp):
 def test_every_stage_runs_through_the_fine_tuned_backbone(reference_runs, name):
     tmp, runs = reference_runs
     results = runs[name]
-    ft = results["finetune"]
+    ft = results["finetune"]["0"]
     assert results["setting"]["protocol"] == "reference" and ft["cut_point"] == "blocks.5.1"
     assert not ft["loaded_from_cache"] and len(ft["history"]["records"]) == 2
     n_classes = 10 if name == "gray" else 4
@@ -77,8 +81,8 @@ def test_a_rerun_reads_the_fine_tuned_weights_and_features_from_the_cache(refere
                  "--cache-dir", str(tmp / "cache")]) == 0
     again = json.loads((tmp / "runs" / "again" / "results.json").read_text())
     first = runs["gray"]
-    assert again["finetune"]["loaded_from_cache"] and again["finetune"]["weights_sha256"] == \
-        first["finetune"]["weights_sha256"]
+    assert again["finetune"]["0"]["loaded_from_cache"] and again["finetune"]["0"]["weights_sha256"] == \
+        first["finetune"]["0"]["weights_sha256"]
     assert again["timings"]["extract features"] < 5, again["timings"]  # every feature came from the cache
     assert again["clean"] == first["clean"]
     report = (tmp / "runs" / "again" / "report.md").read_text()
@@ -149,3 +153,76 @@ def test_lp_ft_trains_the_dense_layer_on_the_untuned_features_first(tmp_path):
     losses = [r["loss"] for r in probe["records"]]
     assert losses[-1] < losses[0]
     assert lpft.record["history"]["records"][0]["loss"] < plain.record["history"]["records"][0]["loss"]
+
+
+def test_the_fine_tuned_weights_key_changes_with_every_setting_and_input():
+    """A setting that left the key unchanged would load weights trained with another value from the cache."""
+    train = balanced_subset(load_train_test("digits")[0], 30, 0, "train")
+    base = SimpleNamespace(fingerprint=lambda: "efficientnet_lite0:imagenet:64")
+    settings = FinetuneSettings(protocol="reference")
+    key = _key(base, "blocks.5.1", "float16", settings, train, 0)
+    assert _key(base, "blocks.5.1", "float16", FinetuneSettings(protocol="reference"), train, 0) == key
+    assert _key(base, "blocks.5.1", "float16", replace(settings, protocol="frozen"), train, 0) == key
+    changed = {"cut_point": "blocks.6.0", "finetune_epochs": 4, "finetune_batch_size": 50, "finetune_lr": 1e-4,
+               "finetune_augment": True, "finetune_lp_epochs": 2}
+    assert set(changed) == {f.name for f in fields(FinetuneSettings)} - {"protocol"}  # a new field is tested too
+    for name, value in changed.items():
+        assert _key(base, "blocks.5.1", "float16", replace(settings, **{name: value}), train, 0) != key, name
+    other_base = SimpleNamespace(fingerprint=lambda: "efficientnet_lite0:imagenet:96")
+    other_train = balanced_subset(load_train_test("digits")[0], 30, 1, "train")
+    for other in (_key(other_base, "blocks.5.1", "float16", settings, train, 0),
+                  _key(base, "blocks.6.0", "float16", settings, train, 0),
+                  _key(base, "blocks.5.1", "float32", settings, train, 0),
+                  _key(base, "blocks.5.1", "float16", settings, other_train, 0),
+                  _key(base, "blocks.5.1", "float16", settings, train, 1)):
+        assert other != key
+
+
+class _StubCompareModel(nn.Module):
+    """What `_train` touches of a CompareModel: a top with a BatchNorm, the Dense head, the cut's name."""
+
+    def __init__(self):
+        super().__init__()
+        self.cut = SimpleNamespace(top_units=nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), point="blocks.6.0")
+        self.head = nn.Linear(4, 3)
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_the_fine_tuning_settings_reach_the_training_loop(monkeypatch, tmp_path, colour):
+    train = (load_train_test(write_colour_folder(tmp_path, n_train=3, n_test=1))[0] if colour
+             else balanced_subset(load_train_test("digits")[0], 20, 0, "train"))
+    seen = []
+
+    def recording_fit(net, X, y, val, config, parameters=None):
+        seen.append((net, X, config))
+        return SimpleNamespace(to_dict=lambda: {"records": []})
+
+    monkeypatch.setattr(reference, "fit_classifier", recording_fit)
+    base = SimpleNamespace(device=torch.device("cpu"), normalise=lambda x: x)
+    A = np.zeros((len(train), 4), np.float32)
+    model = _StubCompareModel()
+    reference._train(model, base, train, A, FinetuneSettings(), 5, False, print)
+    net, X, config = seen[-1]
+    assert net is model and X is A and model.cut.top_units[1].momentum == 0.01  # Keras's 0.99
+    assert (config.epochs, config.batch_size, config.lr, config.patience, config.seed) == (3, 100, 1e-3, None, 5)
+    custom = FinetuneSettings(finetune_epochs=7, finetune_batch_size=20, finetune_lr=1e-4, finetune_augment=True)
+    reference._train(_StubCompareModel(), base, train, A, custom, 5, False, print)
+    net, X, config = seen[-1]
+    assert (config.epochs, config.batch_size, config.lr) == (7, 20, 1e-4)
+    # augmented: the uint8 images themselves (N x C x H x W), flipped and turned in training, through the bottom
+    assert isinstance(net, reference._FromImages) and net.input.augment is not None
+    np.testing.assert_array_equal(X, np.moveaxis(train.images, -1, 1))
+    assert X.shape[1] == (3 if colour else 1) and X.dtype == np.uint8
+
+
+def test_a_given_cut_point_is_where_the_trainable_top_starts(tmp_path):
+    train, test = load_train_test("digits")
+    train, test = balanced_subset(train, 60, 0, "train"), balanced_subset(test, 20, 0, "test")
+    base = create_backbone("efficientnet_lite0", image_size=32, device="cpu", jit=False, precision="fp32")
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    tuned = fine_tune(FeatureCache(tmp_path), base, train, test, FinetuneSettings(
+        protocol="reference", finetune_epochs=1, cut_point="blocks.6.0"), seed=0, progress=False, log=lambda *_: None)
+    assert tuned.record["cut_point"] == "blocks.6.0"
+    after = tuned.backbone.model.state_dict()
+    assert torch.equal(after["blocks.5.1.bn1.running_mean"], before["blocks.5.1.bn1.running_mean"])  # below the cut
+    assert not torch.equal(after["blocks.6.0.bn1.running_mean"], before["blocks.6.0.bn1.running_mean"])

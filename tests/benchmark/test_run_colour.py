@@ -10,7 +10,7 @@ from colour_data import CLASS_NAMES, write_colour_cifar, write_colour_folder
 
 from vfe.cli import main
 
-QUICK_RGB = ["--quick", "--image-size", "32", "--seeds", "0", "--n-train", "none", "--n-test", "none",
+QUICK_RGB = ["--quick", "--image-size", "32", "--replicates", "1", "--n-train", "none", "--n-test", "none",
              "--heads", "linear", "vfe-k8", "--head-param", "vfe.vae_epochs=40", "--corruptions", "gaussian_noise",
              "frost", "saturate", "--n-attack", "8", "--attack-steps", "2", "--n-eot", "2", "--no-progress"]
 

@@ -7,7 +7,9 @@ import pytest
 
 from vfe.benchmark import fit, sweep
 from vfe.benchmark.config import DataSettings
-from vfe.benchmark.prepare import load_data
+from vfe.benchmark.prepare import Shared, load_data
+from vfe.benchmark.prepare import replicate_train as _replicate_train
+from vfe.benchmark.replicates import replicate_seed
 from vfe.data import load_train_test
 from vfe.data.split import balanced_index, balanced_subset
 
@@ -46,12 +48,17 @@ def test_a_small_class_gives_all_it_has_and_the_others_fill_up():
 
 
 def test_run_draws_its_subsets_with_the_selector():
-    train, test, name = load_data(DataSettings(dataset="digits", n_train=200, n_test=50, data_seed=4),
-                                  log=lambda *_: None)
+    # the fixed test subset with the base seed; each replicate's training subset with its own seed, from the pool
+    pool, test, name = load_data(DataSettings(dataset="digits", n_train=200, n_test=50, data_seed=4),
+                                 log=lambda *_: None)
     full_train, full_test = load_train_test("digits", seed=4)
-    assert name == "digits"
-    assert np.array_equal(train.images, full_train.images[balanced_index(full_train.labels, 200, 4)])
+    assert name == "digits" and np.array_equal(pool.images, full_train.images)
     assert np.array_equal(test.images, full_test.images[balanced_index(full_test.labels, 50, 4)])
+    shared = Shared(name, pool, test, backbone=None, cache=None)
+    for r in range(2):
+        seed = replicate_seed(4, r)
+        rows = balanced_index(full_train.labels, 200, seed)
+        assert np.array_equal(_replicate_train(shared, 200, seed).images, full_train.images[rows])
 
 
 def test_sweep_cells_train_on_the_selectors_rows(digits_features, tmp_path, monkeypatch):

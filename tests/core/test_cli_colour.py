@@ -95,7 +95,7 @@ def test_cheap_checks_come_before_any_work(photos, tmp_path, capsys, monkeypatch
         raise AssertionError("extraction started before the arguments were checked")
 
     monkeypatch.setattr(FeatureCache, "extract", no_work)
-    monkeypatch.setattr(run_module, "prepare", no_work)
+    monkeypatch.setattr(run_module, "load_shared", no_work)
     _, folder = photos
     existing = tmp_path / "existing.safetensors"
     existing.write_bytes(b"not a pipeline")

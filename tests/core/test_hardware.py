@@ -1,5 +1,6 @@
-"""Thread counts follow the free cores: the documented rule on mocked machines, the thread context restores
-torch's count, a user's explicit setting wins, and `import vfe` never overrides a user's OpenMP variable."""
+"""Extraction's thread count follows the free cores, training's the usable cores whatever the load: the
+documented rules on mocked machines, the thread context restores torch's count, a user's explicit setting
+wins, and `import vfe` never overrides a user's OpenMP variable."""
 from __future__ import annotations
 
 import math
@@ -119,27 +120,35 @@ def test_runnable_elsewhere_sees_a_busy_process():
 
 
 def test_fit_threads_sets_and_restores_torchs_count(monkeypatch, two_cores):
-    set_load(monkeypatch, 1.0)  # one core taken
-    with hardware.fit_threads() as n:
+    set_load(monkeypatch, 0.0)
+    with hardware.fit_threads(1) as n:
         assert n == 1 and torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
-    with pytest.raises(RuntimeError), hardware.fit_threads():
+    with pytest.raises(RuntimeError), hardware.fit_threads(1):
         raise RuntimeError("a fit that fails")
     assert torch.get_num_threads() == 2
+
+
+def test_fit_threads_follow_the_usable_cores_not_the_load(monkeypatch, tmp_path, two_cores):
+    for load in (0.0, 1.0, 2.0, 5.0):  # quiet, one core taken, both, overloaded: the same count
+        set_load(monkeypatch, load)
+        monkeypatch.setattr(hardware, "runnable_elsewhere", lambda load=load: load)
+        assert hardware.free_cores() == (2 if load == 0.0 else 1)
+        assert hardware.fit_threads_for() == 2
+        assert hardware.fit_threads_for(limit=1) == 1
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a quota of 1.5 cores: usable_cores() is 1
+    assert hardware.fit_threads_for() == 1
 
 
 def test_explicit_threads_are_respected(monkeypatch, two_cores):
     set_load(monkeypatch, 2.0)  # both cores taken
     with hardware.fit_threads(2):
         assert torch.get_num_threads() == 2
-    assert hardware.fit_threads_for() == 1
-    torch.set_num_threads(1)  # a user's lower count is never exceeded on a quiet machine
-    set_load(monkeypatch, 0.0)
+    torch.set_num_threads(1)  # a user's lower count is never exceeded
     assert hardware.fit_threads_for() == 1
     torch.set_num_threads(2)
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # fixed by the user: kept whatever the load
-    set_load(monkeypatch, 2.0)
-    assert hardware.fit_threads_for() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # fixed by the user: kept, limit or not
+    assert hardware.fit_threads_for(limit=1) == 2
     with pytest.raises(ValueError, match="at least 1"):
         hardware.fit_threads_for(0)
 
@@ -154,11 +163,11 @@ def test_train_runs_with_the_configured_threads_and_restores(monkeypatch, two_co
         return torch.nn.functional.cross_entropy(module(batch[0]), batch[1]), {}
 
     data = (torch.from_numpy(X[:64]), torch.from_numpy(y[:64].astype(np.int64)))
-    train(torch.nn.Linear(64, 10), loss, data, None, TrainConfig(epochs=1, batch_size=32, threads=2))
-    assert set(seen) == {2}
-    seen.clear()
-    train(torch.nn.Linear(64, 10), loss, data, None, TrainConfig(epochs=1, batch_size=32))  # busy: one
+    train(torch.nn.Linear(64, 10), loss, data, None, TrainConfig(epochs=1, batch_size=32, threads=1))
     assert set(seen) == {1}
+    seen.clear()
+    train(torch.nn.Linear(64, 10), loss, data, None, TrainConfig(epochs=1, batch_size=32))  # busy: still both
+    assert set(seen) == {2}
     assert torch.get_num_threads() == 2
 
 

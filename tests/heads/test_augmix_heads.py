@@ -234,7 +234,7 @@ def test_bad_views_are_refused(digits_features):
 def test_a_quick_run_with_an_augmix_head_marks_every_corruption_held_out(tmp_path):
     corruptions = ["gaussian_noise", "defocus_blur", "fog", "contrast"]
     assert main(["run", "--quick", "--dataset", "digits", "--image-size", "32", "--n-train", "200", "--n-test", "100",
-                 "--heads", "linear", "linear-augmix-js", "--seeds", "0", "--augmix-views", "2",
+                 "--heads", "linear", "linear-augmix-js", "--replicates", "1", "--augmix-views", "2",
                  "--corruptions", *corruptions, "--severities", "3", "--n-attack", "0", "--no-ood", "--no-progress",
                  "--name", "augmix", "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]) == 0
     results = json.loads((tmp_path / "runs" / "augmix" / "results.json").read_text())

@@ -111,3 +111,21 @@ def test_listing_heads_does_not_load_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_users_parameter_overrides_a_presets_own_and_reaches_the_fitted_head(digits_features):
+    """--head-param vfe-k8.n_samples=3 must win over the preset's 8, and a parameter given for the base head
+    ("linear") must reach its presets as the run's fit stage builds them (fit_one)."""
+    from vfe.benchmark.fit import fit_one
+
+    assert make_head("vfe-k8", n_samples=3).get_params()["n_samples"] == 3
+    assert make_head("vfe-k8").get_params()["n_samples"] == 8
+    assert make_head("dae", noise_std=0.1).get_params()["noise_std"] == 0.1
+    assert make_head("linear-augmix-js", js_weight=1.0).get_params()["js_weight"] == 1.0
+    assert make_head("linear-ens", base="vfe").get_params()["base"] == "vfe"
+    X, _, y, _ = digits_features
+    given = {"linear": {"epochs": 2, "patience": None}, "linear-augmix-js": {"js_weight": 3.0}}
+    model, _ = fit_one("linear-augmix-js", 4, X[:200], y[:200], given)
+    assert {k: model.get_params()[k] for k in ("epochs", "js_weight", "random_state")} == {
+        "epochs": 2, "js_weight": 3.0, "random_state": 4}
+    assert len(model.history_["records"]) == 2  # two epochs were trained, not the default 30

@@ -65,3 +65,15 @@ def test_round_trip_and_probability_module(digits_features):
     np.testing.assert_array_equal(loaded.predict_proba(X_test), probs)
     with torch.no_grad():
         np.testing.assert_allclose(head.probability_module()(torch.from_numpy(X_test)).numpy(), probs, atol=1e-7)
+
+
+def test_the_base_module_is_the_linear_head_on_the_features_as_they_are(digits_features):
+    """What the attack stage's transfer and BPDA attacks differentiate: no re-standardisation."""
+    X_train, X_test, y_train, _ = digits_features
+    head = RestandardisedHead(epochs=5, random_state=0).fit(X_train, y_train)
+    X = torch.from_numpy(X_test * 0.5 + 0.3)  # shifted: re-standardising changes the probabilities
+    with torch.no_grad():
+        base = head.base_probability_module().eval()
+        np.testing.assert_allclose(base(X).numpy(), torch.softmax(head.module_(X), 1).numpy(), atol=1e-7)
+        np.testing.assert_array_equal(base(X[:3]).numpy(), base(X)[:3].numpy())
+        assert not torch.allclose(base(X), head.probability_module()(X), atol=1e-3)

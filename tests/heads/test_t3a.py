@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from vfe.data.split import holdout_index
 from vfe.heads import T3AHead, head_class, make_head
-from vfe.heads.t3a import T3AClassifier
+from vfe.heads.t3a import T3AClassifier, fit_temperature
 
 # four 2-d test rows; with W = I and b = 0 the logits are the rows themselves, so a row's pseudo-label is
 # its larger coordinate and its entropy falls as |z[0] - z[1]| grows: z1 (3) < z4 (2.8) < z2 (1.5) <
@@ -143,6 +145,19 @@ def test_round_trip_temperature_and_probability_module(digits_features):
     assert head.score(X_test, y_test) > 0.8
 
 
+def test_the_base_module_is_the_dense_layer_row_by_row(digits_features):
+    """What the attack stage's transfer and BPDA attacks differentiate: softmax(Dense(z)), no adaptation."""
+    X_train, X_test, y_train, _ = digits_features
+    head = make_head("t3a", filter_k=20, epochs=5, random_state=0).fit(X_train, y_train)
+    W, b = head.module_[1].weight.detach().numpy(), head.module_[1].bias.detach().numpy()
+    X = torch.from_numpy(X_test)
+    with torch.no_grad():
+        base, adaptive = head.base_probability_module().eval(), head.probability_module().eval()
+        np.testing.assert_allclose(base(X).numpy(), softmax(X_test @ W.T + b, axis=1), atol=1e-6)
+        np.testing.assert_array_equal(base(X[64:]).numpy(), base(X)[64:].numpy())  # each row on its own
+        assert not torch.allclose(adaptive(X[64:]), adaptive(X)[64:])  # unlike T3A's
+
+
 @pytest.mark.parametrize("params, message", [({"filter_k": 0}, "filter_k must be -1"),
                                              ({"adapt_batch_size": 0}, "adapt_batch_size must be at least 1"),
                                              ({"temperature": 0.0}, "temperature must be > 0")])
@@ -150,3 +165,34 @@ def test_invalid_settings_are_refused_before_training(digits_features, params, m
     X_train, _, y_train, _ = digits_features
     with pytest.raises(ValueError, match=message):
         make_head("t3a", epochs=1000, **params).fit(X_train, y_train)
+
+
+def _best_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The T with the lowest mean NLL of softmax(logits / T): scipy's log_softmax, unbounded Brent on log T."""
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
+
+    return float(np.exp(minimize_scalar(nll, bracket=(np.log(0.01), np.log(1.0)), method="brent").x))
+
+
+def test_the_fitted_temperature_minimises_the_nll_on_the_held_out_rows(digits_features):
+    X_train, _, y_train, _ = digits_features
+    head = make_head("t3a", filter_k=20, epochs=2, validation_fraction=0.2, random_state=0).fit(X_train, y_train)
+    held_out = holdout_index(len(y_train), 0.2, 0, y_train)[1]
+    best = _best_temperature(head.cosine_logits(X_train[held_out]).astype(np.float64), y_train[held_out])
+    assert float(head.temperature_) == pytest.approx(best, rel=1e-3)
+    on_all = _best_temperature(head.cosine_logits(X_train).astype(np.float64), y_train)
+    assert abs(np.log(on_all / best)) > 0.05  # fitted on every training row, T would differ
+    # validation_fraction=0 holds nothing out: the temperature is fitted on all the training rows
+    whole = make_head("t3a", filter_k=20, epochs=2, validation_fraction=0.0, random_state=0).fit(X_train, y_train)
+    expected = _best_temperature(whole.cosine_logits(X_train).astype(np.float64), y_train)
+    assert float(whole.temperature_) == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_fitted_temperature_stays_in_its_documented_range():
+    """Nine rows right and one wrong by a cosine margin d: the NLL is least where softmax gives 0.9 to the
+    larger cosine, d / T = ln 9, so T = 0.01 / ln 9 = 0.0046 for d = 0.01. Reversed, T runs to the bound 10."""
+    cosines = np.tile([0.51, 0.50], (10, 1))
+    labels = np.r_[np.zeros(9, int), 1]
+    assert fit_temperature(cosines, labels) == pytest.approx(0.01 / np.log(9), rel=1e-3)
+    assert fit_temperature(cosines, 1 - labels) == pytest.approx(10.0, rel=1e-3)

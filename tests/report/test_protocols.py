@@ -9,10 +9,10 @@ from vfe.report.protocols import finetune_section, protocols_section
 from vfe.report.to_markdown import to_markdown
 
 
-def _summary(per_seed: dict[str, dict[str, list[float]]]) -> dict:
-    """{head: {metric: [per-seed values]}} -> the run's summary table (mean, ddof=1 std), computed with numpy."""
+def _summary(per_replicate: dict[str, dict[str, list[float]]]) -> dict:
+    """{head: {metric: [per-replicate values]}} -> the run's summary table (mean, ddof=1 std), computed with numpy."""
     return {"table": {head: {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)), "n": len(v)}
-                             for k, v in metrics.items()} for head, metrics in per_seed.items()}}
+                             for k, v in metrics.items()} for head, metrics in per_replicate.items()}}
 
 
 REFERENCE = {"linear": {"clean_accuracy": [0.90, 0.92, 0.91], "adv:pgd_linf_8/255_eot": [0.0, 0.02, 0.01],
@@ -29,7 +29,8 @@ def _table(section) -> dict[str, list[str]]:
 
 
 def test_side_by_side_cells_are_each_runs_own_mean_std_and_the_strongest_attack_with_its_interval():
-    setting = {"dataset": "fashion-mnist", "n_test": 2000, "seeds": [0, 1, 2], "backbone": "efficientnet_lite0"}
+    setting = {"dataset": "fashion-mnist", "n_test": 2000, "replicates": 3, "replicate_seeds": [7, 8, 9],
+               "backbone": "efficientnet_lite0"}
     results = {"setting": {**setting, "protocol": "reference"}, "summary": _summary(REFERENCE),
                "adversarial_intervals": {"linear": {"pgd_linf_8/255_eot": {"low": 0.0, "high": 0.025}}},
                "compared_run": {"setting": {**setting, "protocol": "frozen"}, "summary": _summary(FROZEN),
@@ -45,6 +46,8 @@ def test_side_by_side_cells_are_each_runs_own_mean_std_and_the_strongest_attack_
                               " [0.0, 2.5]"
     assert rows[attack][1].count("[") == 0  # no interval recorded for that head: none shown
     assert any("digits" in k for k in rows)
+    paragraph = next(b for b in protocols_section(results).blocks if hasattr(b, "text")).text
+    assert "n_test=2000, 3 replicates" in paragraph and "seeds" not in paragraph
 
 
 def test_no_compared_run_and_no_finetuning_add_no_section():
@@ -52,24 +55,29 @@ def test_no_compared_run_and_no_finetuning_add_no_section():
     assert finetune_section({"clean": {}}) is None
 
 
-def test_the_finetune_section_shows_the_record_and_every_epoch():
-    ft = {"cut_point": "blocks.5.1", "trainable_fraction": 0.7256, "activation_shape": [192, 4, 4],
-          "activation_storage": "fp16", "storage_min_cosine": 1.0, "compare_model_test_accuracy": 0.8123,
-          "settings": {"finetune_epochs": 2, "finetune_batch_size": 100, "finetune_lr": 0.001},
-          "history": {"records": [{"epoch": 1, "loss": 1.5, "acc": 0.5, "seconds": 10.0},
-                                  {"epoch": 2, "loss": 0.75, "acc": 0.8, "seconds": 20.0}]},
-          "seconds": 30.0, "loaded_from_cache": True, "weights_sha256": "ab" * 32}
+def test_the_finetune_section_shows_each_replicates_record():
+    def record(seed: int, accuracy: float, cached: bool) -> dict:
+        return {"cut_point": "blocks.5.1", "trainable_fraction": 0.7256, "activation_shape": [192, 4, 4],
+                "activation_storage": "fp16", "storage_min_cosine": 1.0, "compare_model_test_accuracy": accuracy,
+                "settings": {"finetune_epochs": 2, "finetune_batch_size": 100, "finetune_lr": 0.001}, "seed": seed,
+                "history": {"records": [{"epoch": 1, "loss": 1.5, "acc": 0.5, "seconds": 10.0},
+                                        {"epoch": 2, "loss": 0.75, "acc": 0.8, "seconds": 20.0}]},
+                "seconds": 30.0, "loaded_from_cache": cached, "weights_sha256": "ab" * 32}
+
+    ft = {"0": record(11, 0.8123, True), "1": record(12, 0.8323, False)}
     text = to_markdown(Document("t", "s", [finetune_section({"finetune": ft})]))
     assert "| share of the backbone's parameters trained | 72.6 % |" in text
-    assert "| last epoch: training loss, accuracy | 0.75, 0.8 |" in text
-    assert "| 2 | 0.75 | 0.8 | 20 |" in text and "read from the cache" in text and "0.8123" in text
+    # compare model accuracy: mean (0.8123 + 0.8323) / 2 = 0.8223, sample std 0.02 / sqrt(2) = 0.0141
+    assert "test accuracy, mean ± std over 2 replicates | 82.2 ± 1.4 |" in text
+    assert "| 0 | 11 | 0.8123 | 0.75, 0.8 | 30.0 s | read from the cache, sha256 abababababababab… |" in text
+    assert "| 1 | 12 | 0.8323 | 0.75, 0.8 | 30.0 s | trained in this run, sha256 abababababababab… |" in text
 
 
 def test_the_attack_row_drops_to_the_largest_budget_where_some_head_is_above_zero():
     """At 8/255 every head is at 0 % here: that row would tell nothing, so the row is 2/255's."""
     zeroed = {run: {h: {**m, "adv:pgd_linf_8/255_eot": [0.0, 0.0, 0.0]} for h, m in heads.items()}
               for run, heads in (("reference", REFERENCE), ("frozen", FROZEN))}
-    setting = {"dataset": "fashion-mnist", "n_test": 2000, "seeds": [0, 1, 2], "backbone": "efficientnet_lite0"}
+    setting = {"dataset": "fashion-mnist", "n_test": 2000, "replicates": 3, "backbone": "efficientnet_lite0"}
     results = {"setting": {**setting, "protocol": "reference"}, "summary": _summary(zeroed["reference"]),
                "compared_run": {"setting": {**setting, "protocol": "frozen"}, "summary": _summary(zeroed["frozen"])}}
     rows, _ = _table(protocols_section(results))

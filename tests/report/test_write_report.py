@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats as scipy_stats
 
 from vfe.benchmark.summary import summarise
 from vfe.io import write_json
@@ -58,8 +59,27 @@ def test_markdown_holds_the_summary_rows_with_the_summary_numbers(written):
             f"{_cell(table['vfe'][eot])} | higher |") in md
     assert "OOD AUROC vs shuffled, reconstruction error score (%)" in md
     assert "| parameters of one linear head | 650 |" in md  # 64 features x 10 classes + 10 biases
-    comparison = results["summary"]["vs_baseline"]["vfe"]["clean_accuracy"]
-    assert f"| {comparison['verdict']} |" in md
+    # the paired comparison row, recomputed here from the per-replicate clean accuracies with scipy
+    reps = sorted(results["clean"]["vfe"])
+    vfe, linear = ([results["clean"][h][r]["accuracy"] for r in reps] for h in ("vfe", "linear"))
+    ci = scipy_stats.ttest_rel(vfe, linear).confidence_interval(0.95)
+    verdict = "better than baseline" if ci.low > 0 else "worse than baseline" if ci.high < 0 else "no difference shown"
+
+    def signed(x: float) -> str:
+        return f"{x * 100:.1f}".replace("-", "−")
+
+    diff = float(np.mean(np.subtract(vfe, linear)))
+    assert (f"| clean accuracy (%) | {'+' if diff > 0 else '−'}{abs(diff) * 100:.1f} points | "
+            f"[{signed(ci.low)}, {signed(ci.high)}] | paired t over replicates | ") in md
+    assert f"| {verdict} |" in md
+    run_part = md.split("## Sweep")[0]  # the sweep's cells are still over its own seeds
+    assert not any(old in run_part for old in ("seed spread", "over seeds", "per seed", "same seed", "seed by seed"))
+    assert "| replicates | 3 |" in md
+    # every better / worse the narrative says comes with its paired interval in the same bullet
+    said = md.split("## What this says")[1].split("\n## ")[0]
+    for bullet in (line for line in said.splitlines() if line.startswith("- ")):
+        if "better" in bullet or "worse" in bullet:
+            assert re.search(r"\[[−\d.]+, [−\d.]+\]", bullet), bullet
     for name in ("corruptions_mean", "corruptions_noise", "corruptions_digital", "adversarial", "reliability",
                  "corruption_grid", "training_linear", "training_vfe"):
         assert f"](figures/{name}.png)" in md

@@ -11,7 +11,13 @@ from vfe.benchmark.adversarial import run_attacks
 from vfe.benchmark.config import AttackSettings
 from vfe.heads import make_head
 from vfe.report.names import parse_attack
-from vfe.robustness.attacks import AttackSpec, LogProbabilities, attack_specs, samples_randomly
+from vfe.robustness.attacks import (
+    AttackSpec,
+    LogProbabilities,
+    StraightThroughLogProbabilities,
+    attack_specs,
+    samples_randomly,
+)
 
 DEFAULT_EPS = ([1 / 255, 2 / 255, 4 / 255, 8 / 255], [0.25, 0.5, 1.0])
 # budgets whose short decimal is not exact (0.1 + 0.2), tiny, large, whole and off the pixel grid
@@ -114,6 +120,27 @@ def test_eot_runs_the_backbone_once_and_averages_the_head_draws(digit_heads):
     assert plain_spread > 0 and eot_spread < plain_spread / 5
 
 
+def test_bpda_runs_the_adapting_head_forward_and_differentiates_its_base(digits_features):
+    """Straight-through on log probabilities: the value is T3A's, the gradient of torchattacks' cross-entropy
+    is (p_t3a - onehot(y)) through the Dense layer's logits, not the base's own gradient (the transfer attack's)."""
+    X_train, X_test, y_train, y_test = digits_features
+    t3a = make_head("t3a", filter_k=20, epochs=10, random_state=0).fit(X_train, y_train)
+    adaptive, base = t3a.probability_module().eval(), t3a.base_probability_module().eval()
+    X, y = torch.from_numpy(X_test[:96]).requires_grad_(), torch.from_numpy(y_test[:96])
+    out = StraightThroughLogProbabilities(CountingIdentity(), adaptive, base)(X)
+    nn.CrossEntropyLoss(reduction="sum")(out, y).backward()
+    with torch.no_grad():
+        p = adaptive(X)
+        assert torch.allclose(out, p.log(), atol=1e-5)
+        expected = (p - nn.functional.one_hot(y, p.shape[1])) @ t3a.module_[1].weight
+    assert torch.allclose(X.grad, expected, atol=1e-6)
+    # the transfer attack's gradient, through the base alone: per row, a different direction
+    Xt = X.detach().clone().requires_grad_()
+    nn.CrossEntropyLoss(reduction="sum")(LogProbabilities(CountingIdentity(), base)(Xt), y).backward()
+    cosine = nn.functional.cosine_similarity(X.grad, Xt.grad, dim=1)
+    assert (cosine < 0.95).float().mean() > 0.5, cosine
+
+
 @pytest.mark.slow
 def test_pgd_breaks_a_linear_probe_and_eot_is_reported_for_a_sampling_head(fashion_mnist, small_backbone,
                                                                            fashion_heads):
@@ -121,7 +148,7 @@ def test_pgd_breaks_a_linear_probe_and_eot_is_reported_for_a_sampling_head(fashi
     _, _, models = fashion_heads
     settings = AttackSettings(n_attack=32, attack_eps_linf=[1 / 255, 8 / 255], attack_eps_l2=[], attack_steps=10,
                               n_eot=8)
-    results = run_attacks(settings, small_backbone, models, test, data_seed=0, device="cpu", progress=False)
+    results = run_attacks(settings, small_backbone, models, test, 0, device="cpu", progress=False)
 
     linear = results[("linear", 0)]
     acc = linear["accuracy"]
@@ -138,7 +165,7 @@ def test_pgd_breaks_a_linear_probe_and_eot_is_reported_for_a_sampling_head(fashi
     # Ray task of its own), and attacking leaves that state alone
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    alone = run_attacks(settings, small_backbone, {("vfe", 0): models[("vfe", 0)]}, test, data_seed=0, device="cpu",
+    alone = run_attacks(settings, small_backbone, {("vfe", 0): models[("vfe", 0)]}, test, 0, device="cpu",
                         progress=False)[("vfe", 0)]
     assert torch.equal(torch.random.get_rng_state(), state)
     assert alone["correct"] == vfe["correct"]

@@ -81,3 +81,35 @@ def test_the_key_names_every_setting_and_bad_settings_are_refused():
                          ({"alpha": 0.0}, "alpha")):
         with pytest.raises(ValueError, match=message):
             AugMix(**bad)
+
+
+@pytest.mark.parametrize("alpha, depth", [(0.3, -1), (4.0, 2)])
+def test_a_view_is_the_documented_mix_of_its_chains_and_the_original(monkeypatch, grey, colour, alpha, depth):
+    """Two stand-in operations, "dark" (all 0) and "light" (all 255), so each chain's image is its last operation's.
+    By hand, with the draws in the reference's order from the generator of (seed, view, row): chain weights
+    w ~ Dirichlet(alpha x width), mix weight m ~ Beta(alpha, alpha), then per chain its depth (1-3 when -1) and
+    per step an operation; the view is round((1 - m) x + m sum_j w_j chain_j). Every operation gets the severity."""
+    from PIL import Image
+
+    from vfe.robustness import augmix
+
+    severities = []
+
+    def flat(value):
+        def op(image, severity, rng):
+            severities.append(severity)
+            return Image.fromarray(np.full_like(np.asarray(image), value))
+        return op
+
+    monkeypatch.setattr(augmix, "OPERATIONS", {"dark": flat(0), "light": flat(255)})
+    recipe = AugMix(severity=7, width=3, depth=depth, alpha=alpha)
+    for images in (grey, colour):
+        rng = np.random.default_rng([5, 1, 2])
+        weights, m = rng.dirichlet([alpha] * 3), rng.beta(alpha, alpha)
+        chains = 0.0
+        for w in weights:
+            steps = [int(rng.integers(2)) for _ in range(depth if depth > 0 else int(rng.integers(1, 4)))]
+            chains += w * 255 * steps[-1]
+        expected = np.clip(np.rint((1 - m) * images[2].astype(float) + m * chains), 0, 255)
+        np.testing.assert_array_equal(augmix_images(images[2:3], recipe, seed=5, view=1, first_row=2)[0], expected)
+    assert set(severities) == {7}

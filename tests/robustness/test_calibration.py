@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from vfe.robustness.calibration import expected_calibration_error, negative_log_likelihood, reliability_curve
+from vfe.robustness.calibration import (
+    expected_calibration_error,
+    negative_log_likelihood,
+    probability_metrics,
+    reliability_curve,
+)
 
 
 def _two_class(confidence: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -84,3 +89,19 @@ def test_bad_inputs_are_refused():
         negative_log_likelihood(np.full((2, 2), 0.5), np.array([0, 2]))
     with pytest.raises(ValueError, match="n_bins"):
         reliability_curve(np.full((2, 2), 0.5), np.array([0, 1]), n_bins=0)
+
+
+def test_the_default_is_15_bins_and_n_bins_changes_the_binning():
+    """Confidences 0.62 (right) and 0.68 (wrong). 15 bins, edges at k/15: (0.6, 0.667] and (0.667, 0.733]
+    apart, ECE = |1 - 0.62| / 2 + |0 - 0.68| / 2 = 0.53. 10 bins: both in (0.6, 0.7], ECE = |0.5 - 0.65| = 0.15."""
+    probs = _two_class(np.array([0.62, 0.68]), np.array([0, 0]))
+    labels = np.array([0, 1])
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.53)
+    assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.15)
+    curve = reliability_curve(probs, labels)
+    assert len(curve["bin_edges"]) == 16 and curve["ece"] == pytest.approx(0.53)
+    assert [i for i, c in enumerate(curve["count"]) if c] == [9, 10]
+    assert reliability_curve(probs, labels, n_bins=10)["count"][6] == 2
+    # what every stage reports: accuracy, NLL = mean -log p(label) = (-log 0.62 - log 0.32) / 2, 15-bin ECE
+    assert probability_metrics(probs, labels) == pytest.approx(
+        {"accuracy": 0.5, "nll": -(math.log(0.62) + math.log(0.32)) / 2, "ece": 0.53})

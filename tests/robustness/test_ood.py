@@ -7,7 +7,14 @@ from scipy.stats import norm
 from vfe.benchmark.ood import far_ood_set, match_shape, texture_crops
 from vfe.data.types import ImageSet
 from vfe.heads import make_head
-from vfe.robustness.ood import MahalanobisScore, auroc, fpr_at_95_tpr, head_scores, max_softmax_score
+from vfe.robustness.ood import (
+    MahalanobisScore,
+    auroc,
+    fpr_at_95_tpr,
+    head_scores,
+    max_softmax_score,
+    select_score,
+)
 
 
 @pytest.mark.parametrize("shift", [0.5, 1.0, 2.0])
@@ -156,3 +163,19 @@ def test_fpr95_matches_its_definition_on_heavily_tied_scores(seed):
     by_hand = min((scores_in >= t).mean() for t in np.unique(np.r_[scores_in, scores_out])
                   if (scores_out >= t).mean() >= 0.95)
     assert fpr_at_95_tpr(scores_in, scores_out) == pytest.approx(by_hand)
+
+
+@pytest.mark.parametrize("order", [("b", "a", "c"), ("a", "c", "b")])
+def test_select_score_breaks_a_validation_tie_towards_the_first_score_offered(order):
+    """"a" and "b" both separate the validation halves perfectly (AUROC 1.0, a tie), "c" is reversed there;
+    on the test halves "a" is reversed (0.0) and "b" perfect (1.0): the first of the tied, as offered in the
+    in-distribution scores, is chosen, whatever order the OOD scores come in."""
+    split = (np.arange(3), np.arange(3, 6))
+    scores_in = {"a": np.array([0, 1, 2, 9, 9, 9.0]), "b": np.array([0, 1, 2, 0, 0, 0.0]),
+                 "c": np.array([9, 9, 9, 0, 0, 0.0])}
+    scores_out = {"a": np.array([5, 6, 7, 0, 1, 2.0]), "b": np.array([5, 6, 7, 5, 5, 5.0]),
+                  "c": np.array([0, 0, 0, 5, 5, 5.0])}
+    picked = select_score({k: scores_in[k] for k in order}, dict(reversed(list(scores_out.items()))), split, split)
+    assert picked["validation_auroc"] == {"a": 1.0, "b": 1.0, "c": 0.0}
+    assert picked["chosen"] == order[0]
+    assert picked["test"]["a"]["auroc"] == 0.0 and picked["test"]["b"]["auroc"] == 1.0

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from vfe.backbones.backbone import Backbone
-from vfe.backbones.engine import compute_threads, intra_op_threads, iter_uint8_batches
+from vfe.backbones.engine import OneThreadBits, compute_threads, intra_op_threads, iter_uint8_batches
 from vfe.backbones.precision import autocast_for
 from vfe.errors import SettingsError
 
@@ -121,6 +121,7 @@ class AdaptedFeatures:
         self.prior = float(prior)
         self.n_layers = n_layers
         self.name = backbone.name
+        self._bits = OneThreadBits()
 
     def describe(self) -> str:
         return f"adapted BatchNorm, batch size {self.batch_size}, prior {self.prior:g}"
@@ -147,6 +148,10 @@ class AdaptedFeatures:
 
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         bb = self.backbone
-        with adapted_batchnorm(bb.model, self.prior), autocast_for(bb.device, bb.precision):
-            f = bb.model.forward_head(bb.model.forward_features(x), pre_logits=True)
+        with autocast_for(bb.device, bb.precision):
+            f = self._bits(self._adapted, x)
         return f.float().cpu().numpy()
+
+    def _adapted(self, x: torch.Tensor) -> torch.Tensor:
+        with adapted_batchnorm(self.backbone.model, self.prior):
+            return self.backbone.model.forward_head(self.backbone.model.forward_features(x), pre_logits=True)

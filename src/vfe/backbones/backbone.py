@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vfe.backbones.engine import (
+    OneThreadBits,
     Prefetcher,
     ThreadModeChoice,
     TracedFeatures,
@@ -75,8 +76,9 @@ class Backbone(nn.Module):
         object.__setattr__(self, "_pooled", _PooledFeatures(model).eval())
         self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
         use_jit = settings.jit and device.type == "cpu"
-        self._fast = TracedFeatures(self._pooled) if use_jit else self._pooled
+        self._fast = TracedFeatures(self._pooled, settings.batch_size) if use_jit else self._pooled
         self._thread_mode = ThreadModeChoice()  # used when settings.prefetch is None (measured per extraction)
+        self._bits = OneThreadBits()  # the features do not depend on the thread count the load gives
         super().train(False)
         self.precision, self.precision_check = self._choose_precision()
         self.runtime = "torch"  # what `extract` runs the network on (runtimes.choose_runtime may switch it)
@@ -89,8 +91,10 @@ class Backbone(nn.Module):
             raise TypeError(f"a {self.name} backbone running on {self.runtime} cannot be pickled: build it where it "
                             "is needed (vfe.features.ray_engine.BackboneSpec)")
         state = super().__getstate__()
-        state["_fast"] = TracedFeatures(self._pooled) if isinstance(self._fast, TracedFeatures) else self._fast
+        traced = isinstance(self._fast, TracedFeatures)
+        state["_fast"] = TracedFeatures(self._pooled, self.settings.batch_size) if traced else self._fast
         state["_thread_mode"] = ThreadModeChoice()
+        state["_bits"] = OneThreadBits()
         return state
 
     def use_runtime(self, features: Callable[[torch.Tensor], torch.Tensor], check: dict) -> None:
@@ -98,6 +102,7 @@ class Backbone(nn.Module):
         by `check` (runtimes.py). `forward` stays torch fp32: attacks need its gradients."""
         self._fast, self.runtime, self.precision, self.runtime_check = features, check["runtime"], \
             check["precision"], check
+        self._bits = OneThreadBits()
 
     def _choose_precision(self) -> tuple[str, dict | None]:
         """settings.precision, or under 'auto' the device's reduced precision if real photos' features
@@ -208,7 +213,8 @@ class Backbone(nn.Module):
 
     def extract(self, images: Any, batch_size: int | None = None, progress: bool = True,
                 desc: str | None = None) -> np.ndarray:
-        """Pooled features [N, feature_dim] float32 of uint8 images (array, ImageSet, or iterable of batches)."""
+        """Pooled features [N, feature_dim] float32 of uint8 images (array, ImageSet, or iterable of batches).
+        With jit, only batches of `settings.batch_size` run traced: another `batch_size` runs eagerly."""
         batches, total = iter_uint8_batches(images, int(batch_size or self.settings.batch_size))
         outs = []
         with tqdm(total=total, unit="img", desc=desc or f"features {self.name}", disable=not progress,
@@ -240,7 +246,7 @@ class Backbone(nn.Module):
                     x = self.preprocess(x)
                 # another runtime applies its precision itself, in its own compiled network
                 with autocast_for(self.device, self.precision if self.runtime == "torch" else "fp32"):
-                    f = self._fast(x)
+                    f = self._bits(self._fast, x)
                 yield f.float().cpu().numpy()
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from vfe.backbones.backbone import Backbone
-from vfe.backbones.engine import intra_op_threads, iter_uint8_batches
+from vfe.backbones.engine import OneThreadBits, intra_op_threads, iter_uint8_batches
 from vfe.backbones.precision import autocast_for
 from vfe.errors import SettingsError
 
@@ -143,6 +143,7 @@ class CutActivations:
         self.cut = cut
         self.storage = storage
         self.name = f"{backbone.name}[:{cut.point}]"
+        self._bits = OneThreadBits()
         with torch.inference_mode():
             probe = torch.zeros(1, 3, backbone.image_size, backbone.image_size, device=backbone.device)
             self.shape = tuple(cut.bottom(backbone.normalise(probe)).shape[1:])
@@ -158,7 +159,7 @@ class CutActivations:
             for batch in batches:
                 x = bb.preprocess(batch)
                 with autocast_for(bb.device, bb.precision):
-                    a = self.cut.bottom(x)
+                    a = self._bits(self.cut.bottom, x)
                 a = a.float().flatten(1).cpu().numpy()
                 if dtype == np.float16 and np.abs(a).max() > np.finfo(np.float16).max:
                     raise FloatingPointError(f"{self.name}: activations beyond float16's range; store them as fp32")
@@ -177,15 +178,18 @@ class TopFeatures:
         self.cut = cut
         self.shape = shape
         self.name = backbone.name
+        self._bits = OneThreadBits()
 
     def fingerprint(self) -> str:
         return f"{self.backbone.fingerprint()}:via={self.cut.point}:v{CUT_VERSION}"
 
     def __call__(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.cut.top(self._input(a))
+
+    def _input(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Flattened activations -> the top's input tensor."""
         a = torch.as_tensor(a).to(self.backbone.device).float().view(-1, *self.shape)
-        if self.backbone.channels_last:
-            a = a.contiguous(memory_format=torch.channels_last)
-        return self.cut.top(a)
+        return a.contiguous(memory_format=torch.channels_last) if self.backbone.channels_last else a
 
     def iter_features(self, batches, batch_size: int = 512):
         bb = self.backbone
@@ -193,7 +197,7 @@ class TopFeatures:
             for block in batches:
                 for i in range(0, len(block), batch_size):
                     with autocast_for(bb.device, bb.precision):
-                        f = self(block[i:i + batch_size])
+                        f = self._bits(self.cut.top, self._input(block[i:i + batch_size]))
                     yield f.float().cpu().numpy()
 
 

@@ -131,15 +131,23 @@ class TracedFeatures:
     the check does not pass, the eager function is used for that shape (with a warning), so
     correctness never depends on the trace. A batch of another size (the last, partial one) runs
     eagerly: each new shape would cost the JIT a trace and two slow profiling runs.
+
+    With `batch_size`, only batches of that size are traced: traced and eager features differ by
+    rounding, so which batches ran traced must not depend on what the process extracted first
+    (without it the first batch's size is traced, and a small set extracted first would leave every
+    later full batch eager; docs/reproducibility.md).
     """
 
     FP32_TOLERANCE = 1e-4
 
-    def __init__(self, fn: torch.nn.Module):
+    def __init__(self, fn: torch.nn.Module, batch_size: int | None = None):
         self.fn = fn
+        self.batch_size = batch_size
         self.cache: dict[tuple, Callable] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch_size is not None and len(x) != self.batch_size:
+            return self.fn(x)
         key = (tuple(x.shape[1:]), x.dtype, x.is_contiguous(memory_format=torch.channels_last), _autocast_dtype(x))
         if key not in self.cache:
             self.cache[key] = (len(x), self._trace(x))
@@ -182,7 +190,8 @@ class ThreadModeChoice:
     `benchmarks/bench_extraction.py --thread-modes`).
     So the first batches of an extraction run in each mode in turn (the first batch of each untimed:
     it fills the pipeline), the faster one runs the rest, and the next extraction within `ttl`
-    reuses the choice.
+    reuses the choice. The choice changes the speed only, never the features: the network runs through
+    OneThreadBits in both modes (tests/core/test_determinism.py).
     """
 
     WARMUP_BATCHES = 3  # a new trace's first call traces and checks, the next two profile
@@ -219,11 +228,47 @@ class ThreadModeChoice:
         yield from run_mode(batches, self.prefetch)
 
 
+class OneThreadBits:
+    """Calls a batch function so that its output has the bits it has with one intra-op thread, at any count.
+
+    The thread count of extraction follows the load and the timed pipeline choice (compute_threads,
+    ThreadModeChoice), but oneDNN splits some convolutions differently with more threads: measured on the
+    2-core project machine, EfficientNet-Lite0's features of a batch under 16 images differ in the last bits
+    between 1 and 2 threads, while batches of 16 and more agree (docs/reproducibility.md). So the first batch
+    of each shape at each count other than one is computed both ways: if the two agree bit for bit, later
+    batches of that shape run at the count given; if not, they run with one thread. Either way the first
+    batch returns the one-thread result. It costs one extra forward pass per shape and count, and a slower
+    pass only for shapes that disagree (on the project machine: the partial batch at the end of a set).
+    """
+
+    def __init__(self):
+        self.agrees: dict[tuple, bool] = {}
+
+    def __call__(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        threads = torch.get_num_threads()
+        if threads == 1 or x.device.type != "cpu":
+            return fn(x)
+        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last), _autocast_dtype(x),
+               threads)
+        agrees = self.agrees.get(key)
+        if agrees is None:
+            got = fn(x)
+            with intra_op_threads(1):
+                want = fn(x)
+            self.agrees[key] = torch.equal(got, want)
+            return want
+        if agrees:
+            return fn(x)
+        with intra_op_threads(1):
+            return fn(x)
+
+
 def compute_threads(requested: int | None, prefetch: bool) -> int:
     """Intra-op threads for the network: `requested`, else torch's setting capped at one per free core
     (`vfe.hardware.free_cores`: cores that other processes leave us; every usable core when the user fixed
     the count with OMP_NUM_THREADS), less the core the prefetch thread works on (see ThreadModeChoice for
-    when each mode wins)."""
+    when each mode wins). Following the load does not change the features, unlike in training: every batch
+    function runs through OneThreadBits."""
     if requested is not None:
         return int(requested)
     cores = usable_cores() if user_fixed_threads() else free_cores()

@@ -1,14 +1,14 @@
 """Adversarial accuracy of every fitted head, attacked end to end through the backbone.
 
-Result per (head, seed):
+Result per (head, replicate):
     {"accuracy": {"clean": ..., "fgsm_linf_2/255": ..., "pgd_linf_8/255": ..., "pgd_linf_8/255_eot": ...,
                   "pgd_l2_0.5": ..., "pgd_l2_0.5_eot": ...},
      "n": images attacked, "samples_randomly": bool, "steps": ..., "n_eot": ..., "seconds": ...}
 Keys are `vfe.robustness.attack_spec.AttackSpec.key` names; the summary reports them as `adv:<key>`.
 Each result also holds "correct": {key: '0110…'}, whether the head got each attacked image right (one
 character per image, in subset order; a string so results.json stays compact), so that the stage's
-"adversarial_intervals" can give a 95 % bootstrap interval over images and seeds: with ~100 images the
-subset's sampling error exceeds the spread over seeds, which share those images.
+"adversarial_intervals" can give a 95 % bootstrap interval over replicates and images (each replicate its own
+images): with ~100 images the subset's sampling error is as large as the spread over replicates.
 
 Accuracy is that of the head's own prediction (`predict`, with its predict_mode and n_samples) on
 the adversarial images: what a user of the head would get. For a deterministic head EOT is the
@@ -21,13 +21,23 @@ sampling head) keeps that version at the larger budgets: it lies inside the larg
 attack stays valid, and only the images still standing are attacked again. For a deterministic head
 this is exactly as strong as attacking every image; FGSM, one step by definition, attacks all.
 
-With `--engine ray` each head x seed is attacked in a Ray task of its own (vfe.benchmark.fanout), on a copy of
+Heads that adapt at test time (registry `adapts`: t3a, linear-tts) would hide behind their adaptation if they
+were attacked only through it (gradient masking; Athalye et al. 2018, Tramer et al. 2020). They are also attacked
+by transfer from their non-adapting base (`base_probability_module()`: images crafted on it, scored by the head's
+real prediction) and by BPDA (the adapting forward pass, the base's gradient); their `accuracy` / `correct` are
+the per-image worst case over the three (an image counts only if it withstands all), with `per_attack`,
+`per_attack_correct`, `strongest` (the attack with the lowest accuracy alone) and `seconds_per_attack`.
+
+Replicate r attacks its own class-balanced draw of the test images, with its own random starts.
+
+With `--engine ray` each head x replicate is attacked in a Ray task of its own (vfe.benchmark.fanout), on a copy of
 the backbone rebuilt there; each attack runs under its own seeded random state, so the numbers are the same
 wherever and in whichever order the heads are attacked.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import time
 
 import numpy as np
@@ -39,11 +49,13 @@ from vfe.benchmark.config import AttackSettings, EngineSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fanout import TASK_DEVICE, fan_out
 from vfe.benchmark.summary import by_head
-from vfe.data.split import balanced_subset
+from vfe.data.split import balanced_index
 from vfe.data.types import ImageSet
+from vfe.heads.registry import REGISTRY
 from vfe.robustness.attacks import (
     AttackSpec,
     LogProbabilities,
+    StraightThroughLogProbabilities,
     attack_specs,
     make_attack,
     perturb,
@@ -59,40 +71,47 @@ BATCH_SIZE = 16
 
 
 def run_stage(settings: AttackSettings, ctx: RunContext) -> dict:
-    """results.json's "adversarial" section, {head: {seed: result}}, and "adversarial_intervals",
-    {head: {attack key: {mean, low, high, n_images, n_seeds, level}}} (`vfe.robustness.stats.attack_intervals`)."""
-    per_head = by_head(run_attacks(settings, ctx.prepared.backbone, ctx.models, ctx.prepared.test,
-                                   ctx.data_seed, ctx.device, ctx.progress, ctx.cluster))
+    """results.json's "adversarial" section, {head: {replicate: result}}, and "adversarial_intervals",
+    {head: {attack key: {mean, low, high, ...}}} (`vfe.robustness.stats.attack_intervals`). Replicate r attacks
+    its own images (drawn with its seed) through its own backbone; every head of a replicate, the same images."""
+    attacked = {}
+    for r, p in enumerate(ctx.replicates):
+        attacked.update(run_attacks(settings, p.backbone, ctx.models_of(r), p.test, p.seed, ctx.device,
+                                    ctx.progress, ctx.cluster))
+    per_head = by_head(attacked)
     return {"adversarial": per_head,
-            "adversarial_intervals": {head: attack_intervals(per_seed) for head, per_seed in per_head.items()}}
+            "adversarial_intervals": {head: attack_intervals(per_rep) for head, per_rep in per_head.items()}}
 
 
-def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet, data_seed: int,
+def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet, seed: int,
                 device: str | torch.device, progress: bool = True, cluster: EngineSettings | None = None) -> dict:
-    """{(head, seed): result} (see the module docstring) on a class-balanced subset of `settings.n_attack`
-    test images chosen with `data_seed`; the same images for every head. With `cluster.engine == "ray"` each
-    head x seed is attacked in a Ray task of its own (one CPU, one thread), with the same numbers as here."""
-    subset = balanced_subset(test, settings.n_attack, data_seed, "attack")
+    """{(head, replicate): result} (see the module docstring) on a class-balanced subset of `settings.n_attack`
+    test images chosen with `seed` (the replicate's), the same images for every head; "images" in each result
+    lists their rows in the test set. With `cluster.engine == "ray"` each head is attacked in a Ray task of its
+    own (one CPU, one thread), with the same numbers as here."""
+    rows = balanced_index(test.labels, settings.n_attack, seed)
+    images_u8, labels = np.asarray(test.images)[rows], np.asarray(test.labels)[rows]
     specs = attack_specs(settings.attack_eps_linf, settings.attack_eps_l2, eot=True)
     if cluster is not None and cluster.engine == "ray":
-        shared = {"parts": _shippable(backbone), "models": models, "images": subset.images, "labels": subset.labels,
-                  "specs": specs, "settings": settings, "data_seed": data_seed}
+        shared = {"parts": _shippable(backbone), "models": models, "images": images_u8, "labels": labels,
+                  "specs": specs, "settings": settings, "data_seed": seed}
         done = dict(fan_out(attack_task, list(models), shared, progress=progress, desc="attacks (ray)",
                             unit="head"))
-        return {key: done[i] for i, key in enumerate(models)}
-    images = to_unit_float(subset.images).to(device)
+        return {key: {**done[i], "images": rows.tolist()} for i, key in enumerate(models)}
+    images = to_unit_float(images_u8).to(device)
     results = {}
     with tqdm(total=len(models) * len(specs), desc="attacks", unit="attack", disable=not progress,
               dynamic_ncols=True) as bar:
-        for (head, seed), model in models.items():
-            results[(head, seed)] = attack_one(backbone, model, images, subset.labels, specs, settings, data_seed,
-                                               device, bar, f"{head}/seed{seed}")
+        for (head, replicate), model in models.items():
+            result = attack_one(backbone, model, images, labels, specs, settings, seed, device, bar,
+                                f"{head}/replicate{replicate}")
+            results[(head, replicate)] = {**result, "images": rows.tolist()}
     return results
 
 
 def attack_task(key: tuple[str, int], *, parts: dict, models: dict, images: np.ndarray, labels: np.ndarray,
                 specs: list[AttackSpec], settings: AttackSettings, data_seed: int) -> dict:
-    """One head x seed attacked in a Ray task: the backbone rebuilt on the task's CPU from `_shippable`'s parts."""
+    """One head attacked in a Ray task: the backbone rebuilt on the task's CPU from `_shippable`'s parts."""
     backbone = Backbone(device=torch.device(TASK_DEVICE), **parts)
     return attack_one(backbone, models[key], to_unit_float(images), labels, specs, settings, data_seed, TASK_DEVICE)
 
@@ -106,55 +125,149 @@ def _shippable(backbone: Backbone) -> dict:
 
 
 def attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],
-               settings: AttackSettings, data_seed: int, device, bar=None, name: str = "") -> dict:
+               settings: AttackSettings, data_seed: int, device, bar=None, name: str = "", *,
+               adapts: bool | None = None) -> dict:
     """One fitted head attacked with every spec (the module docstring's result), under a random state seeded
-    with `data_seed`: a head's numbers do not depend on which heads were attacked before it, or where."""
+    with `data_seed`: a head's numbers do not depend on which heads were attacked before it, or where.
+    `adapts`: whether the head adapts at test time, so that it is also attacked through its base (`_attack`);
+    None asks the registry (`adapts_at_test_time`)."""
+    if adapts is None:
+        adapts = adapts_at_test_time(model)
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(data_seed)  # the sampling heads' draws when deciding which images are settled
-        result = _attack(backbone, model, images, labels, specs, settings, data_seed, device, bar, name)
+        result = _attack(backbone, model, images, labels, specs, settings, data_seed, device, bar, name, adapts)
     return {**result, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _attack(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],
-            settings: AttackSettings, data_seed: int, device, bar, name: str) -> dict:
+            settings: AttackSettings, data_seed: int, device, bar, name: str, adapts: bool = False) -> dict:
+    """attack_one's result. A head that adapts at test time is attacked three ways with every spec, since a
+    gradient through its adapting module can point nowhere useful (gradient masking): "direct" through that
+    module; "transfer", images crafted on its non-adapting base (`base_probability_module()`) and scored by
+    the head's own prediction; "bpda", forward through the adapting module and gradient through the base
+    (`StraightThroughLogProbabilities`). An image counts as correct under a spec only if it is correct under
+    all three (the worst case, as AutoAttack reports it), and "per_attack", "per_attack_correct",
+    "strongest" and "seconds_per_attack" say how each did. Any other head gets the direct attack alone and
+    no such fields."""
     head = _on_device(model.probability_module(), device).eval()
     target = torch.from_numpy(_class_index(model, labels)).to(device)
     clean = _features(backbone, images)
     random_head = samples_randomly(head, torch.from_numpy(clean[:8]).to(device))
     draws = settings.n_eot if random_head else 1
-    plain = LogProbabilities(backbone, head)
-    eot = LogProbabilities(backbone, head, n_samples=settings.n_eot)
     correct = {"clean": model.predict(clean) == labels}
-    clean_settled = _settled(model, head, clean, labels, target, draws)
+    # per attack, in the order in which `strongest` breaks ties: the models torchattacks differentiates (plain,
+    # EOT), and the module its forward pass runs
+    paths = {"direct": (LogProbabilities(backbone, head), LogProbabilities(backbone, head, n_samples=settings.n_eot),
+                        head)}
+    if adapts:
+        base = _on_device(_base_module(model), device).eval()
+        paths["transfer"] = (LogProbabilities(backbone, base), LogProbabilities(backbone, base,
+                                                                                n_samples=settings.n_eot), base)
+        paths["bpda"] = (StraightThroughLogProbabilities(backbone, head, base),
+                         StraightThroughLogProbabilities(backbone, head, base, n_samples=settings.n_eot), head)
+    per_attack, seconds = {}, {}
+    for attack, (plain, eot, module) in paths.items():
+        started = time.perf_counter()
+        if adapts:
+            settled = functools.partial(_settled_together, model, module, labels=labels, target=target, draws=draws)
+        else:
+            settled = functools.partial(_settled_rows, model, head, labels=labels, target=target, draws=draws)
+        per_attack[attack] = _attack_path(backbone, model, images, labels, target, clean, specs, settings, data_seed,
+                                          (plain, eot), settled, random_head, bar, f"{name} {attack}" if adapts
+                                          else name, advance=attack == "direct")
+        seconds[attack] = round(time.perf_counter() - started, 3)
+    keys = [spec.key for spec in specs]
+    for key in keys:
+        correct[key] = np.logical_and.reduce([per_attack[attack][key] for attack in paths])
+    result = {"accuracy": {key: float(np.mean(c)) for key, c in correct.items()},
+              "correct": {key: _bits(c) for key, c in correct.items()},
+              "n": len(images), "samples_randomly": bool(random_head),
+              "steps": int(settings.attack_steps), "n_eot": int(settings.n_eot)}
+    if adapts:
+        result.update(
+            per_attack={key: {a: float(np.mean(per_attack[a][key])) for a in paths} for key in keys},
+            per_attack_correct={key: {a: _bits(per_attack[a][key]) for a in paths} for key in keys},
+            strongest={key: min(paths, key=lambda a, key=key: int(per_attack[a][key].sum())) for key in keys},
+            seconds_per_attack=seconds)
+    return result
+
+
+def _attack_path(backbone, model, images: torch.Tensor, labels: np.ndarray, target: torch.Tensor,
+                 clean: np.ndarray, specs: list[AttackSpec], settings: AttackSettings, data_seed: int,
+                 models: tuple[torch.nn.Module, torch.nn.Module], settled, random_head: bool, bar, name: str,
+                 advance: bool) -> dict[str, np.ndarray]:
+    """{spec key: whether the head's prediction is right on each image} for one way of attacking it. `models`:
+    what torchattacks differentiates, plainly and with EOT; `settled(features, rows)`: which of `rows` need no
+    larger budget (the module docstring's cost note). `advance`: whether the progress bar counts these specs."""
+    correct: dict[str, np.ndarray] = {}
+    plain, eot = models
+    clean_settled = settled(clean, np.arange(len(clean)))
     # per PGD attack: features of the adversarial images held so far, and which of them are settled
     held: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     for spec in specs:
         if bar is not None:
             bar.set_postfix_str(f"{name} {spec.key}")
-            bar.update(1)
+            if advance:
+                bar.update(1)
         if spec.eot and not random_head:
             correct[spec.key] = correct[AttackSpec(spec.method, spec.norm, spec.eps).key]
             continue
         family = (spec.method, spec.norm, spec.eot)
         if spec.method == "pgd":
-            features, settled = held.get(family, (clean.copy(), clean_settled.copy()))
+            features, done = held.get(family, (clean.copy(), clean_settled.copy()))
         else:  # FGSM: every image, one step
-            features, settled = clean.copy(), np.zeros(len(images), bool)
-        todo = np.flatnonzero(~settled)
+            features, done = clean.copy(), np.zeros(len(images), bool)
+        todo = np.flatnonzero(~done)
         if len(todo):
             attack = make_attack(spec, eot if spec.eot else plain, settings.attack_steps)
             with torch.random.fork_rng():
                 torch.manual_seed(data_seed)  # the same random starts for every head
                 features[todo] = _features(backbone, perturb(attack, images[todo], target[todo], BATCH_SIZE))
-            settled[todo] = _settled(model, head, features[todo], labels[todo], target[todo], draws)
+            done[todo] = settled(features, todo)
         if spec.method == "pgd":
-            held[family] = features, settled
+            held[family] = features, done
         correct[spec.key] = model.predict(features) == labels
-    return {"accuracy": {key: float(np.mean(c)) for key, c in correct.items()},
-            "correct": {key: "".join("1" if x else "0" for x in c) for key, c in correct.items()},
-            "n": len(images), "samples_randomly": bool(random_head),
-            "steps": int(settings.attack_steps), "n_eot": int(settings.n_eot)}
+    return correct
+
+
+def _settled_rows(model, head, features: np.ndarray, rows: np.ndarray, *, labels: np.ndarray, target: torch.Tensor,
+                  draws: int) -> np.ndarray:
+    """`_settled` on `rows` alone: for a head that does not adapt, a row's prediction is its own."""
+    return _settled(model, head, features[rows], labels[rows], target[rows], draws)
+
+
+@torch.no_grad()
+def _settled_together(model, module, features: np.ndarray, rows: np.ndarray, *, labels: np.ndarray,
+                      target: torch.Tensor, draws: int) -> np.ndarray:
+    """Which of `rows` are misclassified by the head's prediction on all the attacked images together (what is
+    scored: an adapting head's prediction of a row depends on the other rows) and by every one of `draws`
+    draws of `module` (what the attack's forward pass runs) on those rows."""
+    wrong = (model.predict(features) != labels)[rows]
+    x = torch.from_numpy(features[rows]).to(target.device)
+    for _ in range(draws):
+        wrong &= (module(x).argmax(1) != target[rows]).cpu().numpy()
+    return wrong
+
+
+def _base_module(model) -> torch.nn.Module:
+    """The non-adapting path of a head that adapts at test time, as a probability module."""
+    if not hasattr(model, "base_probability_module"):
+        raise TypeError(f"{type(model).__name__} adapts at test time (its registry entry says adapts=True) but has "
+                        "no base_probability_module(), the non-adapting path that transfer and BPDA attacks need")
+    return model.base_probability_module()
+
+
+def adapts_at_test_time(model) -> bool:
+    """Whether a fitted head adapts to the rows it is given: the registry entry of its class (or of a class it
+    derives from) says `adapts`. By class, so presets and subclasses of an adapting head count too."""
+    adapting = {entry.target for entry in REGISTRY.values() if entry.adapts}
+    return any(f"{cls.__module__}:{cls.__qualname__}" in adapting for cls in type(model).__mro__)
+
+
+def _bits(correct: np.ndarray) -> str:
+    """Per-image correctness as '0110…' (compact in results.json)."""
+    return "".join("1" if x else "0" for x in correct)
 
 
 @torch.no_grad()

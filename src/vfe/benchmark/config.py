@@ -35,7 +35,9 @@ class DataSettings:
     data_dir: str | None = field(default=None, **_help("where to look for named data sets first"))
     n_train: int | None = field(default=10000, **_help("training images (class-balanced; none = all)"))
     n_test: int | None = field(default=2000, **_help("test images (class-balanced; none = all)"))
-    data_seed: int = field(default=0, **_help("seed of the image subsets (and of corruption noise)"))
+    data_seed: int = field(default=0, **_help(
+        "the base seed: the test subset and the corruption noise (fixed across replicates); each replicate's "
+        "own seed is derived from it (docs/replicates.md)"))
     skip_bad: bool = field(default=False, **_help(
         "image folders: skip unreadable files (listed in skipped_files.txt) instead of stopping"))
 
@@ -77,11 +79,14 @@ class FinetuneSettings:
 
 @dataclass
 class HeadSettings:
-    """Which heads are compared, over which seeds, with which hyperparameters."""
+    """Which heads are compared, over how many replicates, with which hyperparameters."""
 
     heads: list[str] = field(default_factory=lambda: ["linear", "vfe"], **_help(
         "heads to compare; 'all' = every head of the feature benchmark"))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], **_help("training seeds"))
+    replicates: int = field(default=3, **_help(
+        "replicates of the whole experiment; each redraws the training subset, the fine-tuning (reference "
+        "protocol), the heads' initialisation, the training views and the attacked images; every interval "
+        "and verdict is over replicates (docs/replicates.md)"))
     # The reference trained its feature VAE for 2000 epochs (hours here); on the default features an epoch
     # costs ~0.9 s and downstream accuracy is flat from 100 to 300 epochs (benchmarks/README.md), so the
     # main job caps the VAE (and the AE) at 100 epochs with early stopping.
@@ -104,6 +109,10 @@ class CorruptionSettings:
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5], **_help("severities, 1-5"))
     corruption_params: str = field(default=DEFAULT_CORRUPTION_PARAMS, **_help(
         "severity parameters: 'auto' (by image size), 'imagenet' or 'cifar'"))
+    noise_per_replicate: bool = field(default=False, **_help(
+        "redraw the corruption noise of the test set in every replicate (the corruption stage then costs one "
+        "extraction per replicate); default: one draw shared by the replicates (docs/replicates.md says what "
+        "that leaves out, measured by benchmarks/bench_noise_draw.py)"))
     test_time_bn: bool = field(default=False, **_help(
         "also fit and evaluate heads on features whose backbone BatchNorm adapts to each batch (Schneider et al. "
         "2020), training, clean and corrupted test batches, as extra heads HEAD+bn"))
@@ -216,7 +225,7 @@ def quick_settings() -> RunSettings:
         name="quick",
         data=DataSettings(n_train=2000, n_test=500),
         finetune=FinetuneSettings(finetune_epochs=2),
-        heads=HeadSettings(seeds=[0, 1], head_params={"vfe": {"vae_epochs": 40}, "ae": {"ae_epochs": 40}}),
+        heads=HeadSettings(replicates=2, head_params={"vfe": {"vae_epochs": 40}, "ae": {"ae_epochs": 40}}),
         corruptions=CorruptionSettings(severities=[1, 3, 5]),
         attacks=AttackSettings(n_attack=32, attack_eps_linf=[2 / 255, 8 / 255], attack_eps_l2=[0.5],
                                attack_steps=5, n_eot=8))
@@ -269,12 +278,16 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
         raise SettingsError(f"--image-size must be between 8 and 1024 pixels, got {settings.backbone.image_size}")
     if not heads.heads:
         raise SettingsError("--heads: give at least one head")
-    if not heads.seeds:
-        raise SettingsError("--seeds: give at least one seed")
+    if isinstance(heads.replicates, bool) or not isinstance(heads.replicates, int) or heads.replicates < 1:
+        raise SettingsError(f"--replicates must be a whole number >= 1 (3 or more for intervals), "
+                            f"got {heads.replicates!r}")
     expand_heads(heads.heads)  # unknown or non-benchmark heads raise here, naming the choices
     for head, params in heads.head_params.items():
         spec(head)
         check_params(head, params)
+        if "random_state" in params:
+            raise SettingsError(f"--head-param {head}.random_state: each replicate seeds every head itself (from "
+                                "--data-seed and the replicate); leave it out, or change --data-seed")
     families = sorted({c.family for c in REGISTRY.values()})
     if heads.augment_family not in families:
         raise SettingsError(f"--augment-family {heads.augment_family!r} is not a corruption family; one of "

@@ -13,6 +13,7 @@ from vfe.benchmark import test_time_bn
 from vfe.benchmark.clean import evaluate_clean
 from vfe.benchmark.config import CorruptionSettings
 from vfe.benchmark.context import RunContext
+from vfe.benchmark.prepare import Prepared
 from vfe.benchmark.summary import BASELINE, by_head
 from vfe.data.types import ImageSet
 from vfe.features.cache import ImageTransform
@@ -31,39 +32,50 @@ def corruption_names(settings: CorruptionSettings) -> list[str]:
 
 
 def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
-    """results.json's "corruptions" (per head and seed, and mCE against the baseline) and "corruption_seconds";
-    with `test_time_bn` also "test_time_bn" and "clean" with the "+bn" heads' clean metrics added (so the
-    summary, the report and the leaderboard list them as heads)."""
-    p = ctx.prepared
+    """results.json's "corruptions" (per head and replicate, and mCE against the baseline of the same replicate)
+    and "corruption_seconds"; with `test_time_bn` also "test_time_bn" and "clean" with the "+bn" heads' clean
+    metrics added (so the summary, the report and the leaderboard list them as heads).
+
+    By default the corrupted test sets are the same for every replicate (one noise draw, seeded by the run's base
+    seed), so their images (frozen protocol: their features; reference protocol: their activations at the cut)
+    come from the cache after the first replicate; each replicate runs them through its own backbone and heads.
+    With `noise_per_replicate` each replicate draws its own noise (`RunContext.noise_seed`)."""
     names = corruption_names(settings)
-    if ctx.cluster.engine == "ray":  # every corrupted test set into the cache at once; the loop below reads them
-        from vfe.benchmark.fanout import extract_on_cluster
+    per_model, clean, seconds, records = {}, dict(ctx.clean), {}, {}
+    for r, p in enumerate(ctx.replicates):
+        if ctx.cluster.engine == "ray":  # every corrupted test set into the cache at once; the loop below reads them
+            from vfe.benchmark.fanout import extract_on_cluster
 
-        jobs = [ExtractionJob(p.test, *corruption_transform(name, severity, ctx.data_seed, settings.corruption_params))
-                for name in names for severity in settings.severities]
-        extract_on_cluster(p.features, jobs, ctx.backbone_settings, progress=ctx.progress,
-                           desc=f"corruptions ({len(names)} x {len(settings.severities)} severities, ray)")
-    measured = run_corruptions(p.features, p.test, ctx.models, names, settings.severities, ctx.data_seed,
-                               settings.corruption_params)
-    per_model, clean, extra = measured["per_model"], ctx.clean, {}
-    if settings.test_time_bn:
-        adapted = run_adapted(settings, ctx, names)
-        per_model, clean = {**per_model, **adapted["per_model"]}, {**clean, **adapted["clean"]}
-        extra = {"clean": by_head(clean), "test_time_bn": adapted["record"]}
+            jobs = [ExtractionJob(p.test, *corruption_transform(name, severity, ctx.noise_seed(r),
+                                                                settings.corruption_params))
+                    for name in names for severity in settings.severities]
+            extract_on_cluster(p.features, jobs, ctx.backbone_settings, progress=ctx.progress,
+                               desc=f"corruptions ({len(names)} x {len(settings.severities)} severities, ray)")
+        measured = run_corruptions(p.features, p.test, ctx.models_of(r), names, settings.severities,
+                                   ctx.noise_seed(r), settings.corruption_params)
+        per_model.update(measured["per_model"])
+        for name, t in measured["seconds"].items():
+            seconds[name] = round(seconds.get(name, 0.0) + t, 3)
+        if settings.test_time_bn:
+            adapted = run_adapted(settings, ctx, p, r, names)
+            per_model.update(adapted["per_model"])
+            clean.update(adapted["clean"])
+            records[str(r)] = adapted["record"]
+    extra = {"clean": by_head(clean), "test_time_bn": records} if settings.test_time_bn else {}
     return {"corruptions": corruption_summary(per_model, clean, settings.severities),
-            "corruption_seconds": measured["seconds"], **extra}
+            "corruption_seconds": seconds, **extra}
 
 
-def run_adapted(settings: CorruptionSettings, ctx: RunContext, names: list[str]) -> dict:
-    """The "+bn" heads, refitted on adapted training features: {"per_model": as run_corruptions', "clean":
-    {(head+bn, seed): metrics} on adapted clean test batches, "record": results.json's "test_time_bn"}."""
-    p = ctx.prepared
+def run_adapted(settings: CorruptionSettings, ctx: RunContext, p: Prepared, replicate: int, names: list[str]
+                ) -> dict:
+    """One replicate's "+bn" heads, refitted on adapted training features: {"per_model": as run_corruptions',
+    "clean": {(head+bn, replicate): metrics} on adapted clean test batches, "record": its "test_time_bn" entry}."""
     extractor, source = test_time_bn.adapted_source(settings, p, ctx.progress)
     started = time.perf_counter()
-    models, fit_seconds = test_time_bn.fit_adapted(ctx.models, settings.bn_heads,
+    models, fit_seconds = test_time_bn.fit_adapted(ctx.models_of(replicate), settings.bn_heads,
                                                    source(p.train, desc="train (adapted BatchNorm)"), p.train.labels)
     clean, _ = evaluate_clean(models, source(p.test, desc="test (adapted BatchNorm)"), p.test.labels)
-    measured = run_corruptions(source, p.test, models, names, settings.severities, ctx.data_seed,
+    measured = run_corruptions(source, p.test, models, names, settings.severities, ctx.noise_seed(replicate),
                                settings.corruption_params)
     seconds = {"total": round(time.perf_counter() - started, 3), "per_corruption": measured["seconds"]}
     cost = test_time_bn.extraction_cost(p.backbone, extractor, p.test.images)
@@ -106,16 +118,17 @@ def run_corruptions(features: FeatureSource, test: ImageSet, models: dict, names
 
 
 def corruption_summary(per_model: dict, clean: dict, severities: list[int]) -> dict:
-    """Per head and seed: accuracy per corruption/severity, mean corruption accuracy, CE, mCE, relative mCE.
+    """Per head and replicate: accuracy per corruption/severity, mean corruption accuracy, CE, mCE, relative mCE
+    and summed relative mCE (docs/leaderboard.md).
 
-    The normaliser of CE is the baseline head trained with the same seed (Hendrycks & Dietterich
+    The normaliser of CE is the baseline head of the same replicate (Hendrycks & Dietterich
     normalise by AlexNet; here the classic transfer head plays that role).
     """
     out: dict = {}
-    for (head, seed), table in per_model.items():
+    for (head, replicate), table in per_model.items():
         errors = error_table(table)
-        clean_error = 1.0 - clean[(head, seed)]["accuracy"]
-        base_key = (BASELINE, seed)
+        clean_error = 1.0 - clean[(head, replicate)]["accuracy"]
+        base_key = (BASELINE, replicate)
         row = {"accuracy": {c: {str(s): m["accuracy"] for s, m in sev.items()} for c, sev in table.items()},
                "nll": {c: {str(s): m["nll"] for s, m in sev.items()} for c, sev in table.items()},
                "ece": {c: {str(s): m["ece"] for s, m in sev.items()} for c, sev in table.items()},
@@ -131,7 +144,9 @@ def corruption_summary(per_model: dict, clean: dict, severities: list[int]) -> d
             row["CE"] = {c: cm.corruption_error(errors[c], base_errors[c]) for c in errors}
             row["mCE"] = cm.mce(errors, base_errors, bench)
             row["relative_mCE"] = cm.relative_mce(errors, clean_error, base_errors, base_clean, bench)
-        out.setdefault(head, {})[str(seed)] = row
+            # defined wherever the baseline degrades overall (relative mCE needs it on every corruption)
+            row["summed_relative_mCE"] = cm.summed_relative_mce(errors, clean_error, base_errors, base_clean, bench)
+        out.setdefault(head, {})[str(replicate)] = row
     return {"per_head": out, "normaliser": BASELINE, "severities": list(severities),
             "benchmark_corruptions": [c for c in BENCHMARK_CORRUPTIONS]}
 

@@ -8,26 +8,31 @@ Two OOD sets, both real images:
     cached features as the corruption stage.
 
 Protocol (an honest number per head, not the best of several on the test data):
-  * the in-distribution test features and each OOD set are split, seeded by the run's data_seed, into a
+  * a head that adapts at test time (t3a, linear-tts) scores the in-distribution and OOD rows in one mixed,
+    shuffled call (`mixed_scores`), like-for-like with a deployed stream; scored apart, each set would adapt
+    to itself;
+  * the in-distribution test features and each OOD set are split, seeded by the replicate's seed, into a
     validation half and a test half (`vfe.robustness.ood.validation_split`); the noisy set is the test
     images corrupted, so it shares the in-distribution split: an image and its noisy copy are always in
     the same half;
-  * per head, seed and OOD set, the score ("msp"; "recon", "elbo" for the VFE) with the best AUROC on
+  * per head, replicate and OOD set, the score ("msp"; "recon", "elbo" for the VFE) with the best AUROC on
     the validation halves is chosen, and its AUROC and FPR@95 on the test halves are reported as
     "selected_<auroc|fpr95>_<ood set>"; the choice is recorded under "selection";
   * the head-free baseline is chosen the same way between Mahalanobis and relative Mahalanobis;
   * every score's own "<score>_<auroc|fpr95>_<ood set>" is kept, also measured on the test halves only.
 
 Result:
-    {"per_head": {head: {seed: {"<score|selected>_<auroc|fpr95>_<ood set>": value}}},   # summary: ood:<key>
-     "feature_baselines": {"<mahalanobis|relative_mahalanobis|selected>_<auroc|fpr95>_<ood set>": value},
-     "selection": {"per_head": {head: {seed: {ood set: {"chosen": score, "validation_auroc": {score: v}}}}},
-                   "feature_baselines": {ood set: {"chosen": .., "validation_auroc": ..}},
-                   "n_validation": {"in": n, ood set: n}, "n_test": {"in": n, ood set: n}, "seed": data_seed},
+    {"per_head": {head: {replicate: {"<score|selected>_<auroc|fpr95>_<ood set>": value}}},   # summary: ood:<key>
+     "feature_baselines": {"<mahalanobis|relative_mahalanobis|selected>_<auroc|fpr95>_<ood set>":
+                           {replicate: value}},
+     "selection": {"per_head": {head: {replicate: {ood set: {"chosen": score, "validation_auroc": {score: v}}}}},
+                   "feature_baselines": {replicate: {ood set: {"chosen": .., "validation_auroc": ..}}},
+                   "n_validation": {"in": n, ood set: n}, "n_test": {"in": n, ood set: n},
+                   "seed": {replicate: the replicate's seed (its halves)}},
      "ood_sets": {name: {"n": .., "source": ..}}, "n_in": .., "convention": ..}
-Only numbers go in "per_head" (the summary averages every key there over seeds), so the chosen score's
-name lives in "selection". The Mahalanobis scores use the backbone features alone (no head, no seed), so
-they are computed once. See vfe.robustness.ood for the convention: higher score = more OOD; AUROC with OOD
+Only numbers go in "per_head" (the summary averages every key there over replicates), so the chosen score's
+name lives in "selection". The Mahalanobis scores use the backbone features alone (no head, no head seed), so
+they are computed once per replicate. See vfe.robustness.ood for the convention: higher score = more OOD; AUROC with OOD
 as positive; FPR at 95% TPR, lower is better.
 """
 from __future__ import annotations
@@ -43,6 +48,7 @@ from vfe.benchmark.corruption import corrupted_features
 from vfe.data import available_fashion_mnist, load_dataset
 from vfe.data.types import ImageSet
 from vfe.features.source import FeatureSource
+from vfe.heads.registry import adapts_at_test_time
 from vfe.robustness.ood import MahalanobisScore, head_scores, select_score, validation_split
 
 CORRUPTED_OOD = ("gaussian_noise", 5)
@@ -50,36 +56,60 @@ TEXTURES = ("brick", "grass", "gravel")
 
 
 def run_stage(settings: OODSettings, ctx: RunContext) -> dict:
-    """results.json's "ood" section for every fitted head (see the module docstring)."""
-    p = ctx.prepared
-    return {"ood": run_ood(p.features, ctx.models, p.X_train, p.train.labels, p.X_test, ctx.clean_probs,
-                           p.test, p.dataset, ctx.data_seed, ctx.corruption_params)}
+    """results.json's "ood" section for every fitted head (see the module docstring), every replicate on its own
+    features and with its own validation/test halves; the OOD images themselves are the same for every replicate.
+    The head-free baselines depend on the replicate's features too: "feature_baselines" is {key: {replicate:
+    value}}, and the selection's "feature_baselines" {replicate: {ood set: choice}}."""
+    merged: dict = {}
+    for r, p in enumerate(ctx.replicates):
+        one = run_ood(p.features, ctx.models_of(r), p.X_train, p.train.labels, p.X_test, ctx.clean_probs, p.test,
+                      p.dataset, ctx.data_seed, ctx.corruption_params, split_seed=p.seed,
+                      noise_seed=ctx.noise_seed(r))
+        if not merged:
+            merged = {**one, "per_head": {}, "feature_baselines": {},
+                      "selection": {**one["selection"], "per_head": {}, "feature_baselines": {}, "seed": {}}}
+        for head, per_rep in one["per_head"].items():
+            merged["per_head"].setdefault(head, {}).update(per_rep)
+            merged["selection"]["per_head"].setdefault(head, {}).update(one["selection"]["per_head"][head])
+        for key, value in one["feature_baselines"].items():
+            merged["feature_baselines"].setdefault(key, {})[str(r)] = value
+        merged["selection"]["feature_baselines"][str(r)] = one["selection"]["feature_baselines"]
+        merged["selection"]["seed"][str(r)] = p.seed
+    return {"ood": merged}
 
 
 def run_ood(features: FeatureSource, models: dict, X_train: np.ndarray, y_train: np.ndarray,
             X_test: np.ndarray, clean_probs: dict, test: ImageSet, dataset: str, data_seed: int,
-            corruption_params: str) -> dict:
-    """Every head's OOD scores, test features (in) vs each OOD set's (out); see the module docstring."""
+            corruption_params: str, split_seed: int | None = None, noise_seed: int | None = None) -> dict:
+    """Every head's OOD scores, test features (in) vs each OOD set's (out); see the module docstring. The OOD
+    images are drawn with `data_seed`, the validation/test halves with `split_seed` and the noisy set's noise with
+    `noise_seed` (both default: `data_seed`)."""
+    split_seed = data_seed if split_seed is None else split_seed
+    noise_seed = data_seed if noise_seed is None else noise_seed
     name, far = far_ood_set(dataset, test, data_seed)
     corruption, severity = CORRUPTED_OOD
     corrupted = f"{corruption}_s{severity}"
     ood_features = {
         name: features(far, desc=f"extract OOD {name}"),
-        corrupted: corrupted_features(features, test, corruption, severity, data_seed, corruption_params),
+        corrupted: corrupted_features(features, test, corruption, severity, noise_seed, corruption_params),
     }
     ood_sets = {name: {"n": len(far), "source": far.source},
                 corrupted: {"n": len(test), "source": f"{test.source}, {corruption} at severity {severity}"}}
-    split_in = validation_split(len(X_test), data_seed)
-    splits = {name: validation_split(len(ood_features[name]), data_seed), corrupted: split_in}
+    split_in = validation_split(len(X_test), split_seed)
+    splits = {name: validation_split(len(ood_features[name]), split_seed), corrupted: split_in}
     per_head: dict = {}
     chosen: dict = {}
-    for (head, seed), model in models.items():
-        scores_in = head_scores(model, X_test, clean_probs.get((head, seed)))
-        row = per_head.setdefault(head, {}).setdefault(str(seed), {})
+    for (head, replicate), model in models.items():
+        scores_in = head_scores(model, X_test, clean_probs.get((head, replicate)))
+        row = per_head.setdefault(head, {}).setdefault(str(replicate), {})
         for ood_name, X_out in ood_features.items():
-            picked = select_score(scores_in, head_scores(model, X_out), split_in, splits[ood_name])
+            if adapts_at_test_time(head):  # like-for-like: in and out adapt together, as one deployed stream
+                mixed_in, mixed_out = mixed_scores(model, X_test, X_out, split_seed)
+                picked = select_score(mixed_in, mixed_out, split_in, splits[ood_name])
+            else:
+                picked = select_score(scores_in, head_scores(model, X_out), split_in, splits[ood_name])
             row.update(_flat(picked, ood_name))
-            chosen.setdefault(head, {}).setdefault(str(seed), {})[ood_name] = _choice(picked)
+            chosen.setdefault(head, {}).setdefault(str(replicate), {})[ood_name] = _choice(picked)
     baselines: dict = {}
     baseline_choice: dict = {}
     detector = MahalanobisScore().fit(X_train, y_train)
@@ -90,10 +120,10 @@ def run_ood(features: FeatureSource, models: dict, X_train: np.ndarray, y_train:
         picked = select_score(feature_in, feature_out, split_in, splits[ood_name])
         baselines.update(_flat(picked, ood_name))
         baseline_choice[ood_name] = _choice(picked)
-    selection = {"per_head": chosen, "feature_baselines": baseline_choice, "seed": data_seed,
+    selection = {"per_head": chosen, "feature_baselines": baseline_choice, "seed": split_seed,
                  "n_validation": {"in": len(split_in[0]), **{k: len(v[0]) for k, v in splits.items()}},
                  "n_test": {"in": len(split_in[1]), **{k: len(v[1]) for k, v in splits.items()}},
-                 "protocol": "per head, seed and OOD set, the score with the best AUROC on a seeded "
+                 "protocol": "per head, replicate and OOD set, the score with the best AUROC on a seeded "
                              "validation half is chosen; every figure is measured on the other (test) half"}
     return {"per_head": per_head, "feature_baselines": baselines, "selection": selection,
             "ood_sets": ood_sets,
@@ -101,6 +131,17 @@ def run_ood(features: FeatureSource, models: dict, X_train: np.ndarray, y_train:
             "convention": "higher score = more OOD; AUROC with OOD as the positive class; fpr95 = share of "
                           "in-distribution test images flagged at the threshold catching 95% of the OOD set; "
                           "all figures on the test halves, the score chosen on the validation halves"}
+
+
+def mixed_scores(model, X_in: np.ndarray, X_out: np.ndarray, seed: int) -> tuple[dict, dict]:
+    """A test-time-adapting head's scores of in- and out-of-distribution rows from ONE call on both, shuffled
+    together (seeded): scored apart, each set would adapt to itself, and the OOD set would look in-distribution
+    by construction. Returns (scores of X_in's rows, scores of X_out's rows), each in its original order."""
+    order = np.random.default_rng(seed).permutation(len(X_in) + len(X_out))
+    scores = head_scores(model, np.concatenate([X_in, X_out])[order])
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return ({k: v[back[:len(X_in)]] for k, v in scores.items()}, {k: v[back[len(X_in):]] for k, v in scores.items()})
 
 
 def _flat(picked: dict, ood_name: str) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """The main job: the reference experiment, then its robustness benchmark, stage by stage.
 
-    prepare (data -> backbone -> cached features) -> heads x seeds -> clean accuracy
-        -> the robustness stages of vfe.benchmark.stages (corruptions, attacks, OOD) -> summary -> report
+    load data and backbone -> per replicate: subset -> (fine-tune) -> cached features -> heads
+        -> clean accuracy -> the robustness stages of vfe.benchmark.stages (corruptions, attacks, OOD), each over
+        every replicate -> summary (paired over replicates) -> leaderboard -> report
 
 Every stage is timed; every expensive artefact comes from the feature cache, so a re-run with the same
 settings skips extraction and gives the same numbers.
@@ -22,7 +23,8 @@ from vfe.benchmark.context import RunContext
 from vfe.benchmark.fanout import cluster_session
 from vfe.benchmark.fit import fit_heads
 from vfe.benchmark.leaderboard import leaderboard
-from vfe.benchmark.prepare import Prepared, prepare, skipped_files, write_skipped
+from vfe.benchmark.prepare import Prepared, load_shared, prepare_replicate, skipped_files, write_skipped
+from vfe.benchmark.replicates import FIXED, NOISE, REDRAWN, Replicate, replicates
 from vfe.benchmark.stages import STAGES
 from vfe.benchmark.summary import by_head, summarise
 from vfe.benchmark.test_time_bn import base_head
@@ -64,50 +66,70 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
 
 
 def measure(settings: RunSettings, heads: list[str], device: str, out: Path, timer: StageTimer, log) -> dict:
-    """Prepare, fit, evaluate clean, run every enabled robustness stage: results.json's measurements (the
-    summary, leaderboard and timings are added from them)."""
+    """Prepare and fit every replicate, evaluate clean, run every enabled robustness stage: results.json's
+    measurements (the summary, leaderboard and timings are added from them)."""
     augmented = any(is_augmented(h) for h in heads)
-    prepared = prepare(settings.data, settings.backbone, settings.cache_dir, finetune=settings.finetune,
-                       augment_family=settings.heads.augment_family if augmented else None,
-                       corruption_params=settings.corruptions.corruption_params,
-                       augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
-                       progress=settings.progress, timer=timer, log=log)
-    write_skipped(out / "skipped_files.txt", skipped_files(prepared.train, prepared.test), log)
-    with timer.timed("fit heads"):
-        models, fit_seconds = fit_heads(settings.heads, heads, prepared.X_train, prepared.train.labels,
-                                        device=device, progress=settings.progress, X_aug=prepared.X_aug,
-                                        X_views=prepared.X_views, cluster=settings.cluster)
+    draws = replicates(settings.data.data_seed, settings.heads.replicates)
+    shared = load_shared(settings.data, settings.backbone, settings.cache_dir, timer, log)
+    prepared, models, fit_seconds = [], {}, {}
+    for rep in draws:
+        p = prepare_replicate(shared, settings.data.n_train, rep.seed, finetune=settings.finetune,
+                              augment_family=settings.heads.augment_family if augmented else None,
+                              corruption_params=settings.corruptions.corruption_params,
+                              augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
+                              progress=settings.progress, timer=timer, log=log,
+                              label=rep.label if len(draws) > 1 else "")
+        with timer.timed(f"{rep.label}: fit heads" if len(draws) > 1 else "fit heads"):
+            fitted, seconds = fit_heads(settings.heads, heads, p.X_train, p.train.labels, rep.index, rep.seed,
+                                        device=device, progress=settings.progress, X_aug=p.X_aug,
+                                        X_views=p.X_views, cluster=settings.cluster)
+        p.X_aug = p.X_views = None  # fitted: the views' features are not needed again (hundreds of MB)
+        prepared.append(p)
+        models.update(fitted)
+        for head, s in seconds.items():
+            fit_seconds.setdefault(head, []).extend(s)
+    write_skipped(out / "skipped_files.txt", skipped_files(shared.pool, shared.test), log)
     with timer.timed("clean evaluation"):
-        clean, clean_probs = evaluate_clean(models, prepared.X_test, prepared.test.labels)
+        clean, clean_probs = {}, {}
+        for p, rep in zip(prepared, draws):
+            c, probs = evaluate_clean({k: m for k, m in models.items() if k[1] == rep.index}, p.X_test,
+                                      p.test.labels)
+            clean.update(c)
+            clean_probs.update(probs)
 
-    results = {"setting": setting_of(settings, heads, prepared, device), "config": settings.to_dict(),
+    results = {"setting": setting_of(settings, heads, prepared, draws, device), "config": settings.to_dict(),
                "clean": by_head(clean), "fit_seconds": fit_seconds,
-               "histories": {f"{h}/seed{s}": getattr(m, "history_", None) for (h, s), m in models.items()}}
-    augmentation = training_record(heads, prepared.augmentation, prepared.augmix)
+               "histories": {f"{h}/replicate{r}": getattr(m, "history_", None) for (h, r), m in models.items()}}
+    augmentation = training_record(heads, prepared[0].augmentation, prepared[0].augmix)
     if augmentation is not None:
         results["augmentation"] = augmentation
-    if prepared.finetune is not None:
-        results["finetune"] = prepared.finetune
+    if prepared[0].finetune is not None:
+        results["finetune"] = {str(rep.index): p.finetune for p, rep in zip(prepared, draws)}
 
     ctx = RunContext(prepared, heads, models, clean, clean_probs, device, settings.data.data_seed,
                      settings.corruptions.corruption_params, settings.progress, timer, settings.cluster,
-                     settings.backbone)
+                     settings.backbone, settings.corruptions.noise_per_replicate)
     for stage in STAGES:
         own = getattr(settings, stage.settings)
         if stage.enabled(own):
             with timer.timed(stage.label(own)):
                 results.update(stage.function()(own, ctx))
-    results.update(report_inputs(models, prepared.test, clean_probs))  # the report reads results.json only
+    results.update(report_inputs(models, shared.test, clean_probs))  # the report reads results.json only
     return results
 
 
-def setting_of(settings: RunSettings, heads: list[str], prepared: Prepared, device: str) -> dict:
+def setting_of(settings: RunSettings, heads: list[str], prepared: list[Prepared], draws: list[Replicate],
+               device: str) -> dict:
     """What a reader needs to interpret every number of the run."""
-    bb = prepared.backbone
-    return {"dataset": prepared.dataset, "protocol": settings.finetune.protocol, "backbone": bb.name,
+    bb = prepared[0].backbone
+    return {"dataset": prepared[0].dataset, "protocol": settings.finetune.protocol, "backbone": bb.name,
             "weights": settings.backbone.weights,
             "image_size": int(bb.data_config["input_size"][-1]), "feature_dim": int(bb.feature_dim),
-            "n_train": len(prepared.train), "n_test": len(prepared.test), "seeds": list(settings.heads.seeds),
+            "n_train": len(prepared[0].train), "n_test": len(prepared[0].test), "replicates": len(draws),
+            "replicate_seeds": [rep.seed for rep in draws],
+            "redrawn_per_replicate": [*REDRAWN, *(NOISE if settings.corruptions.noise_per_replicate else [])],
+            "fixed_across_replicates": [f for f in FIXED if not (settings.corruptions.noise_per_replicate
+                                                                 and f in NOISE)],
             "heads": heads, "data_seed": settings.data.data_seed, "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "device": device}

@@ -42,7 +42,7 @@ class Head(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__}: need at least 2 classes in y, got {len(self.classes_)}")
         extra = {} if X_aug is None else {"X_aug": self._check_augmented(X_aug, X)}
-        # small matrices: one thread at most, fewer when other processes hold the cores (vfe.hardware)
+        # small matrices: one thread whatever the load (vfe.hardware: weights depend on the thread count)
         with fit_threads(limit=FEATURE_HEAD_THREADS if self.inputs == "features" else None):
             self._fit(X, y_index.astype(np.int64), **extra)
         return self

@@ -43,6 +43,7 @@ class HeadSpec:
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     augmented: bool = False  # fitted with fit(X, y, X_aug=...) on features of corrupted training images
     augmix: bool = False  # fitted with fit(X, y, X_aug=views): K AugMix views per training image (n x K x d)
+    adapts: bool = False  # adapts to each test set at prediction time: attacked also through its base, OOD mixed
     benchmark: bool = True  # compared by the feature benchmark (`vfe run --heads all`)
     excluded_because: str = ""
     about: str = ""
@@ -67,7 +68,8 @@ def _registry(*entries: HeadSpec) -> dict[str, HeadSpec]:
     for entry in entries:
         if entry.base is not None:
             base = out[entry.base]
-            entry = dataclasses.replace(entry, target=entry.target or base.target, inputs=base.inputs)
+            entry = dataclasses.replace(entry, target=entry.target or base.target, inputs=base.inputs,
+                                        adapts=entry.adapts or base.adapts)
         out[entry.name] = entry
     return out
 
@@ -87,9 +89,9 @@ REGISTRY: dict[str, HeadSpec] = _registry(
     _preset("dae-aug", "ae", augmented=True,
             about="denoising autoencoder: features of corrupted images -> their clean features"),
     HeadSpec("vib", "vfe.heads.vib:VIBHead", about="deep variational information bottleneck (Alemi et al.)"),
-    HeadSpec("t3a", "vfe.heads.t3a:T3AHead",
+    HeadSpec("t3a", "vfe.heads.t3a:T3AHead", adapts=True,
              about="linear head, class templates adjusted online on each test set (T3A, Iwasawa & Matsuo 2021)"),
-    HeadSpec("linear-tts", "vfe.heads.restandardise:RestandardisedHead",
+    HeadSpec("linear-tts", "vfe.heads.restandardise:RestandardisedHead", adapts=True,
              about="linear head on test features re-standardised to the training mean/std, per test set"),
     HeadSpec("linear-ens", "vfe.heads.ensemble:SeedEnsemble", params={"base": "linear"},
              about="5 linear heads with different seeds, probabilities averaged"),
@@ -172,6 +174,13 @@ def is_augmented(name: str) -> bool:
 def is_augmix(name: str) -> bool:
     """Whether `name` is fitted with AugMix views of the training images (fit(X, y, X_aug=n x K x d))."""
     return spec(name).augmix
+
+
+def adapts_at_test_time(name: str) -> bool:
+    """Whether `name` adapts to each test set when it predicts (T3A, re-standardisation): such a head is attacked
+    also by transfer from, and through, its non-adapting base, and scores OOD inputs mixed with in-distribution
+    ones. A name the registry does not know (a "+bn" twin) is not such a head."""
+    return name in REGISTRY and REGISTRY[name].adapts
 
 
 def params_for(name: str, head_params: dict[str, dict]) -> dict:

@@ -128,3 +128,8 @@ class RestandardisedHead(LinearHead):
     def probability_module(self) -> nn.Module:
         """Features -> class probabilities, re-standardising each call's rows together (for attacks)."""
         return RestandardisedProbabilities(self._restandardise(), self.module_)
+
+    def base_probability_module(self) -> nn.Module:
+        """Features -> the linear head's probabilities on the features as they are (not re-standardised): the
+        path the attack stage's transfer and BPDA attacks differentiate."""
+        return super().probability_module()

@@ -166,6 +166,11 @@ class T3AHead(LinearHead):
         """Features -> class probabilities through T3A (adapting over the rows of each call), for attacks."""
         return T3AProbabilities(self._classifier(), self.temperature_)
 
+    def base_probability_module(self) -> nn.Module:
+        """Features -> the Dense layer's own probabilities, row by row (no adaptation): the path the attack
+        stage's transfer and BPDA attacks differentiate."""
+        return super().probability_module()
+
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The T in TEMPERATURE_RANGE minimising the mean NLL of softmax(logits / T) for labels y."""

@@ -1,7 +1,7 @@
 """The report's figures, drawn with matplotlib (Agg) and returned as PNG bytes.
 
-Every curve over seeds is a mean line with a +/- one standard deviation band; every figure's
-title carries the setting (backbone, image size, data sizes, seeds), so a figure copied out of
+Every curve over replicates is a mean line with a +/- one standard deviation band; every figure's
+title carries the setting (backbone, image size, data sizes, replicates), so a figure copied out of
 the report still says what it measured.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _suptitle(fig: plt.Figure, subject: str, setting_line: str) -> None:
 
 
 def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sample std over axis 0 (seeds), ignoring missing entries; std 0 for one seed."""
+    """Mean and sample std over axis 0 (replicates), ignoring missing entries; std 0 for one replicate."""
     values = np.asarray(values, dtype=float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column, e.g. an empty bin
@@ -67,7 +67,7 @@ def severity_curves(curves: dict[str, dict[str, np.ndarray]], severities: Sequen
     """Accuracy (%) against severity, one panel per corruption, `n_cols` panels a row (fixed, so every
     family's figure has the same scale in the report).
 
-    `curves[head][corruption]` is a seeds x (1 + n_severities) array; column 0 is clean accuracy.
+    `curves[head][corruption]` is a replicates x (1 + n_severities) array; column 0 is clean accuracy.
     """
     corruptions = list(dict.fromkeys(c for per_head in curves.values() for c in per_head))
     n_rows = math.ceil(len(corruptions) / n_cols)
@@ -101,7 +101,7 @@ def adversarial_curves(curves: dict[str, dict[AttackSpec, np.ndarray]], clean: d
                        colours: dict[str, tuple], subject: str, setting_line: str) -> bytes:
     """Accuracy (%) against attack radius, one panel per norm; naive attacks dashed, EOT solid.
 
-    `curves[head][attack]` holds per-seed accuracies (seeds,); `clean[head]` the accuracy on the
+    `curves[head][attack]` holds per-replicate accuracies (replicates,); `clean[head]` the accuracy on the
     same images before attack, drawn at eps = 0 as every curve's start.
     """
     norms = sorted({a.norm for per_head in curves.values() for a in per_head}, key=lambda n: (n != "linf", n))
@@ -137,22 +137,22 @@ def adversarial_curves(curves: dict[str, dict[AttackSpec, np.ndarray]], clean: d
 
 def reliability_diagrams(bins: dict[str, list[dict[str, np.ndarray]]], ece: dict[str, str],
                          colours: dict[str, tuple], subject: str, setting_line: str) -> bytes:
-    """Per head: accuracy per confidence bin (mean +/- std over seeds) above the share of images per bin.
+    """Per head: accuracy per confidence bin (mean +/- std over replicates) above the share of images per bin.
 
-    `bins[head]` holds one entry per seed with arrays `edges`, `accuracy`, `confidence`, `count`.
+    `bins[head]` holds one entry per replicate with arrays `edges`, `accuracy`, `confidence`, `count`.
     """
     heads = list(bins)
     fig, axes = plt.subplots(2, len(heads), figsize=(4.0 * len(heads), 6.0), squeeze=False, layout="constrained",
                              gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     for col, head in enumerate(heads):
-        per_seed = bins[head]
-        edges = per_seed[0]["edges"]
+        per_rep = bins[head]
+        edges = per_rep[0]["edges"]
         centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-        acc_mean, acc_std = _mean_std(np.stack([s["accuracy"] for s in per_seed]))
-        conf_mean, _ = _mean_std(np.stack([s["confidence"] for s in per_seed]))
+        acc_mean, acc_std = _mean_std(np.stack([r["accuracy"] for r in per_rep]))
+        conf_mean, _ = _mean_std(np.stack([r["confidence"] for r in per_rep]))
         ax = axes[0, col]
         ax.bar(centres, acc_mean, width=width, color=colours[head], alpha=0.75, edgecolor="white",
-               yerr=acc_std if len(per_seed) > 1 else None, error_kw={"elinewidth": 0.8, "alpha": 0.7},
+               yerr=acc_std if len(per_rep) > 1 else None, error_kw={"elinewidth": 0.8, "alpha": 0.7},
                label="accuracy in bin")
         ax.bar(centres, conf_mean - acc_mean, bottom=acc_mean, width=width, color="none", edgecolor="crimson",
                hatch="//", linewidth=0.5, label="gap to confidence")
@@ -160,7 +160,7 @@ def reliability_diagrams(bins: dict[str, list[dict[str, np.ndarray]]], ece: dict
         ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{head}: ECE {ece.get(head, 'n/a')}")
         ax.title.set_fontsize(9)
         ax.set_ylabel("accuracy" if col == 0 else "")
-        share = np.stack([s["count"] / max(s["count"].sum(), 1) for s in per_seed])
+        share = np.stack([r["count"] / max(r["count"].sum(), 1) for r in per_rep])
         axes[1, col].bar(centres, 100 * share.mean(0), width=width, color=colours[head], alpha=0.75)
         axes[1, col].set_xlabel("confidence (max probability)")
         axes[1, col].set_ylabel("% of images" if col == 0 else "")
@@ -209,13 +209,13 @@ def corruption_grid(image: np.ndarray, corruptions: Sequence[str], severities: S
 
 
 def training_curves(histories: dict[str, dict[str, list[dict]]], subject: str, setting_line: str) -> bytes:
-    """One row per training phase, one panel per metric; the first seed solid, the others faint.
+    """One row per training phase, one panel per metric; the first replicate solid, the others faint.
 
-    `histories[seed][phase]` is that phase's list of per-epoch records.
+    `histories[replicate][phase]` is that phase's list of per-epoch records.
     """
-    seeds = list(histories)
-    phases = list(dict.fromkeys(p for per_seed in histories.values() for p in per_seed))
-    metrics = {p: _record_keys(histories[seeds[0]].get(p, [])) for p in phases}
+    reps = list(histories)
+    phases = list(dict.fromkeys(p for per_rep in histories.values() for p in per_rep))
+    metrics = {p: _record_keys(histories[reps[0]].get(p, [])) for p in phases}
     n_cols = max(len(keys) for keys in metrics.values())
     fig, axes = plt.subplots(len(phases), n_cols, figsize=(3.6 * n_cols, 2.8 * len(phases) + 0.8), squeeze=False)
     for row, phase in enumerate(phases):
@@ -225,8 +225,8 @@ def training_curves(histories: dict[str, dict[str, list[dict]]], subject: str, s
                 ax.set_visible(False)
                 continue
             key = metrics[phase][col]
-            for i, seed in enumerate(seeds):
-                records = histories[seed].get(phase, [])
+            for i, rep in enumerate(reps):
+                records = histories[rep].get(phase, [])
                 epochs = [r["epoch"] for r in records]
                 style = {"alpha": 1.0 if i == 0 else 0.3, "linewidth": 1.5 if i == 0 else 1.0}
                 ax.plot(epochs, [r.get(key, np.nan) for r in records], color="C0",
@@ -234,7 +234,7 @@ def training_curves(histories: dict[str, dict[str, list[dict]]], subject: str, s
                 if any(f"val_{key}" in r for r in records):
                     ax.plot(epochs, [r.get(f"val_{key}", np.nan) for r in records], color="C1",
                             label="validation" if i == 0 else None, **style)
-            values = [r[k] for s in seeds for r in histories[s].get(phase, []) for k in (key, f"val_{key}")
+            values = [r[k] for rep in reps for r in histories[rep].get(phase, []) for k in (key, f"val_{key}")
                       if k in r and np.isfinite(r[k])]
             if values and min(values) > 0 and max(values) / min(values) > 30:
                 ax.set_yscale("log")
@@ -243,7 +243,7 @@ def training_curves(histories: dict[str, dict[str, list[dict]]], subject: str, s
             ax.set_xlabel("epoch", fontsize=8)
             ax.grid(alpha=0.3)
         axes[row, 0].legend(fontsize=7)
-    _suptitle(fig, subject + f" (seed {seeds[0]} solid, seeds {', '.join(seeds[1:]) or '-'} faint)",
+    _suptitle(fig, subject + f" (replicate {reps[0]} solid, replicates {', '.join(reps[1:]) or '-'} faint)",
               setting_line)
     fig.tight_layout()
     return to_png(fig)

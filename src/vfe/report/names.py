@@ -1,7 +1,7 @@
 """Readable names, units and order for the metric keys the summary stage produces.
 
 Keys: clean_accuracy, clean_nll, clean_ece, corruption_accuracy(_all), corruption_nll,
-corruption_ece, mCE, relative_mCE, adv:<attack>_<norm>_<eps>[_eot] (and adv:clean),
+corruption_ece, mCE, relative_mCE, summed_relative_mCE, adv:<attack>_<norm>_<eps>[_eot] (and adv:clean),
 ood:<score>_<statistic>_<ood set>. Unknown keys keep their raw name, so a new stage still shows.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ FIXED = {  # key: (group, label, shown in percent)
     "corruption_accuracy_all": ("accuracy", "mean corruption accuracy (all)", True),
     "mCE": ("accuracy", "mCE", True),
     "relative_mCE": ("accuracy", "relative mCE", True),
+    "summed_relative_mCE": ("accuracy", "summed relative mCE", True),
     "clean_ece": ("calibration", "clean ECE", True),
     "clean_nll": ("calibration", "clean NLL", False),
     "corruption_ece": ("calibration", "ECE under corruption", True),

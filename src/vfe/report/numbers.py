@@ -1,4 +1,4 @@
-"""Read per-seed series out of the results dict, and format numbers the way the report prints them."""
+"""Read per-replicate series out of the results dict, and format numbers the way the report prints them."""
 from __future__ import annotations
 
 import math
@@ -7,6 +7,7 @@ import numpy as np
 
 from vfe.report.names import Metric, parse_attack
 from vfe.robustness.attack_spec import AttackSpec
+from vfe.robustness.stats import VERDICTS, replicate_order
 
 MISSING = "–"
 
@@ -16,7 +17,7 @@ def is_number(x) -> bool:
 
 
 def mean_pm_std(metric: Metric, stat: dict | None, n_expected: int | None = None) -> str:
-    """'91.2 ± 0.3' from a summary cell {mean, std, n}; the seed count is shown when it is unusual."""
+    """'91.2 ± 0.3' from a summary cell {mean, std, n}; the replicate count is shown when it is unusual."""
     if not stat or not stat.get("n") or not is_number(stat.get("mean")):
         return MISSING
     text = f"{metric.value(stat['mean'])} ± {metric.value(stat['std'])}"
@@ -24,20 +25,66 @@ def mean_pm_std(metric: Metric, stat: dict | None, n_expected: int | None = None
 
 
 def signed_difference(metric: Metric, comparison: dict) -> str:
-    """'−0.4 ± 0.3 points': the mean of per-seed differences and their standard deviation."""
+    """'−0.4 ± 0.3 points': the mean of per-replicate differences and their standard deviation."""
     mean, std = comparison.get("mean_diff"), comparison.get("std_diff")
     if not is_number(mean):
         return MISSING
-    sign = "+" if mean > 0 else "−" if mean < 0 else "±"
-    text = f"{sign}{metric.value(abs(mean))}"
+    text = _signed(metric, mean)
     if is_number(std):
         text += f" ± {metric.value(std)}"
     return text + metric.difference_unit
 
 
+def _signed(metric: Metric, x: float) -> str:
+    sign = "+" if x > 0 else "−" if x < 0 else "±"
+    return f"{sign}{metric.value(abs(x))}"
+
+
+def has_interval(comparison: dict | None) -> bool:
+    """Whether a paired comparison holds the interval its verdict rests on."""
+    return bool(comparison) and is_number(comparison.get("low")) and is_number(comparison.get("high"))
+
+
+def paired_interval(metric: Metric, comparison: dict) -> str:
+    """'[−0.9, 0.1]': the paired interval of (head − baseline), or why there is none."""
+    if has_interval(comparison):
+        low, high = (metric.value(comparison[k]).replace("-", "−") for k in ("low", "high"))
+        return f"[{low}, {high}]"
+    if comparison.get("n", 0) < 2:
+        return "no interval: one replicate"
+    if comparison.get("std_diff") == 0:
+        return "no interval: the same difference in every replicate"
+    return "no interval in these results"
+
+
+def paired_difference(metric: Metric, comparison: dict, unit: bool = True) -> str:
+    """'−0.4 points [−0.9, 0.1]': the mean paired difference (with its unit unless `unit` is false) and its
+    paired interval."""
+    mean = comparison.get("mean_diff")
+    if not is_number(mean):
+        return MISSING
+    interval = paired_interval(metric, comparison)
+    return (f"{_signed(metric, mean)}{metric.difference_unit if unit else ''} "
+            + (interval if interval.startswith("[") else f"({interval})"))
+
+
+def verdict(comparison: dict) -> str:
+    """The comparison's verdict, or "no difference shown" when it holds no paired interval to rest on (results
+    written before the paired tests said "better" when two mean ± std ranges did not overlap)."""
+    v = comparison.get("verdict")
+    return v if has_interval(comparison) and v in VERDICTS else VERDICTS[2]
+
+
+def level_text(comparison: dict) -> str:
+    level = comparison.get("level")
+    return f"{level * 100:g} %" if is_number(level) else "95 %"
+
+
 def p_value(comparison: dict) -> str:
     p = comparison.get("p_value")
-    return f"{p:.3f}" if is_number(p) else MISSING
+    if not is_number(p):
+        return MISSING
+    return "< 0.001" if p < 0.0005 else f"{p:.3f}"
 
 
 def seconds(s) -> str:
@@ -72,20 +119,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def seed_keys(per_seed: dict) -> list[str]:
-    """Seeds as the results store them (strings), in numeric order."""
-    return sorted(per_seed, key=lambda s: int(s) if str(s).lstrip("-").isdigit() else math.inf)
+def replicate_keys(per_replicate: dict) -> list[str]:
+    """Replicates as the results store them ("0", "1", …), in numeric order."""
+    return replicate_order(per_replicate)
 
 
-def clean_accuracy(results: dict, head: str, seed: str) -> float:
-    m = results.get("clean", {}).get(head, {}).get(str(seed))
+def clean_accuracy(results: dict, head: str, replicate: str) -> float:
+    m = results.get("clean", {}).get(head, {}).get(str(replicate))
     return float(m["accuracy"]) if m and is_number(m.get("accuracy")) else math.nan
 
 
 def severity_curves(results: dict, benchmark_label: str) -> tuple[dict, list[int]]:
-    """{head: {corruption: seeds x (1 + severities) accuracies}} with clean accuracy in column 0.
+    """{head: {corruption: replicates x (1 + severities) accuracies}} with clean accuracy in column 0.
 
-    Adds a `benchmark_label` curve: per seed, the mean over the benchmark corruptions.
+    Adds a `benchmark_label` curve: per replicate, the mean over the benchmark corruptions.
     """
     corr = results["corruptions"]
     per_head = corr.get("per_head", {})
@@ -94,39 +141,69 @@ def severity_curves(results: dict, benchmark_label: str) -> tuple[dict, list[int
     severities = sorted(int(s) for s in corr.get("severities") or found)
     benchmark = set(corr.get("benchmark_corruptions") or [])
     curves: dict[str, dict[str, np.ndarray]] = {}
-    for head, per_seed in per_head.items():
-        seeds = seed_keys(per_seed)
-        names = list(dict.fromkeys(c for s in seeds for c in per_seed[s].get("accuracy", {})))
+    for head, per_rep in per_head.items():
+        reps = replicate_keys(per_rep)
+        names = list(dict.fromkeys(c for r in reps for c in per_rep[r].get("accuracy", {})))
         table = {}
         for name in names:
-            table[name] = np.array([[clean_accuracy(results, head, s)]
-                                    + [per_seed[s]["accuracy"].get(name, {}).get(str(v), math.nan)
-                                       for v in severities] for s in seeds], dtype=float)
+            table[name] = np.array([[clean_accuracy(results, head, r)]
+                                    + [per_rep[r]["accuracy"].get(name, {}).get(str(v), math.nan)
+                                       for v in severities] for r in reps], dtype=float)
         chosen = [n for n in names if n in benchmark] or names
         if chosen:
             curves[head] = {benchmark_label: np.nanmean(np.stack([table[n] for n in chosen]), axis=0), **table}
     return curves, severities
 
 
+def samples_randomly(per_replicate: dict, unknown: bool = True) -> bool:
+    """Whether a head's attack results say it samples at prediction time (`unknown` when none says either way)."""
+    said = [r["samples_randomly"] for r in per_replicate.values() if "samples_randomly" in r]
+    return any(said) if said else unknown
+
+
+def is_adaptive(per_replicate: dict) -> bool:
+    """Whether the head was attacked adaptively: its accuracy is the worst case over several attacks."""
+    return any(r.get("per_attack") for r in per_replicate.values())
+
+
+def strongest_attacks(per_replicate: dict, key: str) -> dict[str, list[str]]:
+    """{attack name: [replicates]} of the attack that set an adaptively attacked head's accuracy under `key`."""
+    out: dict[str, list[str]] = {}
+    for r in replicate_keys(per_replicate):
+        name = (per_replicate[r].get("strongest") or {}).get(key)
+        if name:
+            out.setdefault(name, []).append(r)
+    return out
+
+
+def strongest_text(per_replicate: dict, key: str) -> str:
+    """'transfer' (every replicate) or 'transfer in replicates 0, 1; bpda in replicate 2'; '' if none says."""
+    found = strongest_attacks(per_replicate, key)
+    if len(found) <= 1:
+        return next(iter(found), "")
+    return "; ".join(f"{name} in replicate{'s' if len(reps) > 1 else ''} {', '.join(reps)}"
+                     for name, reps in found.items())
+
+
 def adversarial_series(results: dict) -> tuple[dict[str, dict[AttackSpec, np.ndarray]], dict[str, np.ndarray]]:
-    """Per head: per-seed accuracies of every parsed attack, and per-seed accuracy before attack.
+    """Per head: per-replicate accuracies of every parsed attack, and per-replicate accuracy before attack.
 
     A head whose results say it does not sample (`samples_randomly` false) keeps only the EOT series of
     an attack run both ways: for it EOT is the plain attack, and the stage copies the same number.
     """
     curves, clean = {}, {}
-    for head, per_seed in results["adversarial"].items():
-        seeds = seed_keys(per_seed)
-        samples = any(per_seed[s].get("samples_randomly", True) for s in seeds)
-        names = list(dict.fromkeys(k for s in seeds for k in per_seed[s].get("accuracy", {})))
+    for head, per_rep in results["adversarial"].items():
+        reps = replicate_keys(per_rep)
+        samples = samples_randomly(per_rep)
+        names = list(dict.fromkeys(k for r in reps for k in per_rep[r].get("accuracy", {})))
         attacks = {}
         for name in names:
             attack = parse_attack(name)
             if attack is not None and (samples or attack.eot or f"{name}_eot" not in names):
-                attacks[attack] = np.array([per_seed[s]["accuracy"].get(name, math.nan) for s in seeds], float)
+                attacks[attack] = np.array([per_rep[r]["accuracy"].get(name, math.nan) for r in reps], float)
         curves[head] = attacks
         if "clean" in names:
-            clean[head] = np.array([per_seed[s]["accuracy"].get("clean", math.nan) for s in seeds], float)
+            clean[head] = np.array([per_rep[r]["accuracy"].get("clean", math.nan) for r in reps], float)
     return curves, clean
 
 

@@ -10,46 +10,51 @@ from __future__ import annotations
 from vfe.report import numbers
 from vfe.report.document import Note, Paragraph, Section, Table
 from vfe.report.names import hardest_telling_budget, metric_of, parse_attack
+from vfe.robustness.stats import mean_std
 
 PROTOCOL_LABELS = {"frozen": "frozen ImageNet backbone", "reference": "fine-tuned top (the reference's protocol)"}
 SIDE_BY_SIDE = ("clean_accuracy", "corruption_accuracy", "mCE", "relative_mCE", "clean_ece")
 
 
 def finetune_section(results: dict) -> Section | None:
-    """What stage 0 of the reference protocol did; None for a frozen-protocol run."""
-    ft = results.get("finetune")
-    if not ft:
+    """What stage 0 of the reference protocol did, replicate by replicate (results.json "finetune": {replicate:
+    record}); None for a frozen-protocol run."""
+    per_rep = results.get("finetune")
+    if not per_rep:
         return None
-    s = ft.get("settings", {})
-    records = (ft.get("history") or {}).get("records") or []
-    last = records[-1] if records else {}
-    shape = " x ".join(map(str, ft.get("activation_shape", [])))
-    storage = (f"{shape}, cached as {ft.get('activation_storage')} (min cosine of features vs fp32 "
-               f"{ft.get('storage_min_cosine')})")
+    first = next(iter(per_rep.values()))
+    s = first.get("settings", {})
+    shape = " x ".join(map(str, first.get("activation_shape", [])))
+    storage = (f"{shape}, cached as {first.get('activation_storage')} (min cosine of features vs fp32 "
+               f"{first.get('storage_min_cosine')})")
     training = f"{s.get('finetune_epochs')}, {s.get('finetune_batch_size')}, {s.get('finetune_lr')}"
-    last_epoch = f"{numbers.general(last.get('loss'))}, {numbers.general(last.get('acc'))}" if last else None
-    weights = (f"{'read from the cache' if ft.get('loaded_from_cache') else 'trained in this run'}, "
-               f"sha256 {str(ft.get('weights_sha256'))[:16]}…")
-    rows = [["trainable top starts at", ft.get("cut_point")],
-            ["share of the backbone's parameters trained", f"{100 * ft['trainable_fraction']:.1f} %"],
+    accuracy = mean_std([ft.get("compare_model_test_accuracy") for ft in per_rep.values()])
+    rows = [["trainable top starts at", first.get("cut_point")],
+            ["share of the backbone's parameters trained", f"{100 * first['trainable_fraction']:.1f} %"],
             ["activations at the cut", storage],
             ["epochs, batch size, Adam learning rate", training],
             ["input augmentation", "yes (whole backbone every epoch)" if s.get("finetune_augment") else "none"],
-            ["last epoch: training loss, accuracy", last_epoch],
-            ["compare model (fine-tuned top + its own Dense) test accuracy",
-             numbers.general(ft.get("compare_model_test_accuracy"))],
-            ["fine-tuning wall time", numbers.seconds(ft.get("seconds"))],
-            ["weights", weights]]
+            [(f"compare model (fine-tuned top + its own Dense) test accuracy, mean ± std over {accuracy['n']} "
+             "replicates"), numbers.mean_pm_std(metric_of("clean_accuracy"), accuracy)]]
+    per_replicate = []
+    for r, ft in per_rep.items():
+        records = (ft.get("history") or {}).get("records") or []
+        last = records[-1] if records else {}
+        per_replicate.append([r, str(ft.get("seed")), numbers.general(ft.get("compare_model_test_accuracy")),
+                              f"{numbers.general(last.get('loss'))}, {numbers.general(last.get('acc'))}"
+                              if last else numbers.MISSING, numbers.seconds(ft.get("seconds")),
+                              (f"{'read from the cache' if ft.get('loaded_from_cache') else 'trained in this run'}, "
+                              f"sha256 {str(ft.get('weights_sha256'))[:16]}…")])
     return Section("Fine-tuning (reference protocol)", [
         Paragraph("Stage 0 trained the top of the backbone together with Dropout(0.3) -> Dense, as the reference's "
-                  "compare model, for a fixed number of epochs with BatchNorm of the top in training mode. The heads "
-                  "of this run were then fitted on the features of the fine-tuned, frozen backbone; its `linear` "
-                  "head is the compare model's Dropout -> Dense retrained per seed on those features, and the "
-                  "corruptions, attacks and OOD sets all run through the fine-tuned backbone."),
+                  "compare model, for a fixed number of epochs with BatchNorm of the top in training mode, once per "
+                  "replicate (each on its own training subset, with its own seed). Each replicate's heads were then "
+                  "fitted on the features of its fine-tuned, frozen backbone; its `linear` head is the compare "
+                  "model's Dropout -> Dense retrained on those features, and the corruptions, attacks and OOD sets "
+                  "of the replicate all run through its fine-tuned backbone."),
         Table(["", "value"], [[k, numbers.general(v)] for k, v in rows]),
-        Table(["epoch", "training loss", "training accuracy", "seconds since start"],
-              [[str(r.get("epoch")), numbers.general(r.get("loss")), numbers.general(r.get("acc")),
-                numbers.general(r.get("seconds"))] for r in records], "Fine-tuning, epoch by epoch.")])
+        Table(["replicate", "seed", "compare model test accuracy", "last epoch: training loss, accuracy",
+               "wall time", "weights"], per_replicate, "Fine-tuning, replicate by replicate.")])
 
 
 def comparable(results: dict) -> dict:
@@ -91,17 +96,26 @@ def protocols_section(results: dict) -> Section | None:
         m = metric_of(key)
         rows.append([m.unit_label, *(numbers.mean_pm_std(m, stats.get(key)) for stats, _ in cells)])
     settings = [f"{s.get('protocol', 'frozen')}: {s.get('backbone')} at {s.get('image_size')} px on "
-                f"{s.get('dataset')}, n_train={s.get('n_train')}, n_test={s.get('n_test')}, seeds "
-                f"{', '.join(map(str, s.get('seeds') or []))}" for s, _ in runs]
+                f"{s.get('dataset')}, n_train={s.get('n_train')}, n_test={s.get('n_test')}, {_replicates(s)}"
+                for s, _ in runs]
     blocks = [Paragraph("Each column is one head under one protocol, every number from its own run: "
                         + "; ".join(PROTOCOL_LABELS.get(s.get("protocol", "frozen"), "?") + f" ({line})"
                                     for (s, _), line in zip(runs, settings, strict=True)) + "."),
               Table(["metric", *columns], rows,
-                    "Mean ± std over seeds; the attack row adds the 95 % bootstrap interval over images and seeds. "
-                    "Relative mCE and mCE are normalised by each run's own linear head.")]
+                    "Mean ± std over replicates; the attack row adds the 95 % interval of a two-stage bootstrap "
+                    "(replicates, then each replicate's own attacked images). Relative mCE and mCE are normalised "
+                    "by each run's own linear head. No verdicts here: the two protocols' runs share no replicates "
+                    "to pair.")]
     if runs[0][0].get("dataset") != runs[1][0].get("dataset") or runs[0][0].get("n_test") != runs[1][0].get("n_test"):
         blocks.append(Note("The two runs measured different data; compare their numbers with care."))
     return Section("Protocols side by side", blocks)
+
+
+def _replicates(setting: dict) -> str:
+    """'3 replicates'; the seeds for a run written before replicates."""
+    if isinstance(setting.get("replicates"), int):
+        return f"{setting['replicates']} replicate{'s' * (setting['replicates'] != 1)}"
+    return f"seeds {', '.join(map(str, setting.get('seeds') or []))}"
 
 
 def _with_interval(metric, stat: dict | None, interval: dict | None) -> str:

@@ -14,6 +14,10 @@ Only the head is random; the backbone is deterministic. So the EOT model compute
 features once per step and draws the head `n_eot` times on them: the same objective and gradient
 as running the whole network `n_eot` times (the chain rule goes through the one shared feature
 tensor), at about 1/n_eot of the cost. (torchattacks.EOTPGD would re-run the backbone each draw.)
+
+A head that adapts at test time (`adapts_at_test_time`, e.g. T3A) is also attacked through its
+non-adapting base (`base_probability_module()`): by transfer (`LogProbabilities` on the base) and by BPDA
+(`StraightThroughLogProbabilities`); the attack stage (`vfe.benchmark.adversarial`) reports the worst case.
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ from torch import nn
 
 from vfe.robustness.attack_spec import AttackSpec, attack_specs
 
-__all__ = ["AttackSpec", "LogProbabilities", "attack_specs", "make_attack", "perturb", "samples_randomly",
-           "to_unit_float"]
+__all__ = ["AttackSpec", "LogProbabilities", "StraightThroughLogProbabilities", "attack_specs", "make_attack",
+           "perturb", "samples_randomly", "to_unit_float"]
 
 # PGD step size as a multiple of eps / steps (Madry et al. use 2.5: the walk can cross the ball)
 STEP_SIZE_FACTOR = 2.5
@@ -60,6 +64,34 @@ class LogProbabilities(nn.Module):
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         features = self.backbone(_ContiguousGradient.apply(x01))
         return self.head(features, n_samples=self.n_samples).clamp_min(_LOG_FLOOR).log()
+
+
+class StraightThroughLogProbabilities(nn.Module):
+    """BPDA (Athalye et al. 2018) for a head that adapts at test time: images in [0, 1] -> the log
+    probabilities of `adaptive` (what the head really runs, adapting over the rows of each call) in the
+    forward pass, with the gradient of those of `base` (its non-adapting path):
+    log p_base + (log p_adaptive - log p_base).detach().
+
+    Straight-through on log probabilities, not on probabilities. torchattacks' cross-entropy on this
+    output has gradient p_adaptive - onehot(y); through log p_base = logits - logsumexp(logits) that is
+    exactly p_adaptive - onehot(y) with respect to the base's logits (the weights sum to 0, so the
+    logsumexp drops out): the loss's gradient at the adapting head's real prediction, carried back as if
+    its logits moved with the base's. On probabilities each class's upstream gradient is divided by
+    p_adaptive, which leaves -(p_base(y) / p_adaptive(y)) * grad log p_base(y): the base's own gradient
+    times a per-image scalar that sign (L-inf) and normalised (L2) PGD steps ignore, i.e. the transfer
+    attack again. The adapting path runs without a graph: its value is all that is used.
+    """
+
+    def __init__(self, backbone: nn.Module, adaptive: nn.Module, base: nn.Module, n_samples: int | None = None):
+        super().__init__()
+        self.backbone, self.adaptive, self.base, self.n_samples = backbone, adaptive, base, n_samples
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(_ContiguousGradient.apply(x01))
+        through = self.base(features, n_samples=self.n_samples).clamp_min(_LOG_FLOOR).log()
+        with torch.no_grad():
+            real = self.adaptive(features, n_samples=self.n_samples).clamp_min(_LOG_FLOOR).log()
+        return through + (real - through).detach()
 
 
 @torch.no_grad()

@@ -1,0 +1,127 @@
+"""Does a second run land inside the first run's intervals? The main job twice, each from an empty cache.
+
+Run 1 is `vfe run` as `make run` runs it (default threads); run 2 is the same command with one thread for
+torch and the BLAS/OpenMP pools (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1), so a thread-count-dependent
+computation shows. For every headline number of run 1 (each head's mean over replicates of every summary
+metric, and the compare model's accuracy under the reference protocol) the table gives run 1's 95 % interval
+over replicates (Student t on the replicates' values; attacks: the run's bootstrap over replicates and
+images), run 2's mean, whether it lies inside, and whether the two runs' per-replicate numbers are bitwise
+equal.
+
+    python benchmarks/bench_reproduce.py                      # the main job (reference protocol), ~2 x 30 min
+    python benchmarks/bench_reproduce.py --setting frozen     # make run-frozen's job
+    python benchmarks/bench_reproduce.py --quick              # vfe run --quick, ~2 x 3 min
+    python benchmarks/bench_reproduce.py --compare runs/a runs/b   # two finished run folders, run elsewhere
+
+Prints the table and writes benchmarks/results/reproduce.json (one entry per setting; others are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import tempfile
+from pathlib import Path
+
+from bench_run import vfe_run
+from scipy import stats
+
+from vfe.io import read_json, write_json
+
+SETTINGS = {"main": ["--protocol", "reference"], "frozen": ["--protocol", "frozen"]}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def t_interval(mean: float, std: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """mean ± t_{(1+level)/2, n-1} std / sqrt(n); the point itself for one replicate."""
+    if n < 2:
+        return mean, mean
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def per_replicate(results: dict) -> dict[str, dict[str, dict]]:
+    """{head: {replicate: clean metrics}}: what "bitwise equal" compares, with the corruption and attack rows."""
+    out = {}
+    for head, reps in results["clean"].items():
+        corr = results.get("corruptions", {}).get("per_head", {}).get(head, {})
+        adv = results.get("adversarial", {}).get(head, {})
+        out[head] = {r: {"clean": m, "corruptions": (corr.get(r) or {}).get("accuracy"),
+                         "attacks": (adv.get(r) or {}).get("accuracy")} for r, m in reps.items()}
+    return out
+
+
+def compare(first: dict, second: dict) -> list[dict]:
+    """One row per head x headline metric of run 1: its interval, run 2's mean, inside or not."""
+    rows = []
+    table1, table2 = first["summary"]["table"], second["summary"]["table"]
+    intervals = first.get("adversarial_intervals") or {}
+    for head, metrics in table1.items():
+        for metric, stat in metrics.items():
+            other = table2.get(head, {}).get(metric)
+            if other is None or stat.get("mean") is None or not math.isfinite(stat["mean"]):
+                continue
+            boot = intervals.get(head, {}).get(metric.removeprefix("adv:")) if metric.startswith("adv:") else None
+            low, high = (boot["low"], boot["high"]) if boot else t_interval(stat["mean"], stat["std"], stat["n"])
+            rows.append({"head": head, "metric": metric, "run1_mean": stat["mean"], "low": low, "high": high,
+                         "interval": "bootstrap" if boot else "t", "run2_mean": other["mean"],
+                         "inside": bool(low - 1e-12 <= other["mean"] <= high + 1e-12)})
+    acc1 = [v["compare_model_test_accuracy"] for v in (first.get("finetune") or {}).values()]
+    acc2 = [v["compare_model_test_accuracy"] for v in (second.get("finetune") or {}).values()]
+    if len(acc1) > 1 and acc2:
+        mean1, mean2 = sum(acc1) / len(acc1), sum(acc2) / len(acc2)
+        std1 = math.sqrt(sum((a - mean1) ** 2 for a in acc1) / (len(acc1) - 1))
+        low, high = t_interval(mean1, std1, len(acc1))
+        rows.append({"head": "compare model", "metric": "clean_accuracy", "run1_mean": mean1, "low": low,
+                     "high": high, "interval": "t", "run2_mean": mean2, "inside": bool(low <= mean2 <= high)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setting", choices=list(SETTINGS), default="main")
+    ap.add_argument("--quick", action="store_true", help="vfe run --quick (small sizes; a check, not the claim)")
+    ap.add_argument("--compare", nargs=2, metavar=("RUN1", "RUN2"),
+                    help="compare two finished run folders instead of running (e.g. run 2 started with "
+                         "OMP_NUM_THREADS=1 beside other work)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "reproduce.json"))
+    args = ap.parse_args()
+    extra = [*SETTINGS[args.setting], *(["--quick"] if args.quick else []), "--no-progress"]
+    runs, walls = [], []
+    if args.compare:
+        runs = [read_json(Path(folder) / "results.json") for folder in args.compare]
+        walls = [r["timings"]["total"] for r in runs]
+    else:
+        with tempfile.TemporaryDirectory(prefix="vfe-reproduce-") as tmp:
+            for i, env in enumerate(({}, ONE_THREAD), start=1):
+                name = f"run{i}"
+                print(f"$ {' '.join(f'{k}={v}' for k, v in env.items())} vfe run {' '.join(extra)}   (empty cache)",
+                      flush=True)
+                walls.append(vfe_run(["--name", name, "--runs-dir", f"{tmp}/runs", "--cache-dir",
+                                      f"{tmp}/cache{i}", *extra], Path(tmp) / f"{name}.log", env))
+                runs.append(read_json(Path(tmp) / "runs" / name / "results.json"))
+    rows = compare(*runs)
+    bitwise = per_replicate(runs[0]) == per_replicate(runs[1])
+    inside = sum(r["inside"] for r in rows)
+    print(f"\n{'head':14} {'metric':34} {'run 1 [95 % interval]':>30} {'run 2':>9}  inside")
+    for r in rows:
+        print(f"{r['head']:14} {r['metric']:34} {r['run1_mean']:9.4f} [{r['low']:8.4f}, {r['high']:8.4f}] "
+              f"{r['run2_mean']:9.4f}  {'yes' if r['inside'] else 'NO'}")
+    print(f"\n{inside} of {len(rows)} headline numbers of run 2 lie inside run 1's intervals; per-replicate numbers "
+          f"bitwise equal: {bitwise}; wall {walls[0] / 60:.1f} + {walls[1] / 60:.1f} min")
+    key = f"{args.setting}{'-quick' if args.quick else ''}"
+    command = (f"python benchmarks/bench_reproduce.py --compare {' '.join(args.compare)}" if args.compare else
+               f"python benchmarks/bench_reproduce.py --setting {args.setting}{' --quick' if args.quick else ''}")
+    previous = read_json(args.out) if Path(args.out).exists() else {}
+    write_json(args.out, {**previous, key: {
+        "command": command,
+        "run2_env": ONE_THREAD, "machine": f"{platform.machine()}, {platform.node()}",
+        "wall_seconds": [round(w, 1) for w in walls], "inside": inside, "total": len(rows),
+        "bitwise_equal_per_replicate": bitwise,
+        "threads_run1": runs[0]["setting"].get("threads"), "threads_run2": runs[1]["setting"].get("threads"),
+        "rows": rows}})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

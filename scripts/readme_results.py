@@ -1,0 +1,249 @@
+"""The README's result tables and verdicts, generated from committed results files; none is typed by hand.
+
+    python scripts/readme_results.py import runs/reference reference --run-args='--protocol reference'
+                                              # trims a run's results.json into benchmarks/results/readme/
+    python scripts/readme_results.py render                           # rewrite README.md's generated blocks
+    python scripts/readme_results.py check                            # exit 1 if README.md disagrees
+
+README.md holds generated blocks between `<!-- results:BLOCK begin ... -->` and `<!-- results:BLOCK end -->`:
+  main                 the main job under both protocols (files reference.json, frozen.json): mean ± std over
+                       replicates per head, and each head's paired difference from the linear head of its run
+  leaderboard-<name>   a leaderboard run (file leaderboard-<name>.json): every head ranked by its headline
+                       corruption measure, with paired verdicts
+Every "better" / "worse" printed is the run's own paired verdict (a paired t-interval over replicates, or for
+attacks a paired bootstrap over replicates and images) and is printed with that interval; anything else is
+"no difference shown". tests/test_readme_results.py runs `check` and recomputes a row by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "readme"
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9-]+) begin[^>]*-->\n)(?P<body>.*?)(<!-- results:(?P=name) end -->)",
+                   re.DOTALL)
+PROTOCOLS = ("reference", "frozen")  # the main block's columns: the reference's protocol first
+# what a trimmed results file keeps: everything the README and bench_reproduce read, none of the bulk
+KEEP = ("setting", "config", "clean", "summary", "leaderboard", "finetune", "timings", "peak_rss_mb",
+        "adversarial_intervals", "corruption_seconds")
+# rows of the main table: (summary metric, label, in percent)
+ROWS = (("clean_accuracy", "clean accuracy (%)", True),
+        ("corruption_accuracy", "mean corruption accuracy, 15 benchmark corruptions x 5 severities (%)", True),
+        ("summed_relative_mCE", "summed relative mCE (linear = 100)", True),
+        ("relative_mCE", "relative mCE (linear = 100)", True),
+        ("clean_ece", "clean ECE, 15 bins (%)", True),
+        ("clean_nll", "clean NLL (nats)", False))
+VERDICT_WORDS = {"better than baseline": "better", "worse than baseline": "worse"}
+HEADLINE_LABELS = {"summed_relative_mCE": "summed relative mCE (linear = 100)",
+                   "summed_mCE": "summed mCE (linear = 100)", "corruption_error": "mean corruption error (%)"}
+
+
+def trim(results: dict) -> dict:
+    """The parts of a results.json the README and the reproducibility check need (kB, not MB)."""
+    out = {k: results[k] for k in KEEP if k in results}
+    if "ood" in results:
+        out["ood"] = {k: results["ood"][k] for k in ("per_head", "feature_baselines", "ood_sets") if k in results["ood"]}
+    if "adversarial" in results:  # per-replicate accuracies; the per-image strings stay in the run folder
+        out["adversarial"] = {h: {r: {k: v for k, v in res.items() if k not in ("correct", "per_attack_correct")}
+                                  for r, res in per.items()} for h, per in results["adversarial"].items()}
+    return out
+
+
+def load(name: str, folder: Path) -> dict | None:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# -- numbers ---------------------------------------------------------------------------------------------
+
+
+def mean_std(stat: dict | None, percent: bool = True) -> str:
+    if not stat or stat.get("mean") is None or stat["mean"] != stat["mean"]:
+        return "–"
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}" if percent else \
+        f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def paired(c: dict | None, percent: bool = True) -> str:
+    """'−0.2 [−0.4, −0.1], worse': a paired difference (head − linear), its 95 % interval and its verdict."""
+    if not c or c.get("mean_diff") is None:
+        return ""
+
+    def f(v: float) -> str:
+        return (f"{100 * v:+.1f}" if percent else f"{v:+.3f}").replace("-", "−")
+
+    low, high = c.get("low"), c.get("high")
+    if low is None or not math.isfinite(low):  # no interval, so no verdict (an old run's unpaired one included)
+        return f"{f(c['mean_diff'])}, no difference shown"
+    return f"{f(c['mean_diff'])} [{f(low)}, {f(high)}], {VERDICT_WORDS.get(c.get('verdict'), 'no difference shown')}"
+
+
+def with_paired(cell: str, c: dict | None, percent: bool = True) -> str:
+    return f"{cell} ({paired(c, percent)})" if c and c.get("mean_diff") is not None else cell
+
+
+def attack_label(key: str) -> str:
+    """"pgd_linf_1/255_eot" -> "PGD L∞ 1/255, EOT"."""
+    method, norm, eps, *eot = key.split("_")
+    return f"{method.upper()} {'L∞' if norm == 'linf' else norm.upper()} {eps}" + (", EOT" if eot else "")
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+# -- blocks ------------------------------------------------------------------------------------------------
+
+
+def setting_line(name: str, r: dict) -> str:
+    s = r["setting"]
+    ft = r.get("finetune") or {}
+    compare = ""
+    if ft:
+        acc = ", ".join(f"{100 * v['compare_model_test_accuracy']:.2f}" for v in ft.values())
+        compare = f"; compare model (fine-tuned top + its Dense layer) {acc} % test accuracy per replicate"
+    total = (r.get("timings") or {}).get("total")
+    wall = f"; wall time {total / 60:.1f} min" if total else ""
+    command = f"`vfe run {' '.join(r['command'])}`: " if r.get("command") else ""
+    return (f"- {name}: {command}{s['backbone']} ({s['weights']} weights) at {s['image_size']} px on {s['dataset']}, "
+            f"{s['n_train']} training and {s['n_test']} test images, {s['replicates']} replicates (seeds "
+            f"{', '.join(map(str, s['replicate_seeds']))}){compare}{wall}")
+
+
+def ranked_attack(results: dict) -> str | None:
+    """The attack the run's leaderboard ranks heads by (L∞, EOT, the smallest budget)."""
+    return next((row["attack"] for row in results.get("leaderboard") or [] if row.get("attack")), None)
+
+
+def main_block(folder: Path) -> list[str]:
+    runs = {p: r for p in PROTOCOLS if (r := load(p, folder)) is not None}
+    if not runs:
+        return ["_No committed results files for this block._"]
+    columns = [(p, h) for p, r in runs.items() for h in r["summary"]["table"]]
+    rows = []
+    for metric, label, percent in ROWS:
+        cells = []
+        for p, h in columns:
+            summary = runs[p]["summary"]
+            cells.append(with_paired(mean_std(summary["table"][h].get(metric), percent),
+                                     summary.get("vs_baseline", {}).get(h, {}).get(metric), percent))
+        rows.append([label, *cells])
+    for attack in sorted({a for r in runs.values() if (a := ranked_attack(r))}):
+        cells = []
+        for p, h in columns:
+            summary = runs[p]["summary"]
+            key = f"adv:{attack}"
+            cells.append(with_paired(mean_std(summary["table"][h].get(key)),
+                                     summary.get("vs_baseline", {}).get(h, {}).get(key)))
+        rows.append([f"{attack_label(attack)} accuracy (%)", *cells])
+    for ood_set in sorted({k.removeprefix("ood:selected_auroc_") for r in runs.values()
+                           for t in r["summary"]["table"].values() for k in t if k.startswith("ood:selected_auroc_")}):
+        key = f"ood:selected_auroc_{ood_set}"
+        cells = [with_paired(mean_std(runs[p]["summary"]["table"][h].get(key)),
+                             runs[p]["summary"].get("vs_baseline", {}).get(h, {}).get(key)) for p, h in columns]
+        rows.append([f"OOD AUROC, {ood_set.replace('_', ' ')} vs the test set (%)", *cells])
+    lines = [*(setting_line(p, r) for p, r in runs.items()), "",
+             *table(["mean ± std over replicates (head − linear, paired 95 % interval, verdict)",
+                     *(f"{p}: {h}" for p, h in columns)], rows), "",
+             ("Verdicts that exclude no difference (paired t over replicates; attacks: paired bootstrap over "
+             "replicates and images):"), ""]
+    said = [f"- {p}: {h} − linear, {metric}: {paired(c, not metric.endswith('nll'))}"
+            for p, r in runs.items() for h, per in r["summary"].get("vs_baseline", {}).items()
+            for metric, c in per.items() if c.get("verdict") in VERDICT_WORDS]
+    return lines + (said or ["- none"])
+
+
+def leaderboard_block(results: dict) -> list[str]:
+    board = results["leaderboard"]
+    kind = board[0]["headline_metric"] if board else "summed_relative_mCE"
+    attack = ranked_attack(results)
+    rows = []
+    for row in board:
+        strongest = sorted(set((row.get("attack_strongest") or {}).values()))
+        ood = "; ".join(f"{k} {mean_std(v)}" for k, v in (row.get("ood_auroc") or {}).items()) or "–"
+        fit = row.get("fit_seconds") or {}
+        rows.append([f"`{row['head']}`",
+                     with_paired(mean_std(row["clean_accuracy"]), row.get("clean_vs_linear")),
+                     mean_std(row.get("held_out_accuracy")),
+                     with_paired(mean_std(row.get("headline")), row.get("headline_vs_linear")),
+                     with_paired(mean_std(row.get("attack_accuracy")), row.get("attack_vs_linear"))
+                     + (f"; strongest: {', '.join(strongest)}" if strongest and strongest != ["direct"] else ""),
+                     mean_std(row.get("clean_ece")), ood,
+                     f"{fit['mean']:.1f} s" if fit.get("mean") is not None else "–"])
+    return [setting_line("run", results), "",
+            *table(["head", "clean accuracy (%)", "held-out corruption accuracy (%)", HEADLINE_LABELS.get(kind, kind),
+                    f"{attack_label(attack) if attack else 'attack'} accuracy (%)", "clean ECE (%)",
+                    "OOD AUROC (%)", "fit time per replicate"], rows), "",
+            ("Each cell: mean ± std over replicates; in brackets the paired difference from the linear head with its "
+            "95 % interval and verdict (paired t over replicates; the attack column: paired bootstrap over "
+            "replicates and images). Ranked by the headline measure (docs/leaderboard.md).")]
+
+
+def render_block(name: str, folder: Path = RESULTS) -> list[str]:
+    if name == "main":
+        return main_block(folder)
+    if name.startswith("leaderboard-"):
+        results = load(name, folder)
+        return leaderboard_block(results) if results else ["_No committed results file for this block._"]
+    raise SystemExit(f"{README}: unknown generated block {name!r} (known: main, leaderboard-<name>)")
+
+
+def rendered_readme(readme: str, folder: Path = RESULTS) -> str:
+    if not BLOCK.search(readme):
+        raise SystemExit(f"{README}: no generated block (<!-- results:NAME begin --> ... <!-- results:NAME end -->)")
+    return BLOCK.sub(lambda m: m.group(1) + "\n".join(["", *render_block(m["name"], folder), ""]) + "\n" + m.group(4),
+                     readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="trim RUN_DIR/results.json into benchmarks/results/readme/NAME.json")
+    imp.add_argument("run_dir")
+    imp.add_argument("name", help="reference | frozen | leaderboard-<name>")
+    imp.add_argument("--run-args", default="", help="the `vfe run` arguments that made the run, for the README")
+    sub.add_parser("render", help="rewrite README.md's generated blocks from the results files")
+    sub.add_parser("check", help="exit 1 when a generated block of README.md is not what render would write")
+    args = ap.parse_args(argv)
+    if args.command == "import":
+        source = Path(args.run_dir) / "results.json"
+        if not source.exists():
+            print(f"{source}: no results.json; give the folder of a finished `vfe run`", file=sys.stderr)
+            return 2
+        if args.name not in PROTOCOLS and not args.name.startswith("leaderboard-"):
+            print(f"{args.name}: name the file reference, frozen or leaderboard-<name>", file=sys.stderr)
+            return 2
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        target = RESULTS / f"{args.name}.json"
+        trimmed = {**trim(json.loads(source.read_text())), "command": args.run_args.split()}
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(trimmed, indent=1, sort_keys=True) + "\n")
+        tmp.replace(target)
+        print(f"wrote {target}")
+        return 0
+    readme = README.read_text()
+    new = rendered_readme(readme)
+    if args.command == "render":
+        if new != readme:
+            tmp = README.with_suffix(".tmp")
+            tmp.write_text(new)
+            tmp.replace(README)
+        print(f"{README}: generated blocks {'rewritten' if new != readme else 'already up to date'}")
+        return 0
+    if new != readme:
+        print(f"{README} disagrees with benchmarks/results/readme/*.json: run `python scripts/readme_results.py "
+              "render`", file=sys.stderr)
+        return 1
+    print("README.md agrees with the results files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
