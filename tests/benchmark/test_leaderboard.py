@@ -132,7 +132,10 @@ def test_ranked_by_the_headline_with_the_smallest_eot_budget_as_the_attack():
     assert [r["head"] for r in board] == ["vfe-aug", "linear"]
     assert board[0]["attack"] == "pgd_linf_2/255_eot"
     assert board[0]["attack_accuracy"]["mean"] == pytest.approx(0.21)
-    assert board[0]["attack_vs_linear"] is None  # no per-image correctness stored: no paired test
+    # no per-image correctness stored: the paired t over the replicates' accuracies, here identical: no interval
+    paired = board[0]["attack_vs_linear"]
+    assert paired["test"] == "paired t over replicates" and paired["mean_diff"] == pytest.approx(0.0)
+    assert paired["verdict"] == "no difference shown"
     assert ranked_attack(["fgsm_linf_1/255", "pgd_linf_8/255_eot", "pgd_linf_2/255_eot", "pgd_l2_0.5"]) == \
         "pgd_linf_2/255_eot"
     assert ranked_attack(["fgsm_linf_1/255", "pgd_linf_2/255"]) == "pgd_linf_2/255"

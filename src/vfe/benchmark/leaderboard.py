@@ -23,7 +23,7 @@ import numpy as np
 from vfe.benchmark.summary import BASELINE
 from vfe.robustness import metrics as cm
 from vfe.robustness.attack_spec import AttackSpec
-from vfe.robustness.stats import correctness, paired_bootstrap, paired_comparison
+from vfe.robustness.stats import paired_attack, paired_comparison, replicate_order
 
 
 def seen_corruptions(results: dict, head: str, augmented: bool) -> list[str]:
@@ -52,10 +52,6 @@ def _mean_std(values: list[float]) -> dict | None:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
 
 
-def _replicate_order(key: str):
-    return (0, int(key)) if str(key).lstrip("-").isdigit() else (1, str(key))
-
-
 def _tables(results: dict, head: str) -> dict[str, tuple[dict, float]]:
     """{replicate: (errors {corruption: {severity: error}}, clean error)} of `head`, replicates with both."""
     clean = results["clean"].get(head, {})
@@ -77,7 +73,7 @@ def _pairs(results: dict, head: str, names: list[str]) -> dict[str, tuple]:
     if not names:
         return {}
     mine, base = _tables(results, head), _tables(results, BASELINE)
-    return {r: (*mine[r], *base[r]) for r in sorted(set(mine) & set(base), key=_replicate_order)}
+    return {r: (*mine[r], *base[r]) for r in replicate_order(set(mine) & set(base))}
 
 
 def _comparison(head: dict, linear: dict, higher_is_better: bool) -> dict | None:
@@ -85,20 +81,12 @@ def _comparison(head: dict, linear: dict, higher_is_better: bool) -> dict | None
 
 
 def attack_comparison(results: dict, head: str, attack: str) -> dict | None:
-    """Paired bootstrap of `head`'s accuracy under `attack` against the linear head's, from the stored
-    per-image correctness (each replicate attacked its own images, the same for every head); None without
-    correctness of one length on both sides."""
+    """`head`'s accuracy under `attack` against the linear head's (`vfe.robustness.stats.paired_attack`: the paired
+    bootstrap over replicates and the same attacked images where per-image correctness is stored, else the paired
+    t over replicates); None when they share no replicate."""
     adv = results.get("adversarial") or {}
-    mine, base = adv.get(head, {}), adv.get(BASELINE, {})
-    pairs = []
-    for r in sorted(set(mine) & set(base), key=_replicate_order):
-        a, b = (mine[r].get("correct") or {}).get(attack), (base[r].get("correct") or {}).get(attack)
-        if a and b and len(a) == len(b):
-            pairs.append((correctness(a), correctness(b)))
-    if not pairs or len({len(a) for a, _ in pairs}) != 1:
-        return None
-    head_correct, base_correct = np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
-    return paired_bootstrap(head_correct, base_correct, higher_is_better=True)
+    compared = paired_attack(adv.get(head, {}), adv.get(BASELINE, {}), attack)
+    return compared if compared.get("n") else None
 
 
 def head_row(results: dict, head: str, seen: list[str], kind: str) -> dict:
