@@ -86,7 +86,7 @@ def attacked(digits):
 def test_only_the_heads_that_adapt_are_attacked_three_ways(digits, attacked):
     heads, _, _ = digits
     results, recorded = attacked
-    assert [adversarial.adapts_at_test_time(h) for h in heads.values()] == [False, True, True]
+    assert [adversarial.model_adapts(h) for h in heads.values()] == [False, True, True]
     for name in ("t3a", "linear-tts"):
         r = results[name]
         assert set(r) == OLD_FIELDS | {"per_attack", "per_attack_correct", "strongest", "seconds_per_attack"}

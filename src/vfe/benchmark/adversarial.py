@@ -130,9 +130,9 @@ def attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs:
     """One fitted head attacked with every spec (the module docstring's result), under a random state seeded
     with `data_seed`: a head's numbers do not depend on which heads were attacked before it, or where.
     `adapts`: whether the head adapts at test time, so that it is also attacked through its base (`_attack`);
-    None asks the registry (`adapts_at_test_time`)."""
+    None asks the registry (`model_adapts`)."""
     if adapts is None:
-        adapts = adapts_at_test_time(model)
+        adapts = model_adapts(model)
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(data_seed)  # the sampling heads' draws when deciding which images are settled
@@ -258,7 +258,7 @@ def _base_module(model) -> torch.nn.Module:
     return model.base_probability_module()
 
 
-def adapts_at_test_time(model) -> bool:
+def model_adapts(model) -> bool:
     """Whether a fitted head adapts to the rows it is given: the registry entry of its class (or of a class it
     derives from) says `adapts`. By class, so presets and subclasses of an adapting head count too."""
     adapting = {entry.target for entry in REGISTRY.values() if entry.adapts}

@@ -15,7 +15,7 @@ features once per step and draws the head `n_eot` times on them: the same object
 as running the whole network `n_eot` times (the chain rule goes through the one shared feature
 tensor), at about 1/n_eot of the cost. (torchattacks.EOTPGD would re-run the backbone each draw.)
 
-A head that adapts at test time (`adapts_at_test_time`, e.g. T3A) is also attacked through its
+A head that adapts at test time (registry `adapts`, e.g. T3A) is also attacked through its
 non-adapting base (`base_probability_module()`): by transfer (`LogProbabilities` on the base) and by BPDA
 (`StraightThroughLogProbabilities`); the attack stage (`vfe.benchmark.adversarial`) reports the worst case.
 """
