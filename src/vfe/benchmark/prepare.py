@@ -107,7 +107,8 @@ def prepare_replicate(shared: Shared, n_train: int | None, seed: int, *, finetun
     views of each training image when given (the AugMix heads). `label` prefixes the timer's stage names."""
     timer = timer or StageTimer(log=log)
     prefix = f"{label}: " if label else ""
-    train, test, bb, cache = replicate_train(shared, n_train, seed), shared.test, shared.backbone, shared.cache
+    train = replicate_train(shared, n_train, seed)
+    test, bb, cache = shared.test, shared.backbone, shared.cache
     record = None
     if finetune is not None and finetune.protocol == "reference":
         from vfe.benchmark.reference import fine_tune  # loads torchvision only when fine-tuning
