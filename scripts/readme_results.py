@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "readme"
+REPRODUCE = ROOT / "benchmarks" / "results" / "reproduce.json"  # benchmarks/bench_reproduce.py's comparisons
 README = ROOT / "README.md"
 BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9-]+) begin[^>]*-->\n)(?P<body>.*?)(<!-- results:(?P=name) end -->)",
                    re.DOTALL)
@@ -186,13 +187,31 @@ def leaderboard_block(results: dict) -> list[str]:
             "replicates and images). Ranked by the headline measure (docs/leaderboard.md).")]
 
 
+def reproduce_block(path: Path = REPRODUCE) -> list[str]:
+    """One line from benchmarks/bench_reproduce.py's full-size comparison of two `make run`s (its "main" entry)."""
+    run = json.loads(path.read_text()).get("main") if path.exists() else None
+    if run is None:
+        return ["_No full-size comparison in benchmarks/results/reproduce.json._"]
+    edge = sum("edge" in row["interval"] for row in run["rows"] if row["inside"] and row["run1_mean"] != row["run2_mean"])
+    return [f"- **A second run lands inside the first's intervals.** `make run` again from an empty cache, with "
+            f"{run['threads_run2']} thread instead of {run['threads_run1']}: {run['inside']} of {run['total']} "
+            f"headline numbers inside the first run's 95 % intervals"
+            + (f" ({edge} through the exact binomial bound of an attack every image fell to)" if edge else "")
+            + "; per-replicate numbers "
+            + ("bit-identical" if run["bitwise_equal_per_replicate"] else "not bit-identical (the thread count "
+               "changes the fine-tuning's sums)")
+            + " (`benchmarks/bench_reproduce.py`; benchmarks/README.md, \"A second run\")."]
+
+
 def render_block(name: str, folder: Path = RESULTS) -> list[str]:
     if name == "main":
         return main_block(folder)
+    if name == "reproduce":
+        return reproduce_block()
     if name.startswith("leaderboard-"):
         results = load(name, folder)
         return leaderboard_block(results) if results else ["_No committed results file for this block._"]
-    raise SystemExit(f"{README}: unknown generated block {name!r} (known: main, leaderboard-<name>)")
+    raise SystemExit(f"{README}: unknown generated block {name!r} (known: main, reproduce, leaderboard-<name>)")
 
 
 def rendered_readme(readme: str, folder: Path = RESULTS) -> str:

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from threadpoolctl import threadpool_limits
+from threads import one_thread
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +27,5 @@ def _one_thread():
     """One thread for torch and the BLAS / OpenMP pools. The tests run tiny models on tiny data, where
     thread hand-off dominates: on 2 cores shared with other jobs, teams of two spin-wait on each other
     at every barrier (measured 5-20x slower for small convolutions, up to 80x for scikit-learn)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
+    with one_thread():
         yield
-    torch.set_num_threads(before)

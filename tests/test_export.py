@@ -75,3 +75,17 @@ def test_a_grayscale_linear_pipeline_at_its_native_size(tmp_path):
         export_onnx(pipe, tmp_path / "x.onnx", samples=4)
     with pytest.raises(SettingsError, match="channels 1 or 3"):
         export_onnx(pipe, tmp_path / "x.onnx", input_shape=(8, 8, 2))
+
+
+def test_a_damaged_pipeline_is_refused_before_anything_is_exported(colour_vfe, capsys):
+    """Export loads through Pipeline.load, which verifies every tensor's checksum first."""
+    tmp, _, path = colour_vfe
+    damaged = tmp / "damaged.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor
+    damaged.write_bytes(bytes(data))
+    out = tmp / "damaged.onnx"
+    assert main(["export", str(damaged), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vfe export: error: {damaged}: checksum mismatch in tensor ") and err.count("\n") == 1
+    assert not out.exists()

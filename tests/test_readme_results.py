@@ -85,3 +85,18 @@ def test_verdicts_are_printed_only_with_their_interval():
     # a verdict the results carry without an interval (e.g. an old run's unpaired one) is not repeated
     assert module.paired({"mean_diff": 0.012, "low": math.nan, "high": math.nan,
                           "verdict": "better than baseline"}) == "+1.2, no difference shown"
+
+
+def test_the_second_run_line_counts_the_rows_inside(tmp_path):
+    """The reproduce block's counts, recounted here from benchmarks/results/reproduce.json's rows; one row moved
+    outside changes the line."""
+    module = _script()
+    path = ROOT / "benchmarks" / "results" / "reproduce.json"
+    run = json.loads(path.read_text())["main"]
+    inside = sum(row["low"] - 1e-12 <= row["run2_mean"] <= row["high"] + 1e-12 for row in run["rows"])
+    line = module.reproduce_block(path)[0]
+    assert f"{inside} of {len(run['rows'])} headline numbers inside" in line
+    assert inside == run["inside"] and line in (ROOT / "README.md").read_text()
+    moved = {**run, "inside": inside - 1, "rows": [{**run["rows"][0], "inside": False}, *run["rows"][1:]]}
+    (tmp_path / "reproduce.json").write_text(json.dumps({"main": moved}))
+    assert module.reproduce_block(tmp_path / "reproduce.json")[0] != line

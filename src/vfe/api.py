@@ -24,7 +24,14 @@ from vfe import defaults
 from vfe.backbones import Backbone, create_backbone
 from vfe.backbones.weights import WeightsInfo
 from vfe.benchmark.augment import augmix_features
-from vfe.benchmark.config import FinetuneSettings, RunSettings, SweepSettings, quick_settings, with_overrides
+from vfe.benchmark.config import (
+    FinetuneSettings,
+    RunSettings,
+    SweepSettings,
+    check_trainable,
+    quick_settings,
+    with_overrides,
+)
 from vfe.benchmark.prepare import skipped_files, write_skipped
 from vfe.benchmark.run import run
 from vfe.benchmark.sweep import run_sweep_job
@@ -43,14 +50,23 @@ from vfe.robustness.calibration import probability_metrics
 ENGINES = ("local", "ray")
 
 
+def _check_count(n: int | None, flag: str) -> None:
+    """A number of images given by `flag` (the caller's option, named in the error) is 1 or more, or None for all."""
+    if n is not None and n < 1:
+        raise SettingsError(f"{flag} must be at least 1 (or left out for all images), got {n}")
+
+
+def _load_split(dataset: str, split: str, data_dir: str | None, skip_bad: bool = False, download: bool = False):
+    """Every image of a split (a class folder's test split: 20 % of it)."""
+    options = {k: v for k, v in (("skip_bad", skip_bad), ("download", download)) if v}
+    train, test = load_train_test(dataset, data_dir=data_dir, **options)
+    return train if split == "train" else test
+
+
 def _load(dataset: str, split: str, data_dir: str | None, n: int | None, seed: int, skip_bad: bool = False,
           download: bool = False):
     """`n` class-balanced images of a split, chosen as `vfe run` chooses them (vfe.data.split.balanced_subset)."""
-    if n is not None and n < 1:
-        raise SettingsError(f"--n-{split} must be at least 1 (or left out for all images), got {n}")
-    options = {k: v for k, v in (("skip_bad", skip_bad), ("download", download)) if v}
-    train, test = load_train_test(dataset, data_dir=data_dir, **options)  # a class folder's test split: 20 % of it
-    return balanced_subset(train if split == "train" else test, n, seed, split)
+    return balanced_subset(_load_split(dataset, split, data_dir, skip_bad, download), n, seed, split)
 
 
 def extract_features(dataset: str, split: str = "train", backbone: str = defaults.BACKBONE,
@@ -71,6 +87,7 @@ def extract_features(dataset: str, split: str = "train", backbone: str = default
     """
     if engine not in ENGINES:
         raise SettingsError(f"engine={engine!r}: expected one of {', '.join(ENGINES)}")
+    _check_count(n, "n")
     if engine == "local" and (address is not None or actors is not None or cpus_per_actor != 1.0 or gpus_per_actor):
         raise SettingsError("--address, --actors, --cpus-per-actor and --gpus-per-actor apply to --engine ray only")
     if engine == "ray":
@@ -105,29 +122,41 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
     the backbone itself; its pipeline holds the fine-tuned backbone and its Dropout -> Dense layer.
     """
     head_params = dict(head_params or {})
-    check_params(head, head_params)  # unknown names and wrong types are refused before any work
-    data = _load(dataset, "train", data_dir, n_train, seed, skip_bad, download)
-    if skipped_list is not None:
-        write_skipped(Path(skipped_list), skipped_files(data))
+    check_params(head, head_params)  # unknown names, wrong types and values out of range: before any work
+    _check_count(n_train, "--n-train")
+    pool = _load_split(dataset, "train", data_dir, skip_bad, download)
+    check_trainable(pool, dataset, n_train)  # one class, or fewer images than classes: before any extraction
+    data = balanced_subset(pool, n_train, seed, "train")
     if spec(head).inputs == "images":
         params = {"backbone": backbone, "weights": weights, "image_size": image_size, "device": device,
                   "random_state": seed, **head_params}
         model = make_head(head, **params).fit(data.images, data.labels)
         pipe = finetuned_pipeline(model, data.class_names)
-        X = pipe.features(data.images)
-        return pipe, float(np.mean(pipe.head.predict(X) == data.labels))
-    bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
-    cache = FeatureCache(cache_dir)
-    X = cache.extract(bb, data, progress=progress, desc="extract train").array()
-    views = {"X_aug": augmix_features(BackboneFeatures(cache, bb, progress), data, augmix_views, seed)[0]} \
-        if is_augmix(head) else {}
-    model = make_head(head, **{"random_state": seed, **head_params})
-    if "device" in model.get_params():
-        model.set_params(device=str(bb.device))
-    model.fit(X, data.labels, **views)
-    if "device" in model.get_params():
-        model.set_params(device="cpu")  # the saved pipeline predicts wherever it is loaded
-    return Pipeline(bb, model, data.class_names), float(model.score(X, data.labels))
+        score = float(np.mean(pipe.head.predict(pipe.features(data.images)) == data.labels))
+    else:
+        bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
+        cache = FeatureCache(cache_dir)
+        X = cache.extract(bb, data, progress=progress, desc="extract train").array()
+        views = {"X_aug": augmix_features(BackboneFeatures(cache, bb, progress), data, augmix_views, seed)[0]} \
+            if is_augmix(head) else {}
+        model = make_head(head, **{"random_state": seed, **head_params})
+        if "device" in model.get_params():
+            model.set_params(device=str(bb.device))
+        model.fit(X, data.labels, **views)
+        if "device" in model.get_params():
+            model.set_params(device="cpu")  # the saved pipeline predicts wherever it is loaded
+        pipe, score = Pipeline(bb, model, data.class_names), float(model.score(X, data.labels))
+    if skipped_list is not None:  # once the fit succeeded; an earlier fit's list never outlives it
+        _record_skipped(Path(skipped_list), skipped_files(data))
+    return pipe, score
+
+
+def _record_skipped(path: Path, lines: list[str]) -> None:
+    """The files a fit skipped, listed at `path`; no list there when it skipped none."""
+    if lines:
+        write_skipped(path, lines)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def finetuned_pipeline(model, class_names: list[str]) -> Pipeline:
@@ -160,6 +189,7 @@ def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, spli
     Labels are indices into class names, so a data set whose class names differ from the model's would
     be scored against the wrong classes: that is refused unless `allow_class_mismatch`.
     """
+    _check_count(n_test, "--n-test")  # before the pipeline loads
     pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline)
     data = _load(dataset, split, data_dir, n_test, seed=0, skip_bad=skip_bad)
     if list(data.class_names) != list(pipe.class_names) and not allow_class_mismatch:

@@ -61,6 +61,12 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
                    help="input resolution (default: %(default)s)")
 
 
+def _add_wait_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help=f"when another vfe command is writing the same {what}, wait for it to finish instead of "
+                        "stopping")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="'fashion-mnist', 'digits', an IDX folder, a CIFAR archive/folder, or an "
                                    "image folder with one sub-folder per class")
@@ -85,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes: a complete run in a few minutes "
                                                         "(its own defaults; other flags still apply)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
+    _add_wait_arg(p, "run folder")
     add_flags(p, RunSettings())
     p.set_defaults(func=cmd_run)
 
@@ -126,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="pipeline file to write (.safetensors)")
     p.add_argument("--overwrite", action="store_true")
+    _add_wait_arg(p, "--out file")
     p.set_defaults(func=cmd_fit)
 
     p = _add(sub, "evaluate", "Clean accuracy, NLL and ECE of a saved pipeline on a data set's test split.")
@@ -151,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "sweep", "Run a grid of heads x hyperparameters x training sizes x seeds (resumable).")
     p.add_argument("--format", choices=["md", "json"], default="md", help="how the summary is printed")
+    _add_wait_arg(p, "sweep folder")
     add_flags(p, SweepSettings())
     p.set_defaults(func=cmd_sweep)
 
@@ -184,7 +193,7 @@ def cmd_run(args) -> int:
     from vfe.benchmark.run import run
 
     settings = apply_flags(quick_settings() if args.quick else RunSettings(), args)
-    out = run(settings, overwrite=args.overwrite)
+    out = run(settings, overwrite=args.overwrite, wait=args.wait)
     print(f"[vfe] results: {out / 'results.json'}")
     for name in ("report.md", "report.html"):
         if (out / name).exists():
@@ -215,14 +224,18 @@ def _parse_params(head: str, pairs: list[str]) -> dict:
 
 def cmd_fit(args) -> int:
     from vfe.api import fit_pipeline
+    from vfe.rundir import claimed
 
     check_output_file(args.out, args.overwrite, suffix=".safetensors")  # before minutes of extraction
-    pipe, score = fit_pipeline(args.dataset, head=args.head, head_params=_parse_params(args.head, args.param),
-                               backbone=args.backbone, weights=args.weights, image_size=args.image_size,
-                               n_train=args.n_train, seed=args.seed, data_dir=args.data_dir,
-                               cache_dir=args.cache_dir, skip_bad=args.skip_bad, download=args.download,
-                               skipped_list=args.out + ".skipped.txt")
-    pipe.save(args.out, overwrite=args.overwrite)
+    params = _parse_params(args.head, args.param)
+    with claimed(args.out, "--out", wait=args.wait):  # one fit writes --out at a time
+        check_output_file(args.out, args.overwrite, suffix=".safetensors")  # again: the holder may have written it
+        pipe, score = fit_pipeline(args.dataset, head=args.head, head_params=params, backbone=args.backbone,
+                                   weights=args.weights, image_size=args.image_size, n_train=args.n_train,
+                                   seed=args.seed, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                                   skip_bad=args.skip_bad, download=args.download,
+                                   skipped_list=args.out + ".skipped.txt")
+        pipe.save(args.out, overwrite=args.overwrite)
     print(f"saved {args.out} (training accuracy {score:.4f})")
     return 0
 
@@ -239,6 +252,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from vfe.api import predict_files
+    from vfe.io import printable
 
     skipped = []
     for path, ranked in predict_files(args.pipeline, args.images, top=args.top, skip_bad=args.skip_bad):
@@ -246,7 +260,7 @@ def cmd_predict(args) -> int:
             skipped.append(path)
             print(f"skipped {ranked}", file=sys.stderr, flush=True)
             continue
-        print(path + "\t" + "\t".join(f"{name} {p:.4f}" for name, p in ranked), flush=True)
+        print(printable(path) + "\t" + "\t".join(f"{name} {p:.4f}" for name, p in ranked), flush=True)
     if skipped:
         print(f"vfe predict: skipped {len(skipped)} unreadable file(s) (--skip-bad)", file=sys.stderr)
     return 0
@@ -258,7 +272,7 @@ def cmd_sweep(args) -> int:
     from vfe.benchmark.sweep import run_sweep_job
 
     settings = apply_flags(SweepSettings(), args)
-    result = run_sweep_job(settings)
+    result = run_sweep_job(settings, wait=args.wait)
     if args.format == "json":
         print(json.dumps(result["rows"], indent=2))
     else:
@@ -281,6 +295,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_cache(args) -> int:
+    from vfe.errors import CacheError
     from vfe.features.cache import FeatureCache
 
     cache = FeatureCache(args.cache_dir)
@@ -296,6 +311,10 @@ def cmd_cache(args) -> int:
         return 0
     if args.action == "verify":
         records = cache.verify(args.key, repair=args.repair)
+        if args.key and not records:  # a mistyped key must not read as "nothing wrong"
+            raise CacheError(f"no cache entry {args.key!r} in {cache.root}; list them with vfe cache ls")
+        if not records:
+            print(f"(empty) {cache.root}")
         for r in records:
             print(f"{r['key']}  {r['status'].upper():>10}  {r['message']}")
         unrepaired = [r for r in records if r["status"] == "damaged" and not r.get("repaired")]
@@ -303,9 +322,20 @@ def cmd_cache(args) -> int:
             print(f"{len(unrepaired)} damaged entr{'y' if len(unrepaired) == 1 else 'ies'}: "
                   "`vfe cache verify --repair` removes what fails", file=sys.stderr)
         return 1 if unrepaired else 0
+    if not args.key and not args.all:
+        raise SettingsError("rm needs a key prefix (vfe cache ls lists the entries), or --all to remove every entry")
     removed = cache.remove(args.key, everything=args.all)
     print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
     return 0
+
+
+def _interrupted(args) -> str:
+    """What Ctrl-C left: every command's outputs are written whole or not at all, and the same command resumes from
+    what is cached; `vfe lab` / `vfe viz` run folders keep what was written so far."""
+    if args.command not in ("lab", "viz"):
+        return "interrupted; rerun the same command to resume"
+    resume = ", or with --resume to continue from the last checkpoint" if hasattr(args, "resume") else ""
+    return f"interrupted; its run folder keeps what was written: rerun with --overwrite to start over{resume}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's 128 + SIGINT, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"vfe {args.command}: {_interrupted(args)}", file=sys.stderr)
+        return 130
     except (VfeError, ValueError, OSError) as err:  # the user's input: one line naming it, not a traceback
         if args.debug:
             traceback.print_exc()

@@ -4,12 +4,19 @@ The file holds the backbone's weights (`backbone.*`), the head's learned state (
 the safetensors header, a JSON document that rebuilds both: backbone architecture, weights
 identity, preprocessing, head class, hyperparameters, classes, class names and training history.
 Nothing is pickled, so loading a pipeline someone hands you runs no code of theirs.
+
+safetensors itself has no checksum: one flipped bit in a tensor loads as a silently different model.
+So the header also holds (`vfe_checksums`) the SHA-256 of every tensor (its name, dtype, shape and
+bytes) and of the JSON document with that table; loading verifies them before the model is built. A
+file saved before checksums (format v1) still loads, with a warning that damage to it cannot be found.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +34,8 @@ from vfe.heads import Head, head_class
 from vfe.io import load_tensors, save_tensors
 
 FORMAT = "vfe-pipeline"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksums of the header and of every tensor
+CHECKSUMS = "vfe_checksums"  # the metadata key of the checksum table
 
 
 class Pipeline:
@@ -65,6 +73,7 @@ class Pipeline:
         head_tensors, head_meta = self.head.export_state()
         tensors = {f"backbone.{k}": v for k, v in self.backbone.model.state_dict().items()}
         tensors.update({f"head.{k}": v for k, v in head_tensors.items()})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         w = self.backbone.weights
         meta = {"format": FORMAT, "version": FORMAT_VERSION,
                 "backbone": {"name": self.backbone.name, "arch": w.arch, "weights_kind": w.kind,
@@ -72,7 +81,7 @@ class Pipeline:
                              "has_classifier": w.has_classifier,
                              "data_config": _jsonable(self.backbone.data_config)},
                 "head": head_meta, "class_names": self.class_names}
-        save_tensors(path, tensors, metadata={"vfe": json.dumps(meta, default=_json_default)})
+        save_tensors(path, tensors, metadata=sealed_metadata(json.dumps(meta, default=_json_default), tensors))
         return path
 
     @classmethod
@@ -81,13 +90,15 @@ class Pipeline:
         built, so an edited or damaged file is a PipelineFileError naming the problem, never a huge
         allocation or a model that silently differs from the one saved."""
         path = Path(path)
-        meta, layout, model_kwargs = _checked_header(path)
+        meta, layout, sums, model_kwargs = _checked_header(path)
         try:
             tensors = load_tensors(path)
         except (SafetensorError, OSError, ValueError) as err:
             raise PipelineFileError(f"{path}: the tensors cannot be read ({err}){_REMAKE}") from None
         if {k: _layout(v) for k, v in tensors.items()} != layout:  # the file changed since the header check
             raise PipelineFileError(f"{path}: the tensors differ from the file's header{_REMAKE}")
+        if sums is not None:
+            _verify_tensors(path, tensors, sums)
         backbone = _rebuild_backbone(meta["backbone"], _strip(tensors, "backbone."), model_kwargs, device)
         try:
             head = head_class(meta["head"]["head"]).from_state(_strip(tensors, "head."), meta["head"])
@@ -98,9 +109,55 @@ class Pipeline:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The JSON document of a pipeline file, checked against the file's tensor shapes (no tensor data is
-    read); a PipelineFileError names what does not fit."""
+    """The JSON document of a pipeline file, checked against its checksum and the file's tensor shapes (no
+    tensor data is read); a PipelineFileError names what does not fit."""
     return _checked_header(Path(path))[0]
+
+
+def sealed_metadata(document: str, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """The safetensors metadata of a pipeline: its JSON `document` and the checksum table that seals it
+    and every tensor (contiguous CPU tensors, as they are written)."""
+    sums = {k: _tensor_sum(k, v) for k, v in tensors.items()}
+    table = {"algorithm": "sha256", "tensors": sums, "header": _header_sum(document, sums)}
+    return {"vfe": document, CHECKSUMS: json.dumps(table, sort_keys=True)}
+
+
+# -- checksums ---------------------------------------------------------------------------------------
+
+def _tensor_sum(name: str, tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's name, dtype, shape and bytes: a tensor renamed, retyped or reshaped fails too."""
+    dtype, shape = _layout(tensor)
+    h = hashlib.sha256(f"{name}\0{dtype}\0{list(shape)}\0".encode())
+    h.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _header_sum(document: str, sums: dict[str, str]) -> str:
+    """SHA-256 of the JSON document and the tensor checksums: damage to either is the header's."""
+    return hashlib.sha256(f"{document}\0{json.dumps(sums, sort_keys=True)}".encode()).hexdigest()
+
+
+def _checked_sums(path: Path, document: str, raw: str, layout: dict[str, Layout]) -> dict[str, str]:
+    """The tensor checksums of a file's table, after checking the table seals this header and these tensors."""
+    try:
+        table = json.loads(raw)
+        sums, header = table["tensors"], table["header"]
+        valid = table["algorithm"] == "sha256" and isinstance(sums, dict) and isinstance(header, str)
+    except (ValueError, TypeError, KeyError, RecursionError):
+        valid = False
+    if not valid or header != _header_sum(document, sums):
+        raise PipelineFileError(f"{path}: checksum mismatch in the header (the file is damaged){_REMAKE}")
+    if set(sums) != set(layout):
+        name = min(set(sums) ^ set(layout))
+        raise PipelineFileError(f"{path}: checksum table and tensors disagree on tensor {name!r} (the file is "
+                                f"damaged){_REMAKE}")
+    return sums
+
+
+def _verify_tensors(path: Path, tensors: dict[str, torch.Tensor], sums: dict[str, str]) -> None:
+    for name, tensor in tensors.items():
+        if _tensor_sum(name, tensor) != sums[name]:
+            raise PipelineFileError(f"{path}: checksum mismatch in tensor {name!r} (the file is damaged){_REMAKE}")
 
 
 # -- checking a file before anything is built ------------------------------------------------------------
@@ -126,34 +183,37 @@ def _layout(tensor: torch.Tensor) -> Layout:
     return _DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape)
 
 
-def _checked_header(path: Path) -> tuple[dict, dict[str, Layout], dict]:
-    """(JSON document, {tensor name: layout}, timm kwargs of the backbone), all checked against each other.
+def _checked_header(path: Path) -> tuple[dict, dict[str, Layout], dict[str, str] | None, dict]:
+    """(JSON document, {tensor name: layout}, {tensor name: checksum} or None for a v1 file, timm kwargs of
+    the backbone), all checked against each other.
 
     The backbone and head are built on PyTorch's meta device (shapes only, no memory) and their state
     compared with the file's tensors, so a wrong class count, a transposed weight or another
     architecture is found before any real allocation.
     """
-    meta, layout = _read_header(path)
+    meta, layout, sums = _read_header(path)
     _check_document(path, meta)
     model_kwargs, feature_dim = _check_backbone(path, meta["backbone"], _strip(layout, "backbone."))
     _check_head(path, meta, _strip(layout, "head."), feature_dim)
-    return meta, layout, model_kwargs
+    return meta, layout, sums, model_kwargs
 
 
-def _read_header(path: Path) -> tuple[dict, dict[str, Layout]]:
+def _read_header(path: Path) -> tuple[dict, dict[str, Layout], dict[str, str] | None]:
     if not path.is_file():
         raise MissingPipelineError(f"pipeline file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("vfe")
+            metadata = f.metadata() or {}
             names = f.keys()  # a safe_open is not iterable
             layout = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in names}
     except (SafetensorError, OSError, ValueError) as err:
         raise PipelineFileError(f"{path}: not a safetensors file ({err}); give a pipeline saved by vfe fit "
                                 "(a .safetensors file)") from None
+    raw = metadata.get("vfe")
     if raw is None:
         raise PipelineFileError(f"{path}: a safetensors file, but not a vfe pipeline (no 'vfe' metadata); "
                                 "give a pipeline saved by vfe fit")
+    sums = _checked_sums(path, raw, metadata[CHECKSUMS], layout) if CHECKSUMS in metadata else None
     try:
         meta = json.loads(raw)
     except ValueError as err:
@@ -162,11 +222,16 @@ def _read_header(path: Path) -> tuple[dict, dict[str, Layout]]:
         raise PipelineFileError(f"{path}: the pipeline header is a JSON {type(meta).__name__}, not an object"
                                 f"{_REMAKE}")
     version = meta.get("version")
-    if meta.get("format") != FORMAT or not _is_int(version) or version > FORMAT_VERSION:
+    if meta.get("format") != FORMAT or not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
         raise PipelineFileError(f"{path}: pipeline format {meta.get('format')} v{version} is not readable by "
                                 f"this vfe (reads {FORMAT} v<={FORMAT_VERSION}); save it again with this vfe "
                                 "or upgrade vfe")
-    return meta, layout
+    if sums is None and version > 1:
+        raise _problem(path, f"a format v{version} pipeline without its checksums (the file is damaged)")
+    if sums is None:
+        warnings.warn(f"{path}: a pipeline saved by an older vfe (format v1, without checksums): damage to it "
+                      "cannot be detected; fit it again to add them", stacklevel=4)
+    return meta, layout, sums
 
 
 def _problem(path: Path, what: str) -> PipelineFileError:

@@ -1,22 +1,143 @@
-"""One output folder per command: its figures (PNG), its numbers (metrics.json) and an HTML page.
+"""Output folders and files: one writer at a time, and a run folder that appears only when complete.
 
-Shared by `vfe lab` and `vfe viz` (and anything else that writes a run folder), so it lives at the
-top of the package and imports neither. A folder that already holds a run is never overwritten
-unless asked (`overwrite=True`), or reopened to continue it (`resume=True`, e.g. training that
-restarts from its last checkpoint).
+`claimed(path)` holds a lock beside an output (a run folder, a pipeline file) for as long as a command
+writes it: a second `vfe run --name same` (or `vfe fit --out same`) is refused naming the first, or
+waits for it. `staged_folder(folder)` gives a command a fresh folder beside `folder` and puts it in
+`folder`'s place only once the command completes, so an earlier run is replaced whole (nothing of it
+survives) and a run stopped anywhere (Ctrl-C, kill -9, a full disk) leaves `folder` as it was; the
+same command run again starts over from the feature cache.
+
+`Run` collects what a `vfe lab` / `vfe viz` command writes: its figures (PNG), its numbers
+(metrics.json) and an HTML page. A folder that already holds a run is never overwritten unless asked
+(`overwrite=True`), or reopened to continue it (`resume=True`, e.g. training that restarts from its
+last checkpoint).
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import html
+import os
 import shutil
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from vfe.io import atomic_write_bytes, write_json
+from filelock import FileLock, Timeout
+
+from vfe.errors import VfeError
+from vfe.io import atomic_write_bytes, read_json, write_json
 
 RUN_MARKERS = ("run.json", "metrics.json", "index.html", "checkpoints")  # what only a run folder holds
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # <fcntl.h>, <linux/fs.h>
+
+
+class OutputInUseError(VfeError):
+    """Another command is writing the same run folder or output file."""
+
+
+def _beside(path: Path, what: str) -> Path:
+    """A hidden name beside `path` (the lock, its holder, a staged or replaced copy), never inside it."""
+    return path.parent / f".{path.name}.{what}"
+
+
+def _holder(path: Path) -> str:
+    """Who holds `path`'s lock, as its holder recorded it."""
+    try:
+        who = read_json(_beside(path, "lock.json"))
+        return f"pid {who['pid']} on {who['host']}, since {who['since']}"
+    except (OSError, ValueError, KeyError, TypeError):  # between its lock and its record, or gone meanwhile
+        return "another vfe command"
+
+
+@contextmanager
+def claimed(path: str | os.PathLike, flag: str, wait: bool = False, log=print) -> Iterator[None]:
+    """Hold the lock of the output `path` while the block writes it.
+
+    Another holder makes this an OutputInUseError naming it (its pid and host) and `flag`, the option
+    that picks another output; with `wait`, one log line and then a wait for it. The kernel drops the
+    lock of a killed process, so a stopped command never blocks the next.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(_beside(path, "lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = _holder(path)
+        if not wait:
+            raise OutputInUseError(f"{path} is being written by {holder}; pass --wait to wait for it, or choose "
+                                   f"another {flag}") from None
+        log(f"[vfe] {path} is being written by {holder}; waiting for it (--wait)")
+        lock.acquire()
+    try:
+        write_json(_beside(path, "lock.json"), {"pid": os.getpid(), "host": socket.gethostname(),
+                                                "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        yield
+    finally:
+        _beside(path, "lock.json").unlink(missing_ok=True)
+        lock.release()
+
+
+@contextmanager
+def staged_folder(folder: str | os.PathLike, marker: str) -> Iterator[Path]:
+    """A fresh folder beside `folder` to write into; when the block completes it takes `folder`'s place.
+
+    A `folder` holding `marker` (an earlier run's results) is replaced whole, in one exchange of names
+    where the system can (`_swap`); a folder without `marker` keeps its other content beside the new
+    files, `marker` moved in last. Hold `claimed(folder)` around it: what a stopped command left beside
+    `folder` is cleared (or put back) when the next one starts.
+    """
+    folder, stage, old = Path(folder), _beside(Path(folder), "partial"), _beside(Path(folder), "replaced")
+    if old.exists() and not folder.exists():  # a swap stopped between its two renames: the earlier run back
+        os.rename(old, folder)
+    for leftover in (stage, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    stage.mkdir(parents=True)
+    yield stage
+    if (folder / marker).exists():
+        _swap(stage, folder, old)
+    else:
+        _move_into(stage, folder, marker)
+
+
+def _swap(new: Path, folder: Path, old: Path) -> None:
+    """`new` in `folder`'s place, the earlier content deleted: in one step where the system can exchange two names,
+    else by two renames (a stop between them is undone by the next `staged_folder`)."""
+    if _exchange(new, folder):
+        shutil.rmtree(new)  # it holds the earlier content now
+        return
+    os.rename(folder, old)
+    os.rename(new, folder)
+    shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Exchange the names `a` and `b` atomically (Linux's renameat2 with RENAME_EXCHANGE); False where the system or
+    the file system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _move_into(stage: Path, folder: Path, marker: str) -> None:
+    """Every entry of `stage` into `folder` (same names replaced), `marker` last, then `stage` removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(stage.iterdir(), key=lambda p: p.name == marker):
+        target = folder / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    stage.rmdir()
 
 
 class Run:

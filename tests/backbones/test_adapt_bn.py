@@ -17,13 +17,20 @@ from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d
 from torch import nn
 
 from vfe.backbones import create_backbone
-from vfe.backbones.adapt_bn import AdaptedFeatures, adapted_batchnorm, batch_rows, batchnorm_layers
+from vfe.backbones.adapt_bn import (
+    AdaptedFeatures,
+    AdaptedNetwork,
+    adapted_batchnorm,
+    batch_rows,
+    batchnorm_layers,
+)
 from vfe.benchmark.config import FinetuneSettings
 from vfe.benchmark.reference import fine_tune
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset
 from vfe.errors import SettingsError
 from vfe.features.cache import FeatureCache, cache_key
+from vfe.robustness.attacks import to_unit_float
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +63,32 @@ def _with_stats(layer: nn.Module, seed: int = 0) -> nn.Module:
     return layer.eval()
 
 
+def _layer(kind: str) -> nn.Module:
+    return _with_stats({"BatchNorm2d": lambda: nn.BatchNorm2d(3),
+                        "BatchNormAct2d": lambda: BatchNormAct2d(3, act_layer=nn.ReLU),
+                        "FrozenBatchNormAct2d": lambda: FrozenBatchNormAct2d(3, act_layer=nn.ReLU)}[kind]())
+
+
+def _by_hand(layer: nn.Module, x: torch.Tensor, prior: float, held_constant: bool = False) -> torch.Tensor:
+    """The layer's output with the mixed statistics, written out (then ReLU for the Act layers); with
+    `held_constant` the statistics detached, what batch_norm alone would differentiate."""
+    w = prior / (prior + len(x))
+    mean = w * layer.running_mean + (1 - w) * x.mean((0, 2, 3))
+    var = w * layer.running_var + (1 - w) * ((x - x.mean((0, 2, 3), keepdim=True)) ** 2).mean((0, 2, 3))
+    if held_constant:
+        mean, var = mean.detach(), var.detach()
+    out = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + layer.eps) * layer.weight[:, None, None] \
+        + layer.bias[:, None, None]
+    return out if type(layer) is nn.BatchNorm2d else out.relu()
+
+
 @pytest.mark.parametrize("kind", ["BatchNorm2d", "BatchNormAct2d", "FrozenBatchNormAct2d"])
 @pytest.mark.parametrize("prior", [0.0, 8.0])
 def test_a_batchnorm_layer_normalises_with_the_mixed_statistics(colour, kind, prior):
     """Real colour pixels through one BatchNorm layer, against the rule computed by hand."""
-    layer = _with_stats({"BatchNorm2d": lambda: nn.BatchNorm2d(3),
-                         "BatchNormAct2d": lambda: BatchNormAct2d(3, act_layer=nn.ReLU),
-                         "FrozenBatchNormAct2d": lambda: FrozenBatchNormAct2d(3, act_layer=nn.ReLU)}[kind]())
+    layer = _layer(kind)
     x = torch.from_numpy(colour[:6]).permute(0, 3, 1, 2).float() / 255  # 6 images: n = 6
-    w = prior / (prior + 6)
-    mean = w * layer.running_mean + (1 - w) * x.mean((0, 2, 3))
-    var = w * layer.running_var + (1 - w) * ((x - x.mean((0, 2, 3), keepdim=True)) ** 2).mean((0, 2, 3))
-    want = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + layer.eps) * layer.weight[:, None, None] \
-        + layer.bias[:, None, None]
-    if kind != "BatchNorm2d":
-        want = want.relu()
+    want = _by_hand(layer, x, prior)
     source = layer.running_mean.clone(), layer.running_var.clone()
     with adapted_batchnorm(layer, prior) as layers:
         got = layer(x)
@@ -112,6 +130,36 @@ def test_prior_zero_is_the_network_with_batchnorm_in_training_mode(lite0_32, dig
     # float32 rounding of the statistics (summed in another order), amplified over 49 layers: < 1e-3 of the scale
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * np.abs(want).max())
     assert np.abs(got - lite0_32.extract(images, progress=False)).max() > 0.1
+
+
+@pytest.mark.parametrize("kind", ["BatchNorm2d", "BatchNormAct2d", "FrozenBatchNormAct2d"])
+@pytest.mark.parametrize("prior", [0.0, 8.0])
+def test_the_gradient_goes_through_the_batch_statistics(colour, kind, prior):
+    """What an attack on a "+bn" head differentiates: the hand-written mixed normalisation's gradient (autograd
+    through the batch mean and variance), not the one with the statistics held constant."""
+    layer = _layer(kind)
+    x = (torch.from_numpy(colour[:6]).permute(0, 3, 1, 2).float() / 255).requires_grad_()
+    # a loss close to the outputs' sum, which the batch mean nearly cancels: held-constant statistics miss that
+    weights = 1 + 0.1 * torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    want, = torch.autograd.grad((_by_hand(layer, x, prior) * weights).sum(), x)
+    constant, = torch.autograd.grad((_by_hand(layer, x, prior, held_constant=True) * weights).sum(), x)
+    with adapted_batchnorm(layer, prior):
+        got, = torch.autograd.grad((layer(x) * weights).sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert (got - constant).abs().max() > 0.1 * want.abs().max()  # the statistics' part is not negligible
+
+
+@pytest.mark.parametrize("name", ["digits", "colour"])
+def test_the_float_network_gives_the_cached_features_in_the_images_order(lite0_32, digits, colour, name):
+    """AdaptedNetwork (attacks: float images, one block) = AdaptedFeatures (the cache: uint8 images), batch for
+    batch, and row i of its output belongs to image i whatever the shuffled batching did."""
+    images = _images(name, digits, colour)[:20]
+    extractor = AdaptedFeatures(lite0_32, 8, 16.0)
+    with torch.no_grad():
+        got = AdaptedNetwork(extractor)(to_unit_float(images)).numpy()
+    want = extractor.extract(images)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert np.abs(want[1:] - want[:-1]).max() > 0.1  # rows differ, so a misplaced row would show
 
 
 def test_the_weights_and_running_statistics_are_untouched(lite0_32, digits, colour):

@@ -3,6 +3,7 @@ and by BPDA, and scored by the worst case per image; on 8x8 digits through a fla
 are the features), where attacking t3a through its own adapting module understates what an attacker does."""
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from vfe.backbones import create_backbone
+from vfe.backbones.adapt_bn import AdaptedFeatures, AdaptedNetwork
 from vfe.benchmark import adversarial
 from vfe.benchmark.config import AttackSettings
 from vfe.heads import make_head
@@ -122,8 +125,8 @@ def test_hand_made_correctness_is_combined_per_image_and_the_strongest_is_named(
     made = {"direct": "1101", "transfer": "1011", "bpda": "0111"}  # for pgd_linf; tie: direct named
     made_l2 = {"direct": "1100", "transfer": "1000", "bpda": "1110"}  # for pgd_l2: transfer alone is lowest
 
-    def hand_made(backbone, model, images, labels, target, clean, specs, settings, data_seed, models, settled,
-                  random_head, bar, name, advance):
+    def hand_made(featurize, model, images, labels, target, clean, specs, settings, data_seed, models, batch,
+                  settled, random_head, bar, name, advance):
         attack = name.rsplit(" ", 1)[-1]
         return {s.key: np.array([c == "1" for c in (made_l2 if s.norm == "l2" else made)[attack]]) for s in specs}
 
@@ -256,3 +259,26 @@ def test_a_sampling_head_is_settled_only_when_every_one_of_n_eot_draws_is_wrong(
     specs = [s for s in attack_specs([2 / 255, 8 / 255], [], eot=True) if s.method == "pgd"]
     r = adversarial.attack_one(Flatten(), model, images, labels, specs, SETTINGS, 0, "cpu", adapts=False)
     assert r["samples_randomly"] and attacked == [len(images)] * 4
+
+
+def test_a_bn_head_without_adaptation_is_attacked_as_its_twin_three_times(digits):
+    """A "+bn" head on a backbone whose BatchNorm does not adapt (prior N = inf: the plain network) is its twin:
+    FGSM (no random start) direct through the adapted network on the whole batch, by transfer from the twin and
+    by BPDA must each break exactly the images the twin's own attack breaks. Lite0 at 32 px on the digits."""
+    _, images, labels = digits
+    backbone = create_backbone("efficientnet_lite0", image_size=32, device="cpu", jit=False, precision="fp32")
+    images, labels = images[:24], labels[:24]
+    train = np.asarray(load_digits().images[:600] / 16 * 255, np.uint8)[..., None]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        twin = make_head("linear", epochs=10, random_state=0).fit(backbone.extract(train, progress=False),
+                                                                  load_digits().target[:600])
+    specs = attack_specs([2 / 255], [], eot=False)[:1]  # FGSM: no random start
+    plain = adversarial.attack_one(backbone, twin, images, labels, specs, SETTINGS, 0, "cpu")
+    adapted = AdaptedNetwork(AdaptedFeatures(backbone, 8, math.inf))
+    bn = adversarial.attack_one(backbone, twin, images, labels, specs, SETTINGS, 0, "cpu", adapted=adapted,
+                                twin=twin)
+    assert bn["correct"]["clean"] == plain["correct"]["clean"]
+    assert bn["per_attack_correct"]["fgsm_linf_2/255"] == dict.fromkeys(("direct", "transfer", "bpda"),
+                                                                        plain["correct"]["fgsm_linf_2/255"])
+    assert plain["accuracy"]["fgsm_linf_2/255"] < plain["accuracy"]["clean"]  # the attack does something

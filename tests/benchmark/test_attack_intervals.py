@@ -53,7 +53,7 @@ def attacked():
     test_set = ImageSet(images[test], y[test], [str(c) for c in range(10)])
     draws = [SimpleNamespace(backbone=Flatten(), test=test_set, seed=seed) for seed in (11, 12)]
     ctx = SimpleNamespace(replicates=draws, models=models, device="cpu", progress=False, cluster=EngineSettings(),
-                          models_of=lambda r: {k: m for k, m in models.items() if k[1] == r})
+                          models_of=lambda r: {k: m for k, m in models.items() if k[1] == r}, adapted={})
     attacks, perturbations = [], []
     real_make, real_perturb = adversarial.make_attack, adversarial.perturb
 

@@ -3,8 +3,11 @@ before any work, with the valid choices named."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -108,6 +111,8 @@ def settings_for(tmp_path, **flat) -> RunSettings:
     ({"corruption_params": "mnist"}, "--corruption-params"),
     ({"replicates": 0}, "--replicates"),
     ({"head_params": {"linear": {"random_state": 3}}}, "linear.random_state: each replicate seeds"),
+    ({"head_params": {"vfe": {"predict_mode": "sampel"}}}, "'predict_mode' parameter of head 'vfe' must be a str among"),
+    ({"head_params": {"linear": {"dropout": 1.5}}}, r"'dropout' parameter of head 'linear' .* range \[0.0, 1.0\)"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch, flat, message):
     from vfe.benchmark import run as run_module
@@ -156,3 +161,47 @@ def test_help_is_fast_because_it_imports_no_torch():
             "'sklearn', 'matplotlib', 'skimage') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_run_folder_being_written_is_refused_naming_the_writer(tmp_path, capsys, monkeypatch):
+    """Two `vfe run --name same` (or a run and a sweep of that name) at once: the second stops with one line naming
+    the first, before any work, instead of both writing the folder and one's results being lost."""
+    from vfe.benchmark import run as run_module
+    from vfe.benchmark import sweep
+    from vfe.rundir import claimed
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started although another run holds the folder")
+
+    monkeypatch.setattr(run_module, "load_shared", no_work)
+    monkeypatch.setattr(sweep, "load_shared", no_work)
+    with claimed(tmp_path / "same", "--name"):
+        assert main(["run", "--runs-dir", str(tmp_path), "--name", "same"]) == 2
+        assert main(["sweep", "--runs-dir", str(tmp_path), "--name", "same", "--grid", '{"heads": ["linear"]}']) == 2
+    for line in capsys.readouterr().err.strip().splitlines():
+        assert f"{tmp_path / 'same'} is being written by pid {os.getpid()}" in line
+        assert "pass --wait to wait for it, or choose another --name" in line
+
+
+def test_a_run_that_waited_finds_the_first_ones_results_and_keeps_them(tmp_path, capsys, monkeypatch):
+    """`vfe run --wait` waits for the run holding the folder; once that run has finished, the folder holds a run
+    and the waiting one is refused like any other (its results would have replaced the first's)."""
+    from vfe.benchmark import run as run_module
+    from vfe.rundir import claimed
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the waiting run started over the first one's results")
+
+    monkeypatch.setattr(run_module, "load_shared", no_work)
+    codes = []
+    second = threading.Thread(target=lambda: codes.append(main(["run", "--runs-dir", str(tmp_path), "--name", "same",
+                                                                  "--wait"])))
+    with claimed(tmp_path / "same", "--name"):
+        second.start()
+        time.sleep(0.5)
+        assert codes == []  # still waiting
+        (tmp_path / "same").mkdir()
+        (tmp_path / "same" / "results.json").write_text('{"the first run": 1}')
+    second.join(timeout=60)
+    assert codes == [2] and "already holds a run; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "same" / "results.json").read_text() == '{"the first run": 1}'

@@ -1,15 +1,15 @@
 """`vfe run --test-time-bn` end to end on tiny sizes: "+bn" heads (the heads refitted and evaluated on features
-from test-time-adapted BatchNorm) land in every section that lists heads, the report renders them, the attack and
-OOD stages leave them out and say so; under the reference protocol too (colour images)."""
+from test-time-adapted BatchNorm) land in every section that lists heads, the report renders them, the attack stage
+attacks them three ways and the OOD stage leaves them out and says so; under the reference protocol too (colour
+images)."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
-import torch
 from colour_data import write_colour_folder
-from threadpoolctl import threadpool_limits
+from threads import one_thread
 
 from vfe.cli import main
 from vfe.features.cache import FeatureCache
@@ -23,15 +23,10 @@ DIGITS = ["--dataset", "digits", "--image-size", "32", "--n-train", "300", "--n-
 def bn_run(tmp_path_factory):
     """A frozen-protocol run on digits with every stage and test-time BatchNorm at N = 0, batches of 25."""
     tmp = tmp_path_factory.mktemp("ttbn")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            assert main(["run", *TINY, *DIGITS, "--n-attack", "8", "--attack-steps", "2", "--n-eot", "2",
-                         "--test-time-bn", "--bn-batch-size", "25", "--bn-prior", "0", "--name", "bn",
-                         "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache")]) == 0
-    finally:
-        torch.set_num_threads(before)
+    with one_thread():
+        assert main(["run", *TINY, *DIGITS, "--n-attack", "8", "--attack-steps", "2", "--n-eot", "2",
+                     "--test-time-bn", "--bn-batch-size", "25", "--bn-prior", "0", "--name", "bn",
+                     "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache")]) == 0
     return tmp, json.loads((tmp / "runs" / "bn" / "results.json").read_text())
 
 
@@ -51,7 +46,7 @@ def test_bn_heads_are_measured_clean_and_under_corruption(bn_run):
     record = results["test_time_bn"]["0"]
     assert record["heads"] == ["linear+bn", "vfe+bn"] and record["batch_size"] == 25 and record["prior"] == 0
     assert record["adaptation"] == "adapted BatchNorm, batch size 25, prior 0" and record["batchnorm_layers"] > 40
-    assert set(record["not_evaluated"]) == {"adversarial", "ood"}
+    assert set(record["not_evaluated"]) == {"ood"} and "BPDA" in record["attacks"]
     assert set(record["fit_seconds"]) == {"linear+bn", "vfe+bn"}  # refitted on adapted training features
     cost = record["cost"]
     assert cost["images"] == 100 and cost["plain_images_per_second"] > 0 and cost["adapted_images_per_second"] > 0
@@ -59,14 +54,29 @@ def test_bn_heads_are_measured_clean_and_under_corruption(bn_run):
                                              rel=0.05)
 
 
-def test_bn_heads_join_the_summary_and_the_leaderboard_but_not_attacks_or_ood(bn_run):
+def test_bn_heads_join_the_summary_the_leaderboard_and_the_attacks_but_not_ood(bn_run):
     _, results = bn_run
     table = results["summary"]["table"]["vfe+bn"]
-    assert {"clean_accuracy", "corruption_accuracy", "mCE"} <= set(table)
-    assert not any(k.startswith(("adv:", "ood:")) for k in table)
+    assert {"clean_accuracy", "corruption_accuracy", "mCE", "adv:pgd_linf_2/255"} <= set(table)
+    assert not any(k.startswith("ood:") for k in table)
     assert "linear+bn" in results["summary"]["vs_baseline"]
     assert {"linear+bn", "vfe+bn"} <= {row["head"] for row in results["leaderboard"]}
-    assert set(results["adversarial"]) == {"linear", "vfe"} and set(results["ood"]["per_head"]) == {"linear", "vfe"}
+    assert set(results["adversarial"]) == {"linear", "vfe", "linear+bn", "vfe+bn"}
+    assert set(results["ood"]["per_head"]) == {"linear", "vfe"}
+
+
+def test_bn_heads_are_attacked_three_ways_and_score_the_worst_case(bn_run):
+    _, results = bn_run
+    plain, adapted = results["adversarial"]["linear"]["0"], results["adversarial"]["linear+bn"]["0"]
+    assert adapted["images"] == plain["images"] and "per_attack" not in plain  # same images; linear adapts not
+    for key, per_attack in adapted["per_attack"].items():
+        assert set(per_attack) == {"direct", "transfer", "bpda"}
+        bits = adapted["per_attack_correct"][key]
+        worst = [all(bits[a][i] == "1" for a in bits) for i in range(adapted["n"])]
+        assert adapted["correct"][key] == "".join("1" if c else "0" for c in worst)
+        assert adapted["accuracy"][key] == pytest.approx(np.mean(worst))
+        assert adapted["accuracy"][key] <= min(per_attack.values())
+        assert per_attack[adapted["strongest"][key]] == min(per_attack.values())
 
 
 def test_adapted_features_are_cached_apart_from_plain_ones(bn_run):

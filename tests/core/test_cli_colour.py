@@ -3,6 +3,7 @@ extract, fit, evaluate, predict (one line per file, --skip-bad), sweep."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from colour_data import CLASS_NAMES, write_colour_folder
@@ -86,9 +87,35 @@ def test_sweep_on_rgb(photos, capsys):
     (["predict", "{existing}", "{folder}/nope.png"], "no such file"),
     (["run", "--dataset", "{folder}", "--severities", "7", "--runs-dir", "{tmp}"], "--severities"),
     (["run", "--dataset", "{folder}", "--corruptions", "rain", "--runs-dir", "{tmp}"], "unknown rain"),
+    # a parameter's range or choices (the head class's _parameter_constraints), in every command that takes one
+    (["fit", "{folder}", "--out", "{tmp}/m.safetensors", "--param", "predict_mode=sampel"],
+     "The 'predict_mode' parameter of head 'vfe' must be a str among"),
+    (["run", "--dataset", "{folder}", "--runs-dir", "{tmp}", "--head-param", "vfe.predict_mode=sampel"],
+     "The 'predict_mode' parameter of head 'vfe' must be a str among"),
+    (["sweep", "--name", "s", "--runs-dir", "{tmp}", "--grid", '{{"heads": {{"vfe": {{"predict_mode": "sampel"}}}}}}'],
+     "The 'predict_mode' parameter of head 'vfe' must be a str among"),
+    (["fit", "{folder}", "--out", "{tmp}/m.safetensors", "--head", "t3a", "--param", "filter_k=0"],
+     "'filter_k' parameter of head 't3a' must be an int in the range [1, inf) or a int among {-1}"),
+    # the sweep grid and folder, before its data is loaded
+    (["sweep", "--name", "s", "--runs-dir", "{tmp}", "--grid", '{{"heads": {{"linear": {{"epoch": [3]}}}}}}'],
+     "head 'linear' has no parameter 'epoch'"),
+    (["sweep", "--name", "s", "--runs-dir", "{tmp}", "--grid", '{{"heads": ["linear"], "train_sizes": [0]}}'],
+     "'train_sizes' must be whole numbers >= 1, or null for the whole training set, got 0"),
+    (["sweep", "--name", "s", "--runs-dir", "{tmp}", "--grid", '{{"heads": ["linear"], "seeds": ["a"]}}'],
+     "'seeds' must be whole numbers >= 0, got 'a'"),
+    (["sweep", "--name", "s", "--runs-dir", "{existing}", "--grid", '{{"heads": ["linear"]}}'],
+     "cannot write there"),
+    (["sweep", "--name", "s", "--runs-dir", "{tmp}", "--grid", '{{"heads": ["linear"]}}', "--n-train", "0"],
+     "--n-train must be at least 1"),
+    # the flag of the command run: `evaluate --split train` reads --n-test, not --n-train
+    (["evaluate", "{existing}", "{folder}", "--split", "train", "--n-test", "0"], "--n-test must be at least 1"),
+    # against the data's classes: fit loads its data here (extraction is what must not start)
+    (["fit", "{folder}", "--out", "{tmp}/m.safetensors", "--n-train", "1"],
+     "--n-train 1 is fewer than the 4 classes of"),
 ])
 def test_cheap_checks_come_before_any_work(photos, tmp_path, capsys, monkeypatch, argv, message):
     from vfe.benchmark import run as run_module
+    from vfe.benchmark import sweep
     from vfe.features.cache import FeatureCache
 
     def no_work(*args, **kwargs):
@@ -96,6 +123,7 @@ def test_cheap_checks_come_before_any_work(photos, tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(FeatureCache, "extract", no_work)
     monkeypatch.setattr(run_module, "load_shared", no_work)
+    monkeypatch.setattr(sweep, "load_shared", no_work)
     _, folder = photos
     existing = tmp_path / "existing.safetensors"
     existing.write_bytes(b"not a pipeline")
@@ -104,3 +132,46 @@ def test_cheap_checks_come_before_any_work(photos, tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert existing.read_bytes() == b"not a pipeline"  # nothing the user gave is overwritten
+
+
+@pytest.fixture(scope="module")
+def one_class(photos):
+    """The photos' folder with one class left: a classifier cannot be fitted on it."""
+    tmp, folder = photos
+    single = tmp / "one-class"
+    if not single.exists():
+        for split in ("train", "test"):
+            shutil.copytree(folder / split / CLASS_NAMES[0], single / split / CLASS_NAMES[0])
+    return single
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "{one}", "--head", "linear", "--out", "{tmp}/m.safetensors"], "all of one class (astronaut)"),
+    (["fit", "{one}", "--head", "vfe", "--out", "{tmp}/m.safetensors"], "all of one class (astronaut)"),
+    (["run", "--dataset", "{one}", "--runs-dir", "{tmp}"], "all of one class (astronaut)"),
+    (["sweep", "--name", "s", "--runs-dir", "{tmp}", "--dataset", "{one}", "--grid", '{{"heads": ["linear"]}}'],
+     "all of one class (astronaut)"),
+    (["run", "--dataset", "{folder}", "--runs-dir", "{tmp}", "--n-train", "3"],
+     "--n-train 3 is fewer than the 4 classes of"),
+    (["sweep", "--name", "s", "--runs-dir", "{tmp}", "--dataset", "{folder}", "--n-train", "none",
+      "--grid", '{{"heads": ["linear"], "train_sizes": [2]}}'], "train size 2 must be between the number of classes"),
+])
+def test_checks_against_the_datas_classes_come_before_any_extraction(photos, one_class, tmp_path, capsys,
+                                                                      monkeypatch, argv, message):
+    """One class, or fewer training images than classes: refused once the data is loaded, before extraction (a head
+    refused them only after it, with scikit-learn's words and no flag)."""
+    from vfe.benchmark import run as run_module
+    from vfe.benchmark import sweep
+    from vfe.features.cache import FeatureCache
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("extraction started before the data's classes were checked")
+
+    monkeypatch.setattr(FeatureCache, "extract", no_work)
+    for module in (run_module, sweep):
+        monkeypatch.setattr(module, "prepare_replicate", no_work)
+    _, folder = photos
+    argv = [a.format(folder=folder, one=one_class, tmp=tmp_path) for a in argv]
+    assert main([*argv, "--image-size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

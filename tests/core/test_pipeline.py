@@ -1,9 +1,11 @@
 """A pipeline (real pretrained backbone + head) saves to one safetensors file and loads back identical;
-an edited or damaged file is a PipelineFileError, found before anything is built."""
+an edited or damaged file is a PipelineFileError, found before anything is built: checksums of the
+header and of every tensor catch damage, and the header's fields are checked against the tensors."""
 from __future__ import annotations
 
 import json
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -18,11 +20,12 @@ from sklearn.datasets import load_digits
 from vfe import pipeline as pipeline_module
 from vfe.api import predict_files
 from vfe.backbones import create_backbone
+from vfe.cli import main
 from vfe.errors import PipelineFileError, VfeError
 from vfe.heads import feature_heads, head_class_of, make_head
 from vfe.heads.priors import PriorCorrected
 from vfe.io import save_tensors
-from vfe.pipeline import Pipeline, read_metadata
+from vfe.pipeline import CHECKSUMS, Pipeline, read_metadata, sealed_metadata
 
 
 @pytest.fixture(scope="module")
@@ -116,17 +119,21 @@ def saved(tiny, tmp_path):
     return tiny[0].save(tmp_path / "tiny.safetensors")
 
 
-def edited(path, meta_edit=None, tensor_edit=None, raw=None):
-    """The pipeline at `path` rewritten with its JSON header and/or tensors changed, as a user could."""
+def edited(path, meta_edit=None, tensor_edit=None, raw=None, seal=True):
+    """The pipeline at `path` rewritten with its JSON header and/or tensors changed, as a user could: with
+    checksums made anew (`seal`: what a deliberate edit does), or keeping the saved ones (damage)."""
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["vfe"])
+        metadata = f.metadata()
+    meta = json.loads(metadata["vfe"])
     tensors = load_file(str(path))
     if meta_edit:
         meta_edit(meta)
     if tensor_edit:
         tensor_edit(tensors)
+    document = raw if raw is not None else json.dumps(meta)
     out = path.with_name("edited.safetensors")
-    save_tensors(out, tensors, metadata={"vfe": raw if raw is not None else json.dumps(meta)})
+    save_tensors(out, tensors, metadata=sealed_metadata(document, tensors) if seal else
+                 {**metadata, "vfe": document})
     return out
 
 
@@ -264,15 +271,15 @@ def test_a_pipeline_truncated_anywhere_in_its_header_is_an_error(saved, tmp_path
 
 @PROPERTY
 @given(data=st.data())
-def test_a_flipped_byte_is_an_error_or_changes_only_what_has_no_checksum(saved, tiny, tmp_path, data):
-    """safetensors has no checksum. A flip in the tensor data loads as a model with that one tensor changed,
-    undetectably; a flip inside the 'vfe' JSON text may change a value that is only checked for type and
-    range (a class name, a mean, a training-history number) and then loads with the tensors unchanged.
-    A flip anywhere else (the length prefix, tensor names, dtypes, shapes, offsets, JSON syntax) must be an
-    error, or change nothing."""
+def test_a_flipped_byte_anywhere_is_an_error_or_changes_nothing(saved, tiny, tmp_path, data):
+    """safetensors has no checksum of its own; vfe's (every tensor, and the JSON document with the table of
+    tensor checksums) catch a flip in the tensor data or inside the 'vfe' JSON text, which used to load as a
+    silently different model or header. A flip anywhere else (the length prefix, tensor names, dtypes,
+    shapes, offsets, JSON syntax) is an error too, or changes nothing (e.g. padding to other whitespace)."""
     raw = saved.read_bytes()
     _, vfe, tensors = layout_of(raw)
-    offset = data.draw(st.one_of(st.integers(0, tensors.start - 1), st.integers(tensors.start, len(raw) - 1)))
+    offset = data.draw(st.one_of(st.integers(0, tensors.start - 1), st.integers(tensors.start, len(raw) - 1),
+                                 st.integers(vfe.start, vfe.stop - 1)))
     xor = data.draw(st.integers(1, 255))
     path = tmp_path / "flipped.safetensors"
     path.write_bytes(raw[:offset] + bytes([raw[offset] ^ xor]) + raw[offset + 1:])
@@ -281,10 +288,78 @@ def test_a_flipped_byte_is_an_error_or_changes_only_what_has_no_checksum(saved, 
         return
     before, after = state_of(tiny[0]), state_of(got)
     assert before.keys() == after.keys()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    if offset in tensors:
-        assert len(changed) <= 1  # one element of one tensor (or a flip that left the value equal, e.g. -0.0)
-    else:
-        assert changed == []
-        if offset not in vfe:
-            assert read_metadata(path) == read_metadata(saved)
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert read_metadata(path) == read_metadata(saved)
+
+
+# -- checksums -----------------------------------------------------------------------------------------
+
+def tensor_bytes(path, name: str) -> range:
+    """Where tensor `name`'s data lies in the file at `path`."""
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    start, stop = json.loads(data[8:8 + n])[name]["data_offsets"]
+    return range(8 + n + start, 8 + n + stop)
+
+
+def test_a_flipped_bit_in_the_head_bias_stops_predict_with_one_line(saved, tiny, tmp_path, capsys):
+    """It used to predict every image as one class with probability 1.0 and exit 0."""
+    image = tmp_path / "digit.png"
+    Image.fromarray(tiny[1][0]).save(image)
+    data = bytearray(saved.read_bytes())
+    data[tensor_bytes(saved, "head.1.bias")[3]] ^= 0x40  # the top exponent bit of the first bias: ~1e36
+    saved.write_bytes(bytes(data))
+    assert main(["predict", str(saved), str(image)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"vfe predict: error: {saved}: checksum mismatch in tensor 'head.1.bias' (the file "
+                                 "is damaged); save the pipeline again (vfe fit), or restore the file\n")
+
+
+@pytest.fixture
+def two_class(tiny, feature_matrix, tmp_path):
+    """A pipeline whose head knows 2 classes, named 'zero' and 'one', saved."""
+    X, y = feature_matrix
+    keep = y < 2
+    head = make_head("linear", epochs=2, random_state=0).fit(X[keep], y[keep])
+    return Pipeline(tiny[0].backbone, head, ["zero", "one"]).save(tmp_path / "two.safetensors")
+
+
+UNSEALED = {  # name: (meta edit, tensor edit, metadata edit, what the error says)
+    "5 class names for a 2-class head": (_set("class_names", list("abcde")), None, None,
+                                         "checksum mismatch in the header"),
+    "a class name": (_set("class_names", ["zero", "eins"]), None, None, "checksum mismatch in the header"),
+    "a head weight": (None, lambda t: t["head.1.weight"].mul_(-1), None,
+                      "checksum mismatch in tensor 'head.1.weight'"),
+    "the checksum table": (None, None, lambda m: m.update({CHECKSUMS: m[CHECKSUMS].replace("sha256", "md5")}),
+                           "checksum mismatch in the header"),
+    "no checksum table": (None, None, lambda m: m.pop(CHECKSUMS),
+                          "a format v2 pipeline without its checksums"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNSEALED))
+def test_a_header_or_tensor_changed_without_new_checksums_is_refused(name, two_class):
+    meta_edit, tensor_edit, metadata_edit, message = UNSEALED[name]
+    path = edited(two_class, meta_edit, tensor_edit, seal=False)
+    if metadata_edit:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+        metadata_edit(metadata)
+        save_tensors(path, load_file(str(path)), metadata=metadata)
+    with pytest.raises(PipelineFileError, match=rf"^{path}: {message}.*; save the pipeline again") as err:
+        Pipeline.load(path, device="cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_a_pipeline_saved_before_checksums_loads_with_a_warning(two_class, tiny):
+    """Format v1 (no checksum table) still loads: the warning says damage cannot be found, and to fit again."""
+    with safe_open(str(two_class), framework="pt") as f:
+        meta = json.loads(f.metadata()["vfe"])
+    path = two_class.with_name("v1.safetensors")
+    save_tensors(path, load_file(str(two_class)), metadata={"vfe": json.dumps({**meta, "version": 1})})
+    with pytest.warns(UserWarning, match=rf"{path}: .*format v1, without checksums.*fit it again"):
+        old = Pipeline.load(path, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = Pipeline.load(two_class, device="cpu")
+    np.testing.assert_array_equal(old.predict_proba(tiny[1]), new.predict_proba(tiny[1]))

@@ -1,4 +1,5 @@
-"""CIFAR python-version files (src/vfe/data/cifar.py), written in the official Python 2 pickle format."""
+"""CIFAR python-version files (src/vfe/data/cifar.py), written in the official Python 2 pickle format, or
+rewritten by Python 3 (pickle protocols 2 to 4, str keys)."""
 from __future__ import annotations
 
 import os
@@ -56,6 +57,47 @@ def test_cifar100_uses_fine_labels_and_fine_label_names(tmp_path, photo_crops, f
     np.testing.assert_array_equal(test.labels, fine[16:])
     np.testing.assert_array_equal(test.images, images[16:])
     assert test.class_names == names
+
+
+def python3_files(images: np.ndarray, labels: np.ndarray, names: list[str], protocol: int) -> dict[str, bytes]:
+    """cifar-10-batches-py's files as Python 3's pickle.dumps writes them: str keys, NumPy arrays, and (at
+    protocol 2, which has no bytes opcode) bytes as calls of codecs.encode(text, 'latin1') or bytes()."""
+    def batch(rows, label):
+        data = images[rows].transpose(0, 3, 1, 2).reshape(len(rows), 3072)
+        return pickle.dumps({"batch_label": label, "labels": [int(v) for v in labels[rows]], "data": data,
+                             "filenames": [f"{i}.png" for i in rows]}, protocol=protocol)
+
+    n_train = len(images) * 5 // 6
+    files = {f"data_batch_{i + 1}": batch(rows, b"") for i, rows in enumerate(np.array_split(np.arange(n_train), 5))}
+    files["test_batch"] = batch(np.arange(n_train, len(images)), b"testing batch 1 of 1")
+    files["batches.meta"] = pickle.dumps({"num_cases_per_batch": 10000, "label_names": names}, protocol=protocol)
+    return files
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_an_archive_written_by_python_3_reads_like_the_official_one(tmp_path, photo_crops, formats, protocol):
+    """These used to be refused (protocol 4: 'refused a pickle using protocol 4'; protocol 2: the global
+    _codecs.encode), under the same rule: only arrays, containers, numbers, text and bytes get through."""
+    images, labels = photo_crops
+    files = python3_files(images, labels, formats.cifar10_names, protocol)
+    if protocol == 2:
+        assert b"c_codecs\nencode\n" in files["test_batch"] and b"c__builtin__\nbytes\n" in files["data_batch_1"]
+    archive = formats.write_tar_gz(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", files)
+    train, test = load_dataset(archive), load_dataset(archive, split="test")
+    np.testing.assert_array_equal(train.images, images[:20])
+    np.testing.assert_array_equal(train.labels, labels[:20])
+    np.testing.assert_array_equal(test.images, images[20:])
+    np.testing.assert_array_equal(test.labels, labels[20:])
+    assert train.class_names == test.class_names == formats.cifar10_names
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_python_3_pickle_that_would_run_code_is_refused_before_running(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps({"data": _RunsShellCommand(marker), "labels": [0]}, protocol=protocol)
+    with pytest.raises(UnsafePickleError, match=r"test_batch: refused to load the global (posix|nt)\.system"):
+        unpickle_batch(evil, "test_batch")
+    assert not marker.exists()
 
 
 def test_named_cifar10_is_found_in_data_dir(cifar10_archive, photo_crops):
@@ -130,6 +172,9 @@ def test_a_fortran_order_array_is_refused_not_read_transposed(tmp_path, photo_cr
     (pickle.dumps(np.zeros(3, np.uint8), protocol=5), "refused a pickle using protocol 5"),  # not official
     (python2_pickle(np.array([1, "a"], object)), "array of dtype 'O8'.*object array"),  # object data
     (b"\x80\x02K\x01\x96" + bytes(8), r"protocol 5 \(BYTEARRAY8\)"),  # a damaged byte turned opcode
+    (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R.",  # codecs.encode(.., 'zlib')
+     r"refused codecs.encode of a str to 'zlib'"),
+    (b"\x80\x02c__builtin__\nbytes\nK\x05\x85R.", r"refused bytes\(\) with arguments"),  # bytes(5)
 ])
 def test_only_plain_numpy_arrays_get_through(payload, refused):
     with pytest.raises(UnsafePickleError, match=refused):

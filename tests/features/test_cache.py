@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import digits_set
+from fakes import TinyBackbone, tiny_set
 
+from vfe.cli import main
 from vfe.data.types import ImageSet
 from vfe.features import FeatureCache, FeatureSet, default_cache_root
 from vfe.features.cache import cache_key
@@ -195,3 +197,21 @@ def test_an_empty_set_is_refused(tmp_path, backbone, digits):
     empty = digits.subset(np.arange(0), tag="none")
     with pytest.raises(ValueError, match="no images"):
         FeatureCache(tmp_path).extract(backbone, empty)
+
+
+def test_cache_commands_name_a_mistyped_key_and_the_all_flag(tmp_path, capsys):
+    """`verify MISTYPED` used to print nothing and exit 0; `rm` without a key named the Python argument."""
+    root = tmp_path / "cache"
+    fs = FeatureCache(root).extract(TinyBackbone(), tiny_set(), shard_size=16, progress=False)
+    assert main(["cache", "verify", "MISTYPED", "--cache-dir", str(root)]) == 2
+    assert capsys.readouterr().err == (f"vfe cache: error: no cache entry 'MISTYPED' in {root}; list them with "
+                                       "vfe cache ls\n")
+    assert main(["cache", "verify", fs.key[:6], "--cache-dir", str(root)]) == 0
+    assert capsys.readouterr().out.startswith(f"{fs.key}          OK  3 shards verified")
+    assert main(["cache", "rm", "--cache-dir", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "--all" in err and "everything" not in err and err.count("\n") == 1
+    assert fs.path.exists()
+    assert main(["cache", "rm", "--all", "--cache-dir", str(root)]) == 0 and not fs.path.exists()
+    assert main(["cache", "verify", "--cache-dir", str(root)]) == 0
+    assert capsys.readouterr().out.endswith(f"(empty) {root}\n")

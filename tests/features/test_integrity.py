@@ -21,6 +21,7 @@ from vfe.errors import CacheError
 from vfe.features import FeatureCache, FeatureSet
 
 TESTS = str(Path(__file__).parent)
+MISMATCH = "checksum mismatch (truncated, corrupted, or copied from another entry or shard)"
 FAST = settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -53,7 +54,7 @@ def test_a_truncated_shard_is_named_on_read_and_recomputed_alone_by_extract(tmp_
     with caplog.at_level(logging.WARNING, logger="vfe.features.cache"):
         again = extract(tmp_path, counting)
     assert counting.images == 16  # that shard only
-    assert caplog.messages == [(f"vfe: {bad} failed verification (checksum mismatch (truncated or corrupted)); "
+    assert caplog.messages == [(f"vfe: {bad} failed verification ({MISMATCH}); "
                                 "removed it, that shard is recomputed")]
     np.testing.assert_array_equal(again.array(), clean.array())
 
@@ -121,13 +122,53 @@ def test_verify_reports_each_entry_and_repair_keeps_what_verifies(tmp_path, clea
     assert bad.exists()
     (repaired,) = cache.verify(key_prefix=fs.key, repair=True)
     assert repaired["repaired"] and repaired["message"] == (
-        f"{bad.name}: checksum mismatch (truncated or corrupted) - repaired: removed 1 file(s) and the manifest, "
+        f"{bad.name}: {MISMATCH} - repaired: removed 1 file(s) and the manifest, "
         "kept 2 verified shards")
     assert not bad.exists() and cache.verify(key_prefix=fs.key)[0]["status"] == "incomplete"
     counting = TinyBackbone()
     np.testing.assert_array_equal(extract(tmp_path, counting).array(), clean.array())
     assert counting.images == 8  # the last shard only
     assert cache.verify(key_prefix=fs.key)[0]["status"] == "ok"
+
+
+def plant(fs: FeatureSet, source: Path, index: int) -> Path:
+    """Replace shard `index` of `fs` with the file `source`, keeping its checksum: a user's misplaced copy."""
+    shard(fs, index).unlink()
+    planted = fs.path / f"shard-{index:05d}-{source.name[-20:]}"
+    shutil.copyfile(source, planted)
+    return planted
+
+
+def inverted(root: Path) -> FeatureSet:
+    """Another entry of the same images and shard size: the images inverted first."""
+    return FeatureCache(root).extract(TinyBackbone(), tiny_set(), transform=lambda x, row: 255 - x,
+                                      transform_key="invert", shard_size=16, progress=False)
+
+
+@pytest.mark.parametrize("where", ["another entry", "another shard"])
+def test_a_shard_copied_from_another_entry_or_index_is_recomputed_not_adopted(tmp_path, clean, where):
+    """Such a file verified against its own bytes, so extract used to adopt it (other features, no warning)
+    and verify then said OK; its checksum now covers the entry's key and the shard's index."""
+    fs = copy_of(clean, tmp_path)
+    source = shard(inverted(tmp_path), 1) if where == "another entry" else shard(fs, 0)
+    planted = plant(fs, source, 1)
+    (record,) = FeatureCache(tmp_path).verify(fs.key)
+    assert record["status"] == "damaged" and planted.name in record["bad_shards"]
+    assert f"{planted.name}: {MISMATCH}" in record["message"]
+    counting = TinyBackbone()
+    np.testing.assert_array_equal(extract(tmp_path, counting).array(), clean.array())
+    assert counting.images == 16 and not planted.exists()
+    assert FeatureCache(tmp_path).verify(fs.key)[0]["status"] == "ok"
+
+
+def test_repair_removes_a_shard_copied_from_another_entry(tmp_path, clean):
+    fs = copy_of(clean, tmp_path)
+    planted = plant(fs, shard(inverted(tmp_path), 2), 2)
+    (record,) = FeatureCache(tmp_path).verify(fs.key, repair=True)
+    assert record["repaired"] and planted.name in record["bad_shards"] and not planted.exists()
+    counting = TinyBackbone()
+    np.testing.assert_array_equal(extract(tmp_path, counting).array(), clean.array())
+    assert counting.images == 8  # the last shard only
 
 
 def test_repair_removes_an_entry_with_nothing_that_verifies(tmp_path):
@@ -137,7 +178,7 @@ def test_repair_removes_an_entry_with_nothing_that_verifies(tmp_path):
     np.save(entry / "shard-00000.npy", np.zeros((4, 8), np.float32))
     (entry / "manifest.json").write_text(json.dumps({"version": 2, "key": entry.name, "n": 4, "dim": 8}))
     cache = FeatureCache(tmp_path)
-    assert cache.entries()[0]["problem"] == "manifest.json: cache version 2, this vfe reads version 3"
+    assert cache.entries()[0]["problem"] == "manifest.json: cache version 2, this vfe reads version 4"
     (record,) = cache.verify(repair=True)
     assert record["status"] == "damaged" and record["bad_shards"] == ["shard-00000.npy"]
     assert record["message"].endswith("repaired: removed the entry (nothing in it verified)")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from colour_data import CLASS_NAMES, write_colour_folder
-from threadpoolctl import threadpool_limits
+from threads import one_thread
 from torch import nn
 
 from vfe.api import fit_pipeline
@@ -40,16 +40,11 @@ def small(name: str) -> dict:
     return SMALL_VFE if name.startswith("vfe") else {"epochs": 40, "lr": 3e-3}
 
 
-@pytest.fixture(scope="module")
-def one_thread():
+@pytest.fixture(scope="module", name="one_thread")
+def _module_one_thread():
     """conftest's `_one_thread` is function-scoped: module fixtures extract at one thread here too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 def views_of(features, data, seed: int) -> dict:

@@ -25,6 +25,7 @@ from vfe.heads import (
     params_for,
     spec,
 )
+from vfe.heads.registry import _parameter_types
 
 
 @pytest.mark.parametrize("name", head_names())
@@ -129,3 +130,48 @@ def test_a_users_parameter_overrides_a_presets_own_and_reaches_the_fitted_head(d
     assert {k: model.get_params()[k] for k in ("epochs", "js_weight", "random_state")} == {
         "epochs": 2, "js_weight": 3.0, "random_state": 4}
     assert len(model.history_["records"]) == 2  # two epochs were trained, not the default 30
+
+
+def test_every_numeric_parameter_of_every_head_has_a_declared_range_that_its_defaults_meet():
+    """Each head class declares its parameters' ranges and choices (`_parameter_constraints`, scikit-learn's
+    form): every int or float parameter has one, none names a parameter the class lacks, and the class's
+    defaults and each preset's settings are within them."""
+    for name, entry in REGISTRY.items():
+        constraints = head_class_of(name)._parameter_constraints
+        kinds = _parameter_types(entry.target)
+        numeric = {k for k, kind in kinds.items() if kind and ({int, float} & set(kind))}
+        assert numeric <= set(constraints) <= set(kinds), name
+        check_params(name, {**make_head(name).get_params(deep=False), **entry.params})
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("vfe", {"predict_mode": "sampel"}, "'predict_mode' parameter of head 'vfe' must be a str among {"),
+    ("vfe-k8", {"n_samples": 0}, r"'n_samples' parameter of head 'vfe-k8' must be an int in the range \[1, inf\)"),
+    ("vfe", {"vae_schedule": "cos"}, "'vae_schedule' parameter of head 'vfe' must be a str among {.*} or None"),
+    ("vfe", {"classifier_input": "median"}, "'classifier_input' .* must be a str among"),
+    ("vfe", {"beta": -1.0}, r"'beta' .* must be a float in the range \[0.0, inf\)"),
+    ("ae", {"ae_precision": "fp16"}, "'ae_precision' parameter of head 'ae' must be a str among"),
+    ("dae", {"noise_std": -0.1}, "'noise_std' parameter of head 'dae'"),
+    ("vib", {"predict_mode": "max"}, "'predict_mode' parameter of head 'vib' must be a str among"),
+    ("pca", {"latent_dim": 0}, r"'latent_dim' parameter of head 'pca' must be an int in the range \[1, inf\)"),
+    ("linear", {"dropout": 1.0}, r"'dropout' parameter of head 'linear' must be a float in the range \[0.0, 1.0\)"),
+    ("linear", {"lr": 0}, r"'lr' .* must be a float in the range \(0.0, inf\)"),
+    ("linear", {"patience": 0}, r"'patience' .* must be an int in the range \[1, inf\) or None"),
+    ("linear", {"validation_fraction": 1}, "'validation_fraction'"),
+    ("t3a", {"filter_k": 0}, r"'filter_k' .* must be an int in the range \[1, inf\) or a int among {-1}"),
+    ("t3a", {"temperature": 0.0}, r"'temperature' .* \(0.0, inf\) or None"),
+    ("linear-tts", {"min_batch_size": 1}, r"'min_batch_size' .* \[2, inf\)"),
+    ("linear-ens", {"base": "lineer"}, "'base' parameter of head 'linear-ens' must be a str among"),
+    ("linear-ens", {"n_members": 0}, "'n_members'"),
+    ("svm", {"C": 0}, r"'C' parameter of head 'svm' must be a float in the range \(0.0, inf\)"),
+    ("finetune", {"zoom": 1.5}, "'zoom'"),
+    ("finetune", {"image_size": 4}, r"'image_size' .* \[8, 1024\] or None"),
+    ("linear-augmix-js", {"js_weight": -1.0}, "'js_weight'"),
+])
+def test_a_value_out_of_range_is_refused_naming_the_valid_ones(name, params, message):
+    """check_params (run before any work by every command) refuses it in one line; make_head leaves it to the
+    head's own fit, whose messages some callers rely on."""
+    with pytest.raises(SettingsError, match=message) as err:
+        check_params(name, params)
+    assert "\n" not in str(err.value)
+    make_head(name, **params)

@@ -195,7 +195,8 @@ def test_attack_intervals_read_the_stored_correctness_strings():
                      "1": {"correct": {"clean": "1111", "pgd": "1000"}}}
     out = attack_intervals(per_replicate)
     assert set(out) == {"clean", "pgd"}  # a key one replicate lacks has no interval
-    assert out["clean"] == {"mean": 1.0, "low": 1.0, "high": 1.0, "n_images": 4, "n_replicates": 2, "level": 0.95}
+    assert out["clean"] == {"mean": 1.0, "low": pytest.approx(0.025 ** (1 / 8)), "high": 1.0, "n_images": 4,
+                            "n_replicates": 2, "level": 0.95}  # 8 of 8 right: the exact binomial lower bound
     assert out["pgd"]["mean"] == 3 / 8 and 0 <= out["pgd"]["low"] < 3 / 8 < out["pgd"]["high"] <= 1
     assert attack_intervals({"0": {"accuracy": {"clean": 1.0}}}) == {}  # results without correctness
     # two replicates, each half right on its own 200 images (the same string, unrelated images): the width of
@@ -247,3 +248,18 @@ def test_an_eot_attack_pairs_with_the_naive_one_of_the_same_head():
             for r in range(3)}
     out = paired_attack(rows, rows, "pgd_eot", "pgd")  # EOT - naive: 20 images of 50 lost in every replicate
     assert out["mean_diff"] == pytest.approx(-0.4) and out["high"] < 0 and out["verdict"] == "worse than baseline"
+
+
+def test_an_attack_that_broke_every_image_gets_the_exact_binomial_bound_not_a_point():
+    """0 of 3 x 100 images standing: the bootstrap alone says [0, 0]; the interval is [0, 1 - 0.025^(1/300)], the
+    Clopper-Pearson bound; 300 of 300 mirrors it; a mixed outcome keeps the bootstrap's interval."""
+    broken = {str(r): {"correct": {"pgd": "0" * 100}} for r in range(3)}
+    iv = attack_intervals(broken)["pgd"]
+    assert iv["mean"] == 0 and iv["low"] == 0
+    assert iv["high"] == pytest.approx(1 - 0.025 ** (1 / 300), rel=1e-9) and 0.0122 < iv["high"] < 0.0123
+    standing = {str(r): {"correct": {"pgd": "1" * 100}} for r in range(3)}
+    iv = attack_intervals(standing)["pgd"]
+    assert iv["high"] == 1 and iv["low"] == pytest.approx(0.025 ** (1 / 300), rel=1e-9)
+    mixed = {str(r): {"correct": {"pgd": "0" * 99 + "1"}} for r in range(3)}
+    c = np.array([[0.0] * 99 + [1.0]] * 3)
+    assert (attack_intervals(mixed)["pgd"]["low"], attack_intervals(mixed)["pgd"]["high"]) == hierarchical_bootstrap(c)

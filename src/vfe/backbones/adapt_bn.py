@@ -69,13 +69,17 @@ def adapted_batchnorm(model: nn.Module, prior: float) -> Iterator[list[nn.Module
     layers = batchnorm_layers(model)
     sources = {m: (m.running_mean, m.running_var) for m in layers}
 
-    def mix(module: nn.Module, args: tuple) -> None:
+    def mix(module: nn.Module, args: tuple) -> tuple | None:
         x = args[0]
         mean, var = sources[module]
         w = source_weight(prior, len(x))
         batch_var, batch_mean = torch.var_mean(x.float(), dim=[d for d in range(x.ndim) if d != 1], correction=0)
-        module.running_mean = (w * mean + (1 - w) * batch_mean).to(mean.dtype)
-        module.running_var = (w * var + (1 - w) * batch_var).to(var.dtype)
+        mixed_mean, mixed_var = w * mean + (1 - w) * batch_mean, w * var + (1 - w) * batch_var
+        module.running_mean = mixed_mean.detach().to(mean.dtype)
+        module.running_var = mixed_var.detach().to(var.dtype)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return (_through_statistics(x, mixed_mean, mixed_var, module),)
+        return None
 
     def restore(module: nn.Module, *_: Any) -> None:
         module.running_mean, module.running_var = sources[module]
@@ -88,6 +92,18 @@ def adapted_batchnorm(model: nn.Module, prior: float) -> Iterator[list[nn.Module
             handle.remove()
         for m in layers:  # a forward pass that raised between the two hooks
             restore(m)
+
+
+def _through_statistics(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """x rewritten so that the layer's normalisation, which takes its statistics as constants (torch's
+    batch_norm is not differentiable in them), carries the gradient through them too: with m, v the mixed
+    statistics and m', v' their detached copies, x' = (x - m) sqrt((v' + eps) / (v + eps)) + m' equals x, and
+    (x' - m') / sqrt(v' + eps) = (x - m) / sqrt(v + eps), the adapted normalisation as a function of x.
+    Attacks need this: a gradient with the batch statistics held constant is not the adapted network's."""
+    eps = float(getattr(module, "eps", 1e-5))
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    scale = ((var.detach() + eps) / (var + eps)).sqrt().view(shape)
+    return ((x.float() - mean.view(shape)) * scale + mean.detach().view(shape)).to(x.dtype)
 
 
 def batch_rows(n: int, batch_size: int) -> list[np.ndarray]:
@@ -155,3 +171,25 @@ class AdaptedFeatures:
     def _adapted(self, x: torch.Tensor) -> torch.Tensor:
         with adapted_batchnorm(self.backbone.model, self.prior):
             return self.backbone.model.forward_head(self.backbone.model.forward_features(x), pre_logits=True)
+
+
+class AdaptedNetwork(nn.Module):
+    """Float images in [0, 1] -> pooled features of `extractor`'s backbone with adapted BatchNorm, the images
+    batched as `AdaptedFeatures` batches one block: differentiable, through the batch statistics too, so an
+    attack can perturb the batch a "+bn" head is scored on. fp32, eager (as `Backbone.forward`)."""
+
+    def __init__(self, extractor: AdaptedFeatures):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        if len(x01) > BLOCK:
+            raise ValueError(f"AdaptedNetwork takes one block of at most {BLOCK} images, got {len(x01)}")
+        bb, parts = self.extractor.backbone, []
+        rows = batch_rows(len(x01), self.extractor.batch_size)
+        for batch in rows:
+            x = bb.normalise(x01[torch.from_numpy(batch).to(x01.device)])
+            with adapted_batchnorm(bb.model, self.extractor.prior):
+                parts.append(bb.model.forward_head(bb.model.forward_features(x), pre_logits=True))
+        inverse = torch.from_numpy(np.argsort(np.concatenate(rows))).to(x01.device)
+        return torch.cat(parts)[inverse]

@@ -28,6 +28,9 @@ real prediction) and by BPDA (the adapting forward pass, the base's gradient); t
 the per-image worst case over the three (an image counts only if it withstands all), with `per_attack`,
 `per_attack_correct`, `strongest` (the attack with the lowest accuracy alone) and `seconds_per_attack`.
 
+"+bn" heads (`--test-time-bn`: BatchNorm adapted to each test batch) adapt at test time too, in the backbone:
+they are attacked the same three ways, on the attacked images as one batch (`_attack`).
+
 Replicate r attacks its own class-balanced draw of the test images, with its own random starts.
 
 With `--engine ray` each head x replicate is attacked in a Ray task of its own (vfe.benchmark.fanout), on a copy of
@@ -45,10 +48,12 @@ import torch
 from tqdm.auto import tqdm
 
 from vfe.backbones import Backbone
+from vfe.backbones.adapt_bn import AdaptedNetwork
 from vfe.benchmark.config import AttackSettings, EngineSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fanout import TASK_DEVICE, fan_out
 from vfe.benchmark.summary import by_head
+from vfe.benchmark.test_time_bn import base_head
 from vfe.data.split import balanced_index
 from vfe.data.types import ImageSet
 from vfe.heads.registry import REGISTRY
@@ -78,21 +83,27 @@ def run_stage(settings: AttackSettings, ctx: RunContext) -> dict:
     for r, p in enumerate(ctx.replicates):
         attacked.update(run_attacks(settings, p.backbone, ctx.models_of(r), p.test, p.seed, ctx.device,
                                     ctx.progress, ctx.cluster))
+        if r in ctx.adapted:
+            extractor, models = ctx.adapted[r]
+            attacked.update(run_attacks(settings, p.backbone, models, p.test, p.seed, ctx.device, ctx.progress,
+                                        adapted=AdaptedNetwork(extractor), twins=ctx.models_of(r)))
     per_head = by_head(attacked)
     return {"adversarial": per_head,
             "adversarial_intervals": {head: attack_intervals(per_rep) for head, per_rep in per_head.items()}}
 
 
 def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet, seed: int,
-                device: str | torch.device, progress: bool = True, cluster: EngineSettings | None = None) -> dict:
+                device: str | torch.device, progress: bool = True, cluster: EngineSettings | None = None, *,
+                adapted: torch.nn.Module | None = None, twins: dict | None = None) -> dict:
     """{(head, replicate): result} (see the module docstring) on a class-balanced subset of `settings.n_attack`
     test images chosen with `seed` (the replicate's), the same images for every head; "images" in each result
     lists their rows in the test set. With `cluster.engine == "ray"` each head is attacked in a Ray task of its
-    own (one CPU, one thread), with the same numbers as here."""
+    own (one CPU, one thread), with the same numbers as here. "+bn" heads (`adapted`: the backbone with adapted
+    BatchNorm; `twins`: {(head, replicate): the plain head each was refitted from}) are attacked here, locally."""
     rows = balanced_index(test.labels, settings.n_attack, seed)
     images_u8, labels = np.asarray(test.images)[rows], np.asarray(test.labels)[rows]
     specs = attack_specs(settings.attack_eps_linf, settings.attack_eps_l2, eot=True)
-    if cluster is not None and cluster.engine == "ray":
+    if cluster is not None and cluster.engine == "ray" and adapted is None:
         shared = {"parts": _shippable(backbone), "models": models, "images": images_u8, "labels": labels,
                   "specs": specs, "settings": settings, "data_seed": seed}
         done = dict(fan_out(attack_task, list(models), shared, progress=progress, desc="attacks (ray)",
@@ -103,8 +114,9 @@ def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet
     with tqdm(total=len(models) * len(specs), desc="attacks", unit="attack", disable=not progress,
               dynamic_ncols=True) as bar:
         for (head, replicate), model in models.items():
+            twin = twins[(base_head(head), replicate)] if adapted is not None else None
             result = attack_one(backbone, model, images, labels, specs, settings, seed, device, bar,
-                                f"{head}/replicate{replicate}")
+                                f"{head}/replicate{replicate}", adapted=adapted, twin=twin)
             results[(head, replicate)] = {**result, "images": rows.tolist()}
     return results
 
@@ -126,22 +138,26 @@ def _shippable(backbone: Backbone) -> dict:
 
 def attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],
                settings: AttackSettings, data_seed: int, device, bar=None, name: str = "", *,
-               adapts: bool | None = None) -> dict:
+               adapts: bool | None = None, adapted: torch.nn.Module | None = None, twin=None) -> dict:
     """One fitted head attacked with every spec (the module docstring's result), under a random state seeded
     with `data_seed`: a head's numbers do not depend on which heads were attacked before it, or where.
     `adapts`: whether the head adapts at test time, so that it is also attacked through its base (`_attack`);
-    None asks the registry (`model_adapts`)."""
+    None asks the registry (`model_adapts`). `adapted`: for a "+bn" head, the backbone with adapted BatchNorm
+    (`vfe.backbones.adapt_bn.AdaptedNetwork`) whose features it is scored on, and `twin`, the plain head it was
+    refitted from: it adapts at test time too, and is attacked as `_attack` says."""
     if adapts is None:
-        adapts = model_adapts(model)
+        adapts = model_adapts(model) or adapted is not None
     started = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(data_seed)  # the sampling heads' draws when deciding which images are settled
-        result = _attack(backbone, model, images, labels, specs, settings, data_seed, device, bar, name, adapts)
+        result = _attack(backbone, model, images, labels, specs, settings, data_seed, device, bar, name, adapts,
+                         adapted, twin)
     return {**result, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _attack(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],
-            settings: AttackSettings, data_seed: int, device, bar, name: str, adapts: bool = False) -> dict:
+            settings: AttackSettings, data_seed: int, device, bar, name: str, adapts: bool = False,
+            adapted: torch.nn.Module | None = None, twin=None) -> dict:
     """attack_one's result. A head that adapts at test time is attacked three ways with every spec, since a
     gradient through its adapting module can point nowhere useful (gradient masking): "direct" through that
     module; "transfer", images crafted on its non-adapting base (`base_probability_module()`) and scored by
@@ -149,33 +165,38 @@ def _attack(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: li
     (`StraightThroughLogProbabilities`). An image counts as correct under a spec only if it is correct under
     all three (the worst case, as AutoAttack reports it), and "per_attack", "per_attack_correct",
     "strongest" and "seconds_per_attack" say how each did. Any other head gets the direct attack alone and
-    no such fields."""
+    no such fields.
+
+    A "+bn" head (`adapted` given) adapts in the backbone: the attacked images form one batch, split into the
+    adapted batches as its features always are, so each image's features depend on the others and every image
+    is perturbed at once (the attacker controls the test batch). "direct" differentiates the adapted network,
+    through the batch statistics; "transfer" crafts the images on the plain backbone and `twin` (the head it
+    was refitted from, through its own base if it adapts); "bpda" runs the adapted network forward and the
+    plain backbone backward, with the head itself. No image is ever settled early (see the module docstring):
+    a larger budget attacks the whole batch again."""
     head = _on_device(model.probability_module(), device).eval()
     target = torch.from_numpy(_class_index(model, labels)).to(device)
-    clean = _features(backbone, images)
+    if adapted is None:
+        featurize = functools.partial(_features, backbone)
+    else:  # a "+bn" head's features: the images it is given form one batch
+        featurize = lambda x: _features(adapted, x, len(x))
+    clean = featurize(images)
     random_head = samples_randomly(head, torch.from_numpy(clean[:8]).to(device))
     draws = settings.n_eot if random_head else 1
     correct = {"clean": model.predict(clean) == labels}
-    # per attack, in the order in which `strongest` breaks ties: the models torchattacks differentiates (plain,
-    # EOT), and the module its forward pass runs
-    paths = {"direct": (LogProbabilities(backbone, head), LogProbabilities(backbone, head, n_samples=settings.n_eot),
-                        head)}
-    if adapts:
-        base = _on_device(_base_module(model), device).eval()
-        paths["transfer"] = (LogProbabilities(backbone, base), LogProbabilities(backbone, base,
-                                                                                n_samples=settings.n_eot), base)
-        paths["bpda"] = (StraightThroughLogProbabilities(backbone, head, base),
-                         StraightThroughLogProbabilities(backbone, head, base, n_samples=settings.n_eot), head)
+    paths = _paths(backbone, model, head, settings, device, adapts, adapted, twin)
     per_attack, seconds = {}, {}
-    for attack, (plain, eot, module) in paths.items():
+    for attack, (plain, eot, module, batch) in paths.items():
         started = time.perf_counter()
-        if adapts:
+        if adapted is not None:
+            settled = _never_settled
+        elif adapts:
             settled = functools.partial(_settled_together, model, module, labels=labels, target=target, draws=draws)
         else:
             settled = functools.partial(_settled_rows, model, head, labels=labels, target=target, draws=draws)
-        per_attack[attack] = _attack_path(backbone, model, images, labels, target, clean, specs, settings, data_seed,
-                                          (plain, eot), settled, random_head, bar, f"{name} {attack}" if adapts
-                                          else name, advance=attack == "direct")
+        per_attack[attack] = _attack_path(featurize, model, images, labels, target, clean, specs, settings, data_seed,
+                                          (plain, eot), batch, settled, random_head, bar,
+                                          f"{name} {attack}" if adapts else name, advance=attack == "direct")
         seconds[attack] = round(time.perf_counter() - started, 3)
     keys = [spec.key for spec in specs]
     for key in keys:
@@ -193,12 +214,39 @@ def _attack(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: li
     return result
 
 
-def _attack_path(backbone, model, images: torch.Tensor, labels: np.ndarray, target: torch.Tensor,
+def _paths(backbone, model, head: torch.nn.Module, settings: AttackSettings, device, adapts: bool,
+           adapted: torch.nn.Module | None, twin) -> dict[str, tuple]:
+    """{attack: (model torchattacks differentiates, its EOT version, the head module the forward pass runs,
+    images per perturbed batch)}, in the order in which `strongest` breaks ties (see `_attack`)."""
+    eot = settings.n_eot
+    if adapted is None:
+        paths = {"direct": (LogProbabilities(backbone, head), LogProbabilities(backbone, head, n_samples=eot), head,
+                            BATCH_SIZE)}
+        if adapts:
+            base = _on_device(_base_module(model), device).eval()
+            paths["transfer"] = (LogProbabilities(backbone, base), LogProbabilities(backbone, base, n_samples=eot),
+                                 base, BATCH_SIZE)
+            paths["bpda"] = (StraightThroughLogProbabilities(backbone, head, base),
+                             StraightThroughLogProbabilities(backbone, head, base, n_samples=eot), head, BATCH_SIZE)
+        return paths
+    whole = None  # the whole attacked set in one batch: filled in by _attack_path
+    base = _on_device(_base_module(model) if model_adapts(model) else head, device).eval()
+    source = _on_device(_base_module(twin) if model_adapts(twin) else twin.probability_module(), device).eval()
+    return {"direct": (LogProbabilities(adapted, head), LogProbabilities(adapted, head, n_samples=eot), head, whole),
+            "transfer": (LogProbabilities(backbone, source), LogProbabilities(backbone, source, n_samples=eot),
+                         source, BATCH_SIZE),
+            "bpda": (StraightThroughLogProbabilities(backbone, head, base, adaptive_backbone=adapted),
+                     StraightThroughLogProbabilities(backbone, head, base, n_samples=eot, adaptive_backbone=adapted),
+                     head, whole)}
+
+
+def _attack_path(featurize, model, images: torch.Tensor, labels: np.ndarray, target: torch.Tensor,
                  clean: np.ndarray, specs: list[AttackSpec], settings: AttackSettings, data_seed: int,
-                 models: tuple[torch.nn.Module, torch.nn.Module], settled, random_head: bool, bar, name: str,
-                 advance: bool) -> dict[str, np.ndarray]:
+                 models: tuple[torch.nn.Module, torch.nn.Module], batch: int | None, settled, random_head: bool,
+                 bar, name: str, advance: bool) -> dict[str, np.ndarray]:
     """{spec key: whether the head's prediction is right on each image} for one way of attacking it. `models`:
-    what torchattacks differentiates, plainly and with EOT; `settled(features, rows)`: which of `rows` need no
+    what torchattacks differentiates, plainly and with EOT, on batches of `batch` images (None: all at once);
+    `featurize(images)`: the features the head is scored on; `settled(features, rows)`: which of `rows` need no
     larger budget (the module docstring's cost note). `advance`: whether the progress bar counts these specs."""
     correct: dict[str, np.ndarray] = {}
     plain, eot = models
@@ -223,12 +271,18 @@ def _attack_path(backbone, model, images: torch.Tensor, labels: np.ndarray, targ
             attack = make_attack(spec, eot if spec.eot else plain, settings.attack_steps)
             with torch.random.fork_rng():
                 torch.manual_seed(data_seed)  # the same random starts for every head
-                features[todo] = _features(backbone, perturb(attack, images[todo], target[todo], BATCH_SIZE))
+                adversarial = perturb(attack, images[todo], target[todo], batch or len(todo))
+            features[todo] = featurize(adversarial)
             done[todo] = settled(features, todo)
         if spec.method == "pgd":
             held[family] = features, done
         correct[spec.key] = model.predict(features) == labels
     return correct
+
+
+def _never_settled(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """For a "+bn" head: no image is settled, since its prediction changes with the rest of the batch."""
+    return np.zeros(len(rows), bool)
 
 
 def _settled_rows(model, head, features: np.ndarray, rows: np.ndarray, *, labels: np.ndarray, target: torch.Tensor,
@@ -271,8 +325,9 @@ def _bits(correct: np.ndarray) -> str:
 
 
 @torch.no_grad()
-def _features(backbone, images: torch.Tensor) -> np.ndarray:
-    batches = [backbone(images[i:i + BATCH_SIZE]) for i in range(0, len(images), BATCH_SIZE)]
+def _features(network, images: torch.Tensor, batch: int = BATCH_SIZE) -> np.ndarray:
+    """Features of float images, `batch` at a time (all at once for a "+bn" head: its batches are its own)."""
+    batches = [network(images[i:i + batch]) for i in range(0, len(images), batch)]
     return torch.cat(batches).float().cpu().numpy()
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from vfe import defaults
-from vfe.errors import SettingsError
+from vfe.errors import DataError, SettingsError
 from vfe.heads.registry import check_params, expand_heads, is_augmented, is_augmix, spec
 from vfe.paths import check_writable_folder
 from vfe.robustness.augmix import DEFAULT_VIEWS
@@ -270,12 +270,8 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
     """
     from vfe.robustness.corruptions.registry import REGISTRY  # imports scipy and OpenCV: not at `vfe --help`
 
-    data, heads, corr, att = settings.data, settings.heads, settings.corruptions, settings.attacks
-    for flag, value in (("--n-train", data.n_train), ("--n-test", data.n_test)):
-        if value is not None and value < 1:
-            raise SettingsError(f"{flag} must be at least 1 (or 'none' for all images), got {value}")
-    if settings.backbone.image_size is not None and not 8 <= settings.backbone.image_size <= 1024:
-        raise SettingsError(f"--image-size must be between 8 and 1024 pixels, got {settings.backbone.image_size}")
+    heads, corr, att = settings.heads, settings.corruptions, settings.attacks
+    check_data(settings.data, settings.backbone)
     if not heads.heads:
         raise SettingsError("--heads: give at least one head")
     if isinstance(heads.replicates, bool) or not isinstance(heads.replicates, int) or heads.replicates < 1:
@@ -288,21 +284,14 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
         if "random_state" in params:
             raise SettingsError(f"--head-param {head}.random_state: each replicate seeds every head itself (from "
                                 "--data-seed and the replicate); leave it out, or change --data-seed")
-    families = sorted({c.family for c in REGISTRY.values()})
-    if heads.augment_family not in families:
-        raise SettingsError(f"--augment-family {heads.augment_family!r} is not a corruption family; one of "
-                            f"{', '.join(families)}")
-    if heads.augmix_views < 1:
-        raise SettingsError(f"--augmix-views must be at least 1, got {heads.augmix_views}")
+    check_views(heads.augment_family, heads.augmix_views)
     unknown = [c for c in corr.corruptions or [] if c not in REGISTRY]
     if unknown:
         raise SettingsError(f"--corruptions: unknown {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
     bad = [s for s in corr.severities if s not in (1, 2, 3, 4, 5)]
     if bad or not corr.severities:
         raise SettingsError(f"--severities must be among 1 2 3 4 5, got {corr.severities}")
-    if corr.corruption_params not in ("auto", "imagenet", "cifar"):
-        raise SettingsError(f"--corruption-params must be 'auto', 'imagenet' or 'cifar', "
-                            f"got {corr.corruption_params!r}")
+    check_corruption_params(corr.corruption_params)
     check_test_time_bn(corr, expand_heads(heads.heads))
     if att.n_attack < 0 or att.attack_steps < 1 or att.n_eot < 1:
         raise SettingsError(f"--n-attack must be >= 0, --attack-steps and --n-eot >= 1; got {att.n_attack}, "
@@ -320,10 +309,66 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
     if settings.compare_with is not None:
         compared_results(settings.compare_with)
     check_engine(settings.cluster)
-    out = settings.run_dir
+    check_run_dir(settings.run_dir, overwrite)
+
+
+def check_run_dir(out: Path, overwrite: bool) -> None:
+    """The run folder is writable and holds no finished run unless it may be replaced (checked before any work,
+    and again once its lock is held: a run that held it may have finished meanwhile)."""
     if (out / "results.json").exists() and not overwrite:
         raise SettingsError(f"{out} already holds a run; pass --overwrite or choose another --name")
     check_writable_folder(out, "--runs-dir")
+
+
+def check_data(data: DataSettings, backbone: BackboneSettings) -> None:
+    """Sizes of the data and backbone settings that `vfe run` and `vfe sweep` share."""
+    for flag, value in (("--n-train", data.n_train), ("--n-test", data.n_test)):
+        if value is not None and value < 1:
+            raise SettingsError(f"{flag} must be at least 1 (or 'none' for all images), got {value}")
+    if backbone.image_size is not None and not 8 <= backbone.image_size <= 1024:
+        raise SettingsError(f"--image-size must be between 8 and 1024 pixels, got {backbone.image_size}")
+
+
+def check_views(augment_family: str, augmix_views: int) -> None:
+    """--augment-family names a corruption family and --augmix-views is at least 1 (run and sweep)."""
+    from vfe.robustness.corruptions.registry import REGISTRY  # imports scipy and OpenCV: not at `vfe --help`
+
+    families = sorted({c.family for c in REGISTRY.values()})
+    if augment_family not in families:
+        raise SettingsError(f"--augment-family {augment_family!r} is not a corruption family; one of "
+                            f"{', '.join(families)}")
+    if augmix_views < 1:
+        raise SettingsError(f"--augmix-views must be at least 1, got {augmix_views}")
+
+
+def check_corruption_params(corruption_params: str) -> None:
+    if corruption_params not in ("auto", "imagenet", "cifar"):
+        raise SettingsError(f"--corruption-params must be 'auto', 'imagenet' or 'cifar', got {corruption_params!r}")
+
+
+def check_sweep(settings: SweepSettings) -> None:
+    """Every cheap check of a sweep's settings (its grid is checked by expand_grid), before any image is loaded."""
+    if not settings.name:
+        raise SettingsError("--name: give the sweep a name (its folder under --runs-dir)")
+    check_data(settings.data, settings.backbone)
+    check_views(settings.augment_family, settings.augmix_views)
+    check_corruption_params(settings.corruption_params)
+    check_engine(settings.cluster)
+    check_writable_folder(Path(settings.runs_dir) / settings.name, "--runs-dir")
+
+
+def check_trainable(data, dataset: str, n_train: int | None) -> None:
+    """The training split of `data` (an ImageSet) holds two classes or more, and `n_train` images are one per
+    class at least: checked once the data is loaded, before any feature is extracted, since a head refuses
+    one class only after the extraction."""
+    classes = sorted(set(data.labels.tolist()))
+    if len(classes) < 2:
+        only = data.class_names[classes[0]] if classes else "none"
+        raise DataError(f"{dataset}: its training images are all of one class ({only}); a classifier needs "
+                        "two classes or more (an image folder: one sub-folder per class)")
+    if n_train is not None and n_train < len(classes):
+        raise SettingsError(f"--n-train {n_train} is fewer than the {len(classes)} classes of {dataset}: give "
+                            f"at least {len(classes)}, one image per class")
 
 
 def check_engine(cluster: EngineSettings) -> None:

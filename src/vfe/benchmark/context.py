@@ -31,6 +31,9 @@ class RunContext:
     cluster: EngineSettings = field(default_factory=EngineSettings)  # local, or where the Ray workers are
     backbone_settings: BackboneSettings = field(default_factory=BackboneSettings)
     noise_per_replicate: bool = False  # corruption noise drawn with each replicate's seed, not the base seed
+    # written by the corruption stage with --test-time-bn, for the attacks: {replicate: (its AdaptedFeatures,
+    # {(head + "+bn", replicate): fitted head})}
+    adapted: dict = field(default_factory=dict)
 
     @property
     def test(self) -> ImageSet:

@@ -5,13 +5,18 @@ as heads "<head>+bn" (`vfe.benchmark.test_time_bn`).
 """
 from __future__ import annotations
 
+import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from vfe.backbones import resolve_device
 from vfe.benchmark import test_time_bn
 from vfe.benchmark.clean import evaluate_clean
-from vfe.benchmark.config import CorruptionSettings
+from vfe.benchmark.config import BackboneSettings, CorruptionSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.prepare import Prepared
 from vfe.benchmark.summary import BASELINE, by_head
@@ -19,6 +24,7 @@ from vfe.data.types import ImageSet
 from vfe.features.cache import ImageTransform
 from vfe.features.ray_engine import ExtractionJob
 from vfe.features.source import FeatureSource
+from vfe.hardware import usable_cores, user_fixed_threads
 from vfe.robustness import metrics as cm
 from vfe.robustness.calibration import probability_metrics
 from vfe.robustness.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTIONS_VERSION, EXTRA_CORRUPTIONS, corrupt
@@ -33,7 +39,8 @@ def corruption_names(settings: CorruptionSettings) -> list[str]:
 
 def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
     """results.json's "corruptions" (per head and replicate, and mCE against the baseline of the same replicate)
-    and "corruption_seconds"; with `test_time_bn` also "test_time_bn" and "clean" with the "+bn" heads' clean
+    and "corruption_seconds" (per corruption, summed over severities and replicates: a worker's seconds computing
+    its sets, `fill_cache`, and the seconds reading them and running the heads); with `test_time_bn` also "test_time_bn" and "clean" with the "+bn" heads' clean
     metrics added (so the summary, the report and the leaderboard list them as heads).
 
     By default the corrupted test sets are the same for every replicate (one noise draw, seeded by the run's base
@@ -51,11 +58,16 @@ def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
                     for name in names for severity in settings.severities]
             extract_on_cluster(p.features, jobs, ctx.backbone_settings, progress=ctx.progress,
                                desc=f"corruptions ({len(names)} x {len(settings.severities)} severities, ray)")
+            filled = {}
+        else:
+            filled = fill_cache(p.features, p.test, names, settings.severities, ctx.noise_seed(r),
+                                settings.corruption_params, workers=cache_workers(ctx.backbone_settings),
+                                progress=ctx.progress)
         measured = run_corruptions(p.features, p.test, ctx.models_of(r), names, settings.severities,
                                    ctx.noise_seed(r), settings.corruption_params)
         per_model.update(measured["per_model"])
         for name, t in measured["seconds"].items():
-            seconds[name] = round(seconds.get(name, 0.0) + t, 3)
+            seconds[name] = round(seconds.get(name, 0.0) + filled.get(name, 0.0) + t, 3)
         if settings.test_time_bn:
             adapted = run_adapted(settings, ctx, p, r, names)
             per_model.update(adapted["per_model"])
@@ -79,8 +91,50 @@ def run_adapted(settings: CorruptionSettings, ctx: RunContext, p: Prepared, repl
                                settings.corruption_params)
     seconds = {"total": round(time.perf_counter() - started, 3), "per_corruption": measured["seconds"]}
     cost = test_time_bn.extraction_cost(p.backbone, extractor, p.test.images)
+    ctx.adapted[replicate] = extractor, models  # the attack stage attacks them
     return {"per_model": measured["per_model"], "clean": clean,
             "record": test_time_bn.record(extractor, models, seconds, fit_seconds, cost)}
+
+
+def cache_workers(backbone: BackboneSettings) -> int:
+    """How many corrupted test sets `fill_cache` computes at once: one per usable core on the CPU (one per thread
+    the user allowed, with OMP_NUM_THREADS / MKL_NUM_THREADS), one where the network runs on a GPU."""
+    if resolve_device(backbone.device).type != "cpu":
+        return 1
+    return torch.get_num_threads() if user_fixed_threads() else usable_cores()
+
+
+def fill_cache(features: FeatureSource, test: ImageSet, names: list[str], severities: list[int], seed: int,
+               params: str, workers: int, progress: bool = True) -> dict[str, float]:
+    """Every corrupted test set's features into the run's cache, `workers` sets at a time, each worker a thread
+    running the network at one intra-op thread; `run_corruptions` then reads them all from the cache.
+
+    Why: the network's small convolutions (EfficientNet-Lite at 112 px, and the reference protocol's top at
+    4 x 4) keep two intra-op threads on one batch well under 2x one thread's speed, while two batches on one
+    thread each keep both cores busy (benchmarks/bench_corruption_workers.py). The features are those of the
+    sequential path bit for bit: extraction returns one intra-op thread's bits at any count
+    (`vfe.backbones.engine.OneThreadBits`), and each set's noise is seeded by its own name, severity and rows.
+    Returns {corruption: seconds its sets took in their workers} ({} when there is one worker: nothing is done)."""
+    jobs = [(name, severity) for name in names for severity in severities]
+    if workers < 2 or len(jobs) < 2:
+        return {}
+    quiet = copy.copy(features)
+    quiet.progress = False  # one bar for all the sets, below
+
+    def one(job: tuple[str, int]) -> float:
+        torch.set_num_threads(1)  # this thread's own setting (OpenMP's is per thread)
+        started = time.perf_counter()
+        corrupted_features(quiet, test, *job, seed, params)
+        return time.perf_counter() - started
+
+    seconds: dict[str, float] = {}
+    with ThreadPoolExecutor(min(workers, len(jobs))) as pool, \
+            tqdm(total=len(jobs), desc=f"corrupted test sets ({workers} at a time)", unit="set",
+                 disable=not progress, dynamic_ncols=True) as bar:
+        for (name, _), took in zip(jobs, pool.map(one, jobs), strict=True):
+            seconds[name] = seconds.get(name, 0.0) + took
+            bar.update()
+    return seconds
 
 
 def corruption_transform(name: str, severity: int, seed: int, params: str) -> tuple[ImageTransform, str]:

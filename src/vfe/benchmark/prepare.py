@@ -21,7 +21,7 @@ from vfe.data.split import balanced_subset
 from vfe.data.types import ImageSet
 from vfe.features.cache import FeatureCache
 from vfe.features.source import BackboneFeatures, FeatureSource
-from vfe.io import atomic_write_bytes
+from vfe.io import write_text
 
 
 @dataclass
@@ -141,5 +141,5 @@ def skipped_files(*sets: ImageSet) -> list[str]:
 def write_skipped(path: Path, lines: list[str], log=print) -> None:
     """The full list of skipped files beside the outputs, and one line saying where it is."""
     if lines:
-        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+        write_text(path, "\n".join(lines) + "\n")  # names that are not UTF-8 escaped
         log(f"[vfe] skipped {len(lines)} unreadable file(s); the list is in {path}")

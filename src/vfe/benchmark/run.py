@@ -5,7 +5,9 @@
         every replicate -> summary (paired over replicates) -> leaderboard -> report
 
 Every stage is timed; every expensive artefact comes from the feature cache, so a re-run with the same
-settings skips extraction and gives the same numbers.
+settings skips extraction and gives the same numbers. The run folder is locked while the run writes it, and
+the run is written beside it and put in its place only when complete (vfe.rundir): a run stopped anywhere
+leaves the folder as it was, and the same command run again resumes from the cache.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from vfe.backbones import resolve_device
 from vfe.benchmark.augment import training_record
 from vfe.benchmark.clean import evaluate_clean
-from vfe.benchmark.config import RunSettings, check, compared_results
+from vfe.benchmark.config import RunSettings, check, check_run_dir, check_trainable, compared_results
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fanout import cluster_session
 from vfe.benchmark.fit import fit_heads
@@ -34,14 +36,25 @@ from vfe.io import write_json
 from vfe.report import write_report
 from vfe.report.inputs import report_inputs
 from vfe.report.protocols import comparable
+from vfe.rundir import claimed, staged_folder
 
 
-def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
-    """Run every stage; write results.json and the report into runs/<name>/. Returns that folder."""
+def run(settings: RunSettings, overwrite: bool = False, log=print, wait: bool = False) -> Path:
+    """Run every stage; write results.json and the report into runs/<name>/. Returns that folder.
+
+    Another run (or sweep) writing the same folder makes this an error naming it, or with `wait` a wait for it.
+    """
     check(settings, overwrite)  # every cheap check before any image is loaded
+    with claimed(settings.run_dir, "--name", wait, log):
+        check_run_dir(settings.run_dir, overwrite)  # again: the run that held the lock may have finished
+        with staged_folder(settings.run_dir, marker="results.json") as out:
+            write_run(settings, out, log)
+    return settings.run_dir
+
+
+def write_run(settings: RunSettings, out: Path, log) -> None:
+    """Every stage of the run, its results.json and its report, written into `out`."""
     heads = expand_heads(settings.heads.heads)
-    out = settings.run_dir
-    out.mkdir(parents=True, exist_ok=True)
     device = str(resolve_device(settings.backbone.device))
     timer = StageTimer(log=log)
     started = time.perf_counter()
@@ -62,7 +75,6 @@ def run(settings: RunSettings, overwrite: bool = False, log=print) -> Path:
     write_json(out / "results.json", results)
     with timer.timed("report"):
         write_report(out, results)
-    return out
 
 
 def measure(settings: RunSettings, heads: list[str], device: str, out: Path, timer: StageTimer, log) -> dict:
@@ -71,6 +83,7 @@ def measure(settings: RunSettings, heads: list[str], device: str, out: Path, tim
     augmented = any(is_augmented(h) for h in heads)
     draws = replicates(settings.data.data_seed, settings.heads.replicates)
     shared = load_shared(settings.data, settings.backbone, settings.cache_dir, timer, log)
+    check_trainable(shared.pool, shared.dataset, settings.data.n_train)  # before any feature is extracted
     prepared, models, fit_seconds = [], {}, {}
     for rep in draws:
         p = prepare_replicate(shared, settings.data.n_train, rep.seed, finetune=settings.finetune,
@@ -88,7 +101,11 @@ def measure(settings: RunSettings, heads: list[str], device: str, out: Path, tim
         models.update(fitted)
         for head, s in seconds.items():
             fit_seconds.setdefault(head, []).extend(s)
-    write_skipped(out / "skipped_files.txt", skipped_files(shared.pool, shared.test), log)
+    skipped = skipped_files(shared.pool, shared.test)
+    write_skipped(out / "skipped_files.txt", skipped, log=lambda _: None)  # `out` is staged: logged with its place
+    if skipped:
+        log(f"[vfe] skipped {len(skipped)} unreadable file(s); the list is in "
+            f"{settings.run_dir / 'skipped_files.txt'}")
     with timer.timed("clean evaluation"):
         clean, clean_probs = {}, {}
         for p, rep in zip(prepared, draws):

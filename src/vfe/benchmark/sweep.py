@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +23,18 @@ from sklearn.model_selection import ParameterGrid
 from tqdm.auto import tqdm
 
 from vfe.benchmark.augment import training_record
-from vfe.benchmark.config import EngineSettings, SweepSettings, check_engine
+from vfe.benchmark.config import EngineSettings, SweepSettings, check_engine, check_sweep, check_trainable
 from vfe.benchmark.fanout import TASK_DEVICE, cluster_session, fan_out
 from vfe.benchmark.fit import fit_head
-from vfe.benchmark.prepare import prepare
+from vfe.benchmark.prepare import load_shared, prepare_replicate, replicate_train
 from vfe.benchmark.timer import StageTimer
 from vfe.data.split import balanced_index
 from vfe.errors import SettingsError
-from vfe.heads.registry import is_augmented, is_augmix, spec
+from vfe.heads.registry import check_params, is_augmented, is_augmix, spec
 from vfe.io import read_json, write_json
 from vfe.robustness.calibration import probability_metrics
 from vfe.robustness.stats import mean_std
+from vfe.rundir import claimed
 
 GRID_KEYS = ("heads", "seeds", "train_sizes")
 METRICS = ("accuracy", "nll", "ece")
@@ -41,24 +43,57 @@ SELECTOR = "balanced_index-v1"
 
 
 def expand_grid(grid: dict) -> list[dict]:
-    """Every cell of a grid: {"head", "params", "train_size", "seed"}; scalar parameters count as one value."""
+    """Every cell of a grid: {"head", "params", "train_size", "seed"}; scalar parameters count as one value.
+
+    Every cell is checked here, before any work: its head, its parameters' names, types and ranges
+    (check_params), its seed (a whole number) and its train size (a whole number >= 1, or null for all).
+    """
     unknown = set(grid) - set(GRID_KEYS)
     if unknown or "heads" not in grid:
         raise SettingsError(f"sweep grid: keys must be among {GRID_KEYS} with 'heads' required, got {sorted(grid)}")
     heads = grid["heads"]
     if isinstance(heads, (list, tuple)):
         heads = {name: {} for name in heads}
+    seeds = _values(grid, "seeds", [0], lambda v: _whole(v) and v >= 0, "whole numbers >= 0")
+    sizes = _values(grid, "train_sizes", [None], lambda v: v is None or _whole(v) and v >= 1,
+                    "whole numbers >= 1, or null for the whole training set")
     cells = []
     for head, space in heads.items():
         if spec(head).inputs != "features":  # also raises on an unknown name, before any work
             raise SettingsError(f"sweep grid: head {head!r} takes images; sweeps run on cached features")
         space = {k: v if isinstance(v, (list, tuple)) else [v] for k, v in (space or {}).items()}
         for params in ParameterGrid(space):
-            for train_size in grid.get("train_sizes", [None]):
-                for seed in grid.get("seeds", [0]):
+            check_params(head, params)
+            for train_size in sizes:
+                for seed in seeds:
                     cells.append({"head": head, "params": dict(sorted(params.items())), "train_size": train_size,
                                   "seed": int(seed)})
     return cells
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _values(grid: dict, key: str, default: list, valid, what: str) -> list:
+    """grid[key] as a list whose every value is `valid`; a SettingsError naming the first that is not."""
+    values = grid.get(key, default)
+    if not isinstance(values, (list, tuple)) or not values:
+        raise SettingsError(f"sweep grid: {key!r} must be a non-empty list, got {values!r}")
+    bad = [v for v in values if not valid(v)]
+    if bad:
+        raise SettingsError(f"sweep grid: {key!r} must be {what}, got {bad[0]!r}")
+    return list(values)
+
+
+def check_train_sizes(cells: list[dict], y_train: np.ndarray) -> None:
+    """Each cell's train size is one image per class at least and at most the training set (known once the data
+    is loaded, before any feature is extracted)."""
+    n_classes = len(np.unique(y_train))
+    for size in sorted({c["train_size"] for c in cells} - {None}):
+        if not n_classes <= size <= len(y_train):
+            raise SettingsError(f"sweep grid: train size {size} must be between the number of classes "
+                                f"({n_classes}) and the training set's size ({len(y_train)}), or null for all")
 
 
 def data_key(*arrays: np.ndarray) -> str:
@@ -116,11 +151,7 @@ def run_sweep(grid: dict, X_train: np.ndarray, y_train: np.ndarray, X_test: np.n
     needs_views = sorted({c["head"] for c in cells if is_augmix(c["head"])})
     if needs_views and X_views is None:
         raise ValueError(f"heads {needs_views} train on AugMix views: pass X_views (see vfe.benchmark.augment)")
-    n_classes = len(np.unique(y_train))
-    for size in {c["train_size"] for c in cells} - {None}:
-        if not n_classes <= size <= len(y_train):
-            raise SettingsError(f"sweep grid: train size {size} must be between the number of classes "
-                                f"({n_classes}) and the training set's size ({len(y_train)}), or null for all")
+    check_train_sizes(cells, y_train)
     key = data_key(X_train, y_train, X_test, y_test, *([X_aug] if needs_aug else []),
                    *([X_views] if needs_views else []))
     paths = [out_dir / cell_file(cell, key) for cell in cells]
@@ -236,31 +267,34 @@ def load_grid(text_or_path: str) -> dict:
     return grid
 
 
-def run_sweep_job(settings: SweepSettings, grid: dict | None = None) -> dict:
+def run_sweep_job(settings: SweepSettings, grid: dict | None = None, wait: bool = False, log=print) -> dict:
     """`vfe sweep`: prepare the data once (as `vfe run` does), run every cell, write runs/<name>/sweep.json.
 
     Cells land in runs/<name>/sweep/ as they finish; the summary (mean +/- std over seeds) goes to
     sweep.json. `compare_pixels` adds the same sizes on raw pixels (transfer vs scratch). With `--engine ray`
     the cells are fitted as Ray tasks (run_sweep); the cluster is connected to before the data is prepared,
-    so a wrong --address costs nothing.
+    so a wrong --address costs nothing. The folder is locked while the sweep runs (vfe.rundir.claimed):
+    another sweep or run of the same name is refused, or with `wait` waits for it.
     """
     grid = load_grid(settings.grid) if grid is None else grid
-    cells = expand_grid(grid)  # unknown heads and keys are refused before any work
-    if not settings.name:
-        raise SettingsError("--name: give the sweep a name (its folder under --runs-dir)")
-    check_engine(settings.cluster)
-    with cluster_session(settings.cluster):
+    cells = expand_grid(grid)  # unknown heads, parameters, seeds and sizes are refused before any work
+    check_sweep(settings)
+    with claimed(Path(settings.runs_dir) / settings.name, "--name", wait, log), cluster_session(settings.cluster):
         return _sweep_job(settings, grid, cells)
 
 
 def _sweep_job(settings: SweepSettings, grid: dict, cells: list[dict]) -> dict:
     out = Path(settings.runs_dir) / settings.name
-    augmented = any(is_augmented(cell["head"]) for cell in cells)
-    prepared = prepare(settings.data, settings.backbone, settings.cache_dir,
-                       augment_family=settings.augment_family if augmented else None,
-                       corruption_params=settings.corruption_params,
-                       augmix_views=settings.augmix_views if any(is_augmix(c["head"]) for c in cells) else None,
-                       progress=settings.progress, timer=StageTimer(log=lambda *_: None))
+    timer = StageTimer(log=lambda *_: None)
+    shared = load_shared(settings.data, settings.backbone, settings.cache_dir, timer)
+    check_trainable(shared.pool, shared.dataset, settings.data.n_train)
+    check_train_sizes(cells, replicate_train(shared, settings.data.n_train, settings.data.data_seed).labels)
+    prepared = prepare_replicate(
+        shared, settings.data.n_train, settings.data.data_seed,
+        augment_family=settings.augment_family if any(is_augmented(c["head"]) for c in cells) else None,
+        corruption_params=settings.corruption_params,
+        augmix_views=settings.augmix_views if any(is_augmix(c["head"]) for c in cells) else None,
+        progress=settings.progress, timer=timer)
     train, test, device = prepared.train, prepared.test, str(prepared.backbone.device)
     records = run_sweep(grid, prepared.X_train, train.labels, prepared.X_test, test.labels, out / "sweep",
                         X_aug=prepared.X_aug, device=device, progress=settings.progress, X_views=prepared.X_views,

@@ -12,8 +12,9 @@ are on adapted features moves every test batch, clean ones included, away from w
 features are the plain ones and the "+bn" head is its twin again.
 
 Heads fitted on corrupted or AugMix views of the training images are left out: their "+bn" twins would need
-those views adapted too. The corruption stage runs the rest (`vfe.benchmark.corruption.run_adapted`); the
-attack and OOD stages leave "+bn" heads out, for the reasons in NOT_EVALUATED (written into results.json).
+those views adapted too. The corruption stage fits and runs the rest (`vfe.benchmark.corruption.run_adapted`);
+the attack stage attacks them as heads that adapt at test time (ATTACKS; `vfe.benchmark.adversarial._attack`);
+the OOD stage leaves them out, for the reason in NOT_EVALUATED (both written into results.json).
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ from vfe.heads.registry import is_augmented, is_augmix
 
 SUFFIX = "+bn"
 COST_IMAGES = 512  # images timed through both paths for the cost record
+ATTACKS = ("the attacked images form one test batch (adapted in batches as always) and the attacker perturbs all "
+           "of them; worst case per image over: direct (gradient through the adapted network and its batch "
+           "statistics), transfer (crafted on the plain backbone and the head it was refitted from), BPDA "
+           "(adapted forward, plain backward)")
 NOT_EVALUATED = {
-    "adversarial": "attacks differentiate through the backbone image by image; with adapted BatchNorm every "
-                   "image's features depend on its batch, so an attack would perturb the batch: another threat "
-                   "model, not measured here",
     "ood": "a batch of out-of-distribution images normalised with its own statistics looks in-distribution "
            "by construction; scoring it fairly needs batches that mix in- and out-of-distribution images, not "
            "measured here",
@@ -92,4 +94,5 @@ def record(extractor: AdaptedFeatures, models: dict, seconds: dict, fit_seconds:
     return {"heads": list(dict.fromkeys(head for head, _ in models)), "batch_size": extractor.batch_size,
             "prior": extractor.prior, "adaptation": extractor.describe(), "batchnorm_layers": extractor.n_layers,
             "fingerprint": extractor.fingerprint(), "heads_refitted_on": "adapted features of the training images",
-            "seconds": seconds, "fit_seconds": fit_seconds, "cost": cost, "not_evaluated": NOT_EVALUATED}
+            "seconds": seconds, "fit_seconds": fit_seconds, "cost": cost, "attacks": ATTACKS,
+            "not_evaluated": NOT_EVALUATED}

@@ -1,10 +1,17 @@
-"""Wall time and peak memory of each stage of a job: which stage took the time, which raised the RSS."""
+"""Wall time, CPU utilisation and peak memory of each stage of a job: which stage took the time, which left cores
+idle, which raised the RSS."""
 from __future__ import annotations
 
 import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+
+def cpu_seconds() -> float:
+    """CPU seconds this process has used so far, every thread, user and system (worker processes not included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb() -> float:
@@ -14,17 +21,21 @@ def peak_rss_mb() -> float:
 
 @dataclass
 class StageTimer:
-    """Seconds per stage, and the process's peak RSS when each stage ended."""
+    """Seconds per stage, its CPU utilisation (CPU seconds / wall seconds, in %: 200 = two cores busy all along),
+    and the process's peak RSS when each stage ended."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_percent: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     log: object = print
 
     @contextmanager
     def timed(self, name: str):
         self.log(f"[vfe] {name} ...")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         yield
-        self.seconds[name] = round(time.perf_counter() - start, 3)
+        wall = time.perf_counter() - start
+        self.seconds[name] = round(wall, 3)
+        self.cpu_percent[name] = round(100 * (cpu_seconds() - cpu) / max(wall, 1e-9), 1)
         self.peak_rss_mb[name] = peak_rss_mb()
         self.log(f"[vfe] {name} done in {self.seconds[name]:.1f} s")

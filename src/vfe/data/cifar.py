@@ -3,7 +3,7 @@
 Batches are read straight out of the archive (nothing is extracted into the user's folders). Each
 batch is a Python 2 pickle of a dict: b'data' a uint8 N x 3072 array (1024 red, 1024 green, 1024
 blue values per 32 x 32 image), b'labels' (CIFAR-100: b'fine_labels') a list of ints; the meta file
-holds the class names.
+holds the class names. Copies rewritten by Python 3 (pickle protocols 2 to 4, str keys) read the same.
 """
 from __future__ import annotations
 
@@ -103,14 +103,32 @@ def _reconstruct(cls, shape, typecode) -> _ArrayStub:
     return _ArrayStub()
 
 
-# The only globals an official batch names: what pickle needs to rebuild a NumPy array. Both spellings
-# of the module, since the files say numpy.core (NumPy 1) and NumPy 2 writes numpy._core. Each maps
-# to a stand-in: the arrays are made from checked plain values, never by NumPy's own unpickling.
+def _latin1_bytes(text, encoding) -> bytes:
+    """codecs.encode(text, 'latin1'): how Python 3 writes bytes into a protocol-2 pickle, and only that."""
+    if not (isinstance(text, str) and encoding in ("latin1", "latin-1")):
+        raise UnsafePickleError(f"refused codecs.encode of a {type(text).__name__} to {encoding!r:.20}: a "
+                                "protocol-2 pickle only encodes text to latin1 bytes")
+    return text.encode("latin-1")
+
+
+def _empty_bytes(*args) -> bytes:
+    """bytes(): how Python 3 writes b'' into a protocol-2 pickle, and only that."""
+    if args:
+        raise UnsafePickleError("refused bytes() with arguments: a protocol-2 pickle only calls it for b''")
+    return b""
+
+
+# The only globals a batch names: what pickle needs to rebuild a NumPy array, and the bytes of a
+# protocol-2 pickle written by Python 3. Both spellings of the NumPy module, since the files say
+# numpy.core (NumPy 1) and NumPy 2 writes numpy._core. Each maps to a stand-in: the arrays are made from
+# checked plain values, never by NumPy's own unpickling, and bytes only from text.
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): _NDArrayClass,
     ("numpy", "dtype"): _DtypeStub,
+    ("_codecs", "encode"): _latin1_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
 }
 
 
@@ -122,7 +140,8 @@ class _BatchUnpickler(pickle.Unpickler):
     `find_class`; allowing exactly the three globals an official batch names (array
     reconstruction, ndarray, dtype), as stand-ins that only record their arguments, keeps those
     files readable and turns everything else into an error before it runs. Containers, bytes, str
-    and ints need no globals at all; object arrays are refused too, since the official batches
+    and ints need no globals at all (except bytes in Python 3's protocol 2: codecs.encode(text,
+    'latin1'), allowed as exactly that); object arrays are refused too, since the official batches
     hold only uint8 data.
     """
 
@@ -134,14 +153,19 @@ class _BatchUnpickler(pickle.Unpickler):
                                     "NumPy arrays, lists, bytes and numbers") from None
 
 
+_MAX_PROTOCOL = 4  # the official files use 2; Python 3's pickle.dump defaults to 4 (3.8+: 5 with buffers)
+
+
 def _check_protocol(data: bytes) -> None:
-    """Refuse opcodes beyond pickle protocol 2, which the official files use: a damaged byte can turn into
-    a later opcode (BYTEARRAY8) whose failure in CPython's unpickler frees a buffer still in use."""
+    """Refuse opcodes beyond pickle protocol 4: protocol 5's out-of-band buffers are never needed for a
+    batch, and a damaged byte can turn into one of its opcodes (BYTEARRAY8) whose failure in CPython's
+    unpickler frees a buffer still in use. Reading the opcodes first also checks every length they
+    state against the bytes that are there, before the unpickler allocates anything."""
     for opcode, arg, _ in pickletools.genops(data):  # pure Python: reads, builds nothing
         protocol = arg if opcode.name == "PROTO" else opcode.proto
-        if protocol > 2:
-            raise UnsafePickleError(f"refused a pickle using protocol {protocol} ({opcode.name}): the CIFAR "
-                                    "batches are protocol-2 pickles")
+        if protocol > _MAX_PROTOCOL:
+            raise UnsafePickleError(f"refused a pickle using protocol {protocol} ({opcode.name}): a CIFAR "
+                                    f"batch is a pickle of protocol {_MAX_PROTOCOL} or lower")
         if opcode.name == "STOP":
             return
 
@@ -151,8 +175,9 @@ def unpickle_batch(data: bytes, where: str) -> dict:
     try:
         _check_protocol(data)
         batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
-        if isinstance(batch, dict):
-            batch = {k: v.array if isinstance(v, _ArrayStub) else v for k, v in batch.items()}
+        if isinstance(batch, dict):  # str keys (a copy written by Python 3) read as the official bytes keys
+            batch = {k.encode() if isinstance(k, str) else k: v.array if isinstance(v, _ArrayStub) else v
+                     for k, v in batch.items()}
     except CifarFormatError as e:
         raise type(e)(f"{where}: {e}") from None
     except Exception as e:  # a malformed pickle fails in many ways; each means "not a batch"

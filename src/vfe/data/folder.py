@@ -47,6 +47,8 @@ DEFAULT_SIZE: Size = (256, 256)
 LAZY_ABOVE_BYTES = 1 << 30
 _PROGRESS_FROM = 500  # files; smaller folders load without progress bars
 _NAMED_IN_WARNINGS = 5  # skipped files or links named in a warning; the rest are counted
+# how the error about unreadable files ends; a command without --skip-bad (`vfe lab`) replaces it with its own advice
+SKIP_BAD_HINT = ", or pass --skip-bad (Python: skip_bad=True) to leave them out"
 
 
 def load_image_folder(path: str | os.PathLike, split: str = "train", image_size: int | Size | None = None,
@@ -222,8 +224,7 @@ def _drop(bad: dict, paths: list[Path], labels: np.ndarray,
 def _stop_unless_skipped(root: Path, bad: dict) -> None:
     if bad:
         raise UnreadableImageError(f"{root}: {describe_bad([bad[i] for i in sorted(bad)])}; remove or "
-                                   "replace them, or pass --skip-bad (Python: skip_bad=True) to leave them "
-                                   "out")
+                                   f"replace them{SKIP_BAD_HINT}")
 
 
 def _reason(path: Path, error: UnreadableImageError) -> str:

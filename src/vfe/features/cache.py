@@ -11,8 +11,10 @@ Images stream through shard by shard: a source whose `images` decode on slicing 
 NumPy memmap) never has more than one shard of images in memory, and the backbone's prefetcher
 keeps running across shard boundaries.
 
-Integrity. Each data file carries the xxh3-64 checksum of its bytes in its name, and the manifest
-lists those names under a checksum of its own fields, so every piece verifies on its own. Every read
+Integrity. Each data file carries in its name the xxh3-64 checksum of its place (the entry's key and
+its own name, e.g. `shard-00001`) followed by its bytes, and the manifest lists those names under a
+checksum of its own fields, so every piece verifies on its own, and only where it belongs: a shard
+copied from another entry, or renamed to another index, fails like a damaged one. Every read
 verifies (xxh3 reads at memory speed: well under 1 % of extraction time, see
 benchmarks/bench_cache_integrity.py). `extract` removes a shard that fails and recomputes just that
 one; a damaged manifest is rebuilt from the shards that verify, with nothing recomputed.
@@ -25,6 +27,7 @@ one holds and waits for the others, then reuses them: each shard is computed onc
 workers still run side by side.
 
 Layout:  <root>/<key>/manifest.json, labels-<xxh3>.npy, shard-00000-<xxh3>.npy, shard-00001-<xxh3>.npy, ...
+         (a file's <xxh3> is that of "<key>/<its name with {} for the checksum>\n" and then its bytes)
 """
 from __future__ import annotations
 
@@ -51,11 +54,12 @@ from vfe.data.types import ImageSet
 from vfe.errors import CacheError
 from vfe.io import atomic_write_bytes, write_json
 
-CACHE_VERSION = 3  # 3: checksummed files
+CACHE_VERSION = 4  # 3: checksummed files; 4: checksums bound to the entry and the file's place
 DEFAULT_SHARD_SIZE = 4096
 _CONTENT_HASH = "_content_hash"  # memo in ImageSet.meta (ImageSet.subset drops it; LazyImages sets it)
 _SHARD = re.compile(r"shard-\d{5}-(?P<sum>[0-9a-f]{16})\.npy")
 _LABELS = re.compile(r"labels-(?P<sum>[0-9a-f]{16})\.npy")
+_MISMATCH = "checksum mismatch (truncated, corrupted, or copied from another entry or shard)"
 _SEAL = "manifest_xxh3"
 _REPAIR = "run `vfe cache verify --repair` (the next extraction recomputes what it removes)"
 log = logging.getLogger(__name__)
@@ -225,7 +229,8 @@ class FeatureCache:
                         problem)
         manifest = {"version": CACHE_VERSION, "key": key, "n": n,
                     "dim": int(np.load(entry / names[0], mmap_mode="r").shape[1]), "shard_size": shard_size,
-                    "checksum": "xxh3_64", "shards": names, "labels": labels, "backbone": backbone.fingerprint(),
+                    "checksum": "xxh3_64(key/name + bytes)", "shards": names, "labels": labels,
+                    "backbone": backbone.fingerprint(),
                     "backbone_name": getattr(backbone, "name", "?"), "data_source": data.source,
                     "data_hash": content_hash(data), "transform": transform_key,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -331,8 +336,11 @@ def _write_shards(features: Iterator[np.ndarray], entry: Path, shards: list[tupl
 
 
 def _write_verified(entry: Path, pattern: str, data: bytes) -> str:
-    """Write `data` atomically under a name carrying its checksum (unless that file is there and verifies)."""
-    name = pattern.format(_digest(data))
+    """Write `data` atomically under a name carrying its checksum (unless that file is there and verifies).
+    `pattern` is the name with {} for the checksum, e.g. "shard-00001-{}.npy"."""
+    h = _place_hasher(entry, pattern)
+    h.update(data)
+    name = pattern.format(h.hexdigest())
     if _check(entry / name) is not None:
         atomic_write_bytes(entry / name, data)
     return name
@@ -391,23 +399,29 @@ def _load_verified(path: Path) -> np.ndarray:
 
 
 def _check(path: Path) -> str | None:
-    """Why the file at `path` cannot be trusted, or None when its bytes match the checksum in its name."""
+    """Why the file at `path` cannot be trusted, or None when its place and bytes match the checksum in its
+    name."""
     match = _SHARD.fullmatch(path.name) or _LABELS.fullmatch(path.name)
     if match is None:
         return "no checksum in its name (written by an older vfe)"
+    pattern = path.name[:match.start("sum")] + "{}" + path.name[match.end("sum"):]
     try:
-        actual = _file_digest(path)
+        actual = _file_digest(path, _place_hasher(path.parent, pattern))
     except FileNotFoundError:
         return "missing"
-    return None if actual == match["sum"] else "checksum mismatch (truncated or corrupted)"
+    return None if actual == match["sum"] else _MISMATCH
+
+
+def _place_hasher(entry: Path, pattern: str) -> xxhash.xxh3_64:
+    """xxh3-64 fed first with the file's place (entry key and name pattern), so its checksum holds only there."""
+    return xxhash.xxh3_64(f"{entry.name}/{pattern}\n".encode())
 
 
 def _digest(data: bytes) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
-def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    h = xxhash.xxh3_64()
+def _file_digest(path: Path, h: xxhash.xxh3_64, chunk: int = 1 << 22) -> str:
     buffer = bytearray(chunk)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:

@@ -7,9 +7,12 @@ class of its own: LinearHead refuses X_aug.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
+from vfe.heads.base import NON_NEGATIVE
 from vfe.heads.linear import LinearHead
 from vfe.heads.views import fit_on_views
 
@@ -18,6 +21,7 @@ class AugMixLinearHead(LinearHead):
     """Dropout -> Dense trained on (clean, view, view) triples; the linear head's parameters plus `js_weight`."""
 
     takes_views = True
+    _parameter_constraints: ClassVar[dict] = {**LinearHead._parameter_constraints, "js_weight": [NON_NEGATIVE]}
 
     def __init__(self, js_weight: float = 0.0, dropout: float = 0.3, epochs: int = 30, batch_size: int = 100,
                  lr: float = 1e-3, patience: int | None = 5, validation_fraction: float = 0.1,

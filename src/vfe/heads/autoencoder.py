@@ -12,12 +12,14 @@ bottleneck alone explains the gain. Two ways to make it *denoising* (the `dae` p
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from vfe.heads.base import batched_numpy
+from vfe.heads.base import NON_NEGATIVE, POSITIVE, PRECISIONS, TRAINING, at_least, batched_numpy
 from vfe.heads.bottleneck import BottleneckHead
 from vfe.heads.vfe import feature_decoder
 from vfe.training import TrainConfig, train
@@ -54,6 +56,11 @@ class AutoencoderHead(BottleneckHead):
     Stage-1 settings mirror the VFE's (`ae_epochs` is a cap; early stopping on the held-out
     reconstruction error with `ae_patience`, best weights restored; bf16 where native, `ae_precision`).
     """
+
+    _parameter_constraints: ClassVar[dict] = {
+        **TRAINING, "encoder_units": [at_least(1)], "latent_dim": [at_least(1)], "decoder_units": [at_least(1)],
+        "noise_std": [NON_NEGATIVE], "ae_epochs": [at_least(1)], "ae_batch_size": [at_least(1)], "ae_lr": [POSITIVE],
+        "ae_patience": [at_least(1), None], "ae_precision": [PRECISIONS]}
 
     def __init__(self, encoder_units: int = 256, latent_dim: int = 256, decoder_units: int = 512,
                  noise_std: float = 0.0, ae_epochs: int = 2000, ae_batch_size: int = 128, ae_lr: float = 1e-3,

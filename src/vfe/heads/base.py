@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import inspect
 from abc import abstractmethod
+from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from torch import nn
@@ -19,6 +22,21 @@ from torch import nn
 from vfe.data.split import holdout_index
 from vfe.hardware import FEATURE_HEAD_THREADS, fit_threads
 from vfe.training import History, TrainConfig, train
+
+
+def at_least(n: int) -> Interval:
+    """A whole number >= n, as a parameter constraint."""
+    return Interval(Integral, n, None, closed="left")
+
+
+# Parameter constraints in scikit-learn's `_parameter_constraints` form: each head class declares the range or the
+# choices of its parameters, and `vfe.heads.registry.check_params` refuses a value outside them before any work.
+POSITIVE = Interval(Real, 0, None, closed="neither")
+NON_NEGATIVE = Interval(Real, 0, None, closed="left")
+FRACTION = Interval(Real, 0, 1, closed="left")  # a share of the units dropped or of the rows held out
+PRECISIONS = StrOptions({"auto", "fp32", "bf16"})
+TRAINING = {"dropout": [FRACTION], "epochs": [at_least(1)], "batch_size": [at_least(1)], "lr": [POSITIVE],
+            "patience": [at_least(1), None], "validation_fraction": [FRACTION], "random_state": [at_least(0)]}
 
 
 class Head(ClassifierMixin, BaseEstimator):
@@ -108,6 +126,8 @@ class FeatureTransformer(TransformerMixin):
 
 class TorchHead(Head):
     """A head whose learned state is one torch module, `module_`."""
+
+    _parameter_constraints: ClassVar[dict] = TRAINING
 
     @abstractmethod
     def _build(self, n_features: int, n_classes: int) -> nn.Module: ...

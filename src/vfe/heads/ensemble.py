@@ -8,13 +8,15 @@ comparison), and ensembles with seeds 0..999 share no member.
 from __future__ import annotations
 
 import numbers
+from typing import ClassVar
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import StrOptions
 from torch import nn
 
-from vfe.heads.base import Head
-from vfe.heads.registry import make_head, spec
+from vfe.heads.base import Head, at_least
+from vfe.heads.registry import feature_heads, make_head, spec
 
 SEED_STRIDE = 1000  # member k of an ensemble with random_state s has random_state s + SEED_STRIDE * k
 
@@ -27,6 +29,9 @@ class SeedEnsemble(Head):
         `random_state` and `device` come from the ensemble's own parameters.
     Fit costs n_members fits of the base head.
     """
+
+    _parameter_constraints: ClassVar[dict] = {"base": [StrOptions(set(feature_heads()))], "n_members": [at_least(1)],
+                                              "random_state": [at_least(0)]}
 
     def __init__(self, base: str = "linear", n_members: int = 5, base_params: dict | None = None,
                  random_state: int = 0, device: str = "cpu"):

@@ -16,9 +16,12 @@ it uses the GPU when there is one (`device="auto"`).
 from __future__ import annotations
 
 import json
+from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from timm.models import group_parameters
@@ -29,7 +32,16 @@ from vfe import defaults
 from vfe.backbones import create_backbone, resolve_device
 from vfe.backbones.preprocess import to_tensor_nchw
 from vfe.data.split import balanced_index
-from vfe.heads.base import SoftmaxOutput, TorchHead, fit_classifier
+from vfe.heads.base import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    TRAINING,
+    SoftmaxOutput,
+    TorchHead,
+    at_least,
+    fit_classifier,
+)
 
 
 class FinetuneNet(nn.Module):
@@ -73,6 +85,10 @@ class FinetuneHead(TorchHead):
     """A fine-tuned backbone + Dropout -> Dense, as an estimator on uint8 images N x H x W (x C)."""
 
     inputs = "images"
+    _parameter_constraints: ClassVar[dict] = {
+        **TRAINING, "image_size": [Interval(Integral, 8, 1024, closed="both"), None],
+        "unfreeze_blocks": [at_least(0)], "head_epochs": [at_least(1)], "head_lr": [POSITIVE],
+        "rotation": [NON_NEGATIVE], "zoom": [FRACTION], "max_images": [at_least(1), None]}
 
     def __init__(self, backbone: str = defaults.BACKBONE, weights: str = defaults.WEIGHTS,
                  image_size: int | None = defaults.IMAGE_SIZE,

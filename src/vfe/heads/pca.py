@@ -6,11 +6,14 @@ head is differentiable end to end and saves as tensors.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
 from torch import nn
 
+from vfe.heads.base import TRAINING, at_least
 from vfe.heads.bottleneck import BottleneckHead
 
 
@@ -30,6 +33,8 @@ class PCAProjection(nn.Module):
 class PCAHead(BottleneckHead):
     """PCA to `latent_dim` components (fewer when the data has fewer samples or features), then
     Dropout -> Dense(classes) trained as the linear head is (Adam, early stopping)."""
+
+    _parameter_constraints: ClassVar[dict] = {**TRAINING, "latent_dim": [at_least(1)]}
 
     def __init__(self, latent_dim: int = 256, dropout: float = 0.3, epochs: int = 30, batch_size: int = 100,
                  lr: float = 1e-3, patience: int | None = 5, validation_fraction: float = 0.1,

@@ -192,17 +192,31 @@ def params_for(name: str, head_params: dict[str, dict]) -> dict:
 
 def make_head(name: str, **params) -> Head:
     """A head by name, e.g. make_head("vfe", latent_dim=64), make_head("vfe-k8"); user params win over a
-    preset's. The parameters are checked first (check_params)."""
-    check_params(name, params)
+    preset's. Their names and types are checked first; their ranges by check_params before any work, and by
+    the head itself when it fits."""
+    _check_names_and_types(name, params)
     return head_class_of(name)(**{**spec(name).params, **params})
 
 
 def check_params(name: str, params: dict) -> None:
-    """Unknown keys and values of the wrong type are a SettingsError naming the head and the valid keys.
+    """Unknown keys, values of the wrong type and values out of range are a SettingsError naming the head.
 
     Run it before loading data or backbones, so a typo costs nothing. Types follow each parameter's
-    annotation (int, float, bool, str, None, list); a float parameter also takes an int.
+    annotation (int, float, bool, str, None, list); a float parameter also takes an int. Ranges and
+    choices are the head class's `_parameter_constraints` (scikit-learn's form: `vfe.heads.base`).
     """
+    _check_names_and_types(name, params)
+    from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
+
+    constraints = getattr(head_class_of(name), "_parameter_constraints", {})
+    try:
+        validate_parameter_constraints(constraints, params, caller_name=f"head {name!r}")
+    except InvalidParameterError as err:
+        raise SettingsError(str(err)) from None
+
+
+def _check_names_and_types(name: str, params: dict) -> None:
+    """Unknown keys and values of the wrong type are a SettingsError naming the head and the valid keys."""
     allowed = _parameter_types(spec(name).target)
     valid = ", ".join(sorted(allowed))
     for key, value in params.items():

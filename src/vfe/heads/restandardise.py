@@ -24,12 +24,14 @@ warning, rather than failing, because the attack stage evaluates attacked images
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from vfe.heads.base import at_least
 from vfe.heads.linear import LinearHead
 
 EPS = 1e-5  # added to both variances, as BatchNorm does
@@ -75,6 +77,9 @@ class RestandardisedHead(LinearHead):
     The other parameters are the linear head's. Fit also records the training features' per-dimension
     mean and standard deviation (`mean_`, `scale_`, over all of X).
     """
+
+    _parameter_constraints: ClassVar[dict] = {**LinearHead._parameter_constraints,
+                                              "min_batch_size": [at_least(2)]}
 
     def __init__(self, min_batch_size: int = 16, dropout: float = 0.3, epochs: int = 30, batch_size: int = 100,
                  lr: float = 1e-3, patience: int | None = 5, validation_fraction: float = 0.1,

@@ -9,6 +9,8 @@ a torch module: saved as tensors, differentiable for attacks.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -17,13 +19,16 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from vfe.heads.base import SoftmaxOutput, TorchHead, batched_numpy
+from vfe.heads.base import POSITIVE, SoftmaxOutput, TorchHead, at_least, batched_numpy
 
 
 class SVMHead(TorchHead):
     """LinearSVC (squared hinge, L2, one-vs-rest) + Platt-style calibration on `calibration_folds`-fold
     cross-validated decision values (fewer folds when a class has fewer examples; in-sample when a
     class has only one)."""
+
+    _parameter_constraints: ClassVar[dict] = {"C": [POSITIVE], "calibration_folds": [at_least(1)],
+                                              "max_iter": [at_least(1)], "random_state": [at_least(0)]}
 
     def __init__(self, C: float = 1.0, calibration_folds: int = 5, max_iter: int = 10_000, random_state: int = 0):
         self.C = C

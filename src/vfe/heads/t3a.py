@@ -25,11 +25,16 @@ temperature scaling, Guo et al. 2017) unless given; the argmax, hence every pred
 """
 from __future__ import annotations
 
+from numbers import Integral
+from typing import ClassVar
+
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
+from sklearn.utils._param_validation import Options
 from torch import nn
 
+from vfe.heads.base import POSITIVE, at_least
 from vfe.heads.linear import LinearHead
 
 # fitted temperatures are searched in [1e-3, 10]: cosines lie in [-1, 1], so 1/T = 1000 is already one-hot
@@ -108,6 +113,10 @@ class T3AHead(LinearHead):
         training data when there is none). It changes probabilities, never predictions.
     The other parameters are the linear head's.
     """
+
+    _parameter_constraints: ClassVar[dict] = {**LinearHead._parameter_constraints,
+                                              "filter_k": [at_least(1), Options(Integral, {-1})],
+                                              "adapt_batch_size": [at_least(1)], "temperature": [POSITIVE, None]}
 
     def __init__(self, filter_k: int = 100, adapt_batch_size: int = 32, temperature: float | None = None,
                  dropout: float = 0.3, epochs: int = 30, batch_size: int = 100, lr: float = 1e-3,

@@ -16,12 +16,25 @@ image (X_aug n x K x d, e.g. AugMix views) stage 2 trains on (clean, view, view)
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from vfe.heads.base import FeatureTransformer, TorchHead, batched_numpy, fit_classifier
+from vfe.heads.base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    PRECISIONS,
+    TRAINING,
+    FeatureTransformer,
+    TorchHead,
+    at_least,
+    batched_numpy,
+    fit_classifier,
+)
 from vfe.heads.views import fit_on_views
 from vfe.training import TrainConfig, train
 from vfe.vae import gaussian_kl, reparameterise
@@ -116,6 +129,13 @@ class VFEHead(FeatureTransformer, TorchHead):
     """
 
     takes_views = True  # X_aug n x K x d: stage 2 trains on (clean, view, view) triples (vfe.heads.views)
+    _parameter_constraints: ClassVar[dict] = {
+        **TRAINING, "encoder_units": [at_least(1)], "latent_dim": [at_least(1)], "decoder_units": [at_least(1)],
+        "recon_weight": [NON_NEGATIVE], "beta": [NON_NEGATIVE], "vae_epochs": [at_least(1)],
+        "vae_batch_size": [at_least(1)], "vae_lr": [POSITIVE], "vae_patience": [at_least(1), None],
+        "vae_schedule": [StrOptions({"cosine", "plateau"}), None], "vae_precision": [PRECISIONS],
+        "classifier_input": [StrOptions({"sample", "mean"})], "predict_mode": [StrOptions(set(PREDICT_MODES))],
+        "n_samples": [at_least(1)], "js_weight": [NON_NEGATIVE]}
 
     def __init__(self, encoder_units: int = 256, latent_dim: int = 256, decoder_units: int = 512,
                  recon_weight: float = 1000.0, beta: float = 1.0, vae_epochs: int = 2000,

@@ -10,12 +10,15 @@ beta of 1e-3 was its sweet spot on MNIST). Predictions average the class probabi
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from vfe.heads.base import FeatureTransformer, TorchHead, batched_numpy
+from vfe.heads.base import NON_NEGATIVE, TRAINING, FeatureTransformer, TorchHead, at_least, batched_numpy
 from vfe.heads.vfe import (
     PREDICT_MODES,
     FeatureEncoder,
@@ -42,6 +45,10 @@ def vib_loss(beta: float):
 
 class VIBHead(FeatureTransformer, TorchHead):
     """Features -> Dense(encoder_units, relu) -> BatchNorm -> Gaussian z -> Dropout -> Dense(classes)."""
+
+    _parameter_constraints: ClassVar[dict] = {
+        **TRAINING, "encoder_units": [at_least(1)], "latent_dim": [at_least(1)], "beta": [NON_NEGATIVE],
+        "predict_mode": [StrOptions(set(PREDICT_MODES))], "n_samples": [at_least(1)]}
 
     def __init__(self, encoder_units: int = 256, latent_dim: int = 256, beta: float = 1e-3,
                  dropout: float = 0.0, epochs: int = 100, batch_size: int = 128, lr: float = 1e-3,

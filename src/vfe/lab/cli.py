@@ -5,6 +5,7 @@ Only plain-data settings are imported here; each command imports torch and the r
 from __future__ import annotations
 
 import argparse
+import functools
 
 from vfe.lab.config import ACTIVATIONS, COMPRESS_EPOCHS, DECODERS, PRESETS, RECON_LOSSES, LabSettings
 
@@ -96,11 +97,28 @@ def _overrides(args) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
+def _reads_every_image(command):
+    """The lab trains on every image of its data set and has no --skip-bad: an unreadable image is reported with
+    the fix the lab offers, not the flag of other commands."""
+    @functools.wraps(command)
+    def run(args) -> int:
+        from vfe.data.folder import SKIP_BAD_HINT
+        from vfe.data.images import UnreadableImageError
+
+        try:
+            return command(args)
+        except UnreadableImageError as err:
+            raise UnreadableImageError(str(err).replace(
+                SKIP_BAD_HINT, " (`vfe lab` trains on every image of the folder: it has no --skip-bad)")) from None
+    return run
+
+
 def _done(run) -> int:
     print(f"[vfe lab] wrote {run.dir}/ (open {run.dir / 'index.html'})")
     return 0
 
 
+@_reads_every_image
 def cmd_train(args) -> int:
     from vfe.lab.train import run_train
 
@@ -108,6 +126,7 @@ def cmd_train(args) -> int:
                            resume=args.resume, projection=args.projection, dims=tuple(args.dims), **_overrides(args)))
 
 
+@_reads_every_image
 def cmd_compress(args) -> int:
     from vfe.lab.compression import run_compress
 
@@ -115,6 +134,7 @@ def cmd_compress(args) -> int:
                               code_sizes=args.code_sizes, code_dtype=args.code_dtype, **_overrides(args)))
 
 
+@_reads_every_image
 def cmd_features(args) -> int:
     from vfe.lab.features import run_features
 
@@ -122,6 +142,7 @@ def cmd_features(args) -> int:
                               projection=args.projection, **_overrides(args)))
 
 
+@_reads_every_image
 def cmd_denoise(args) -> int:
     from vfe.lab.denoising import run_denoise
 
@@ -130,6 +151,7 @@ def cmd_denoise(args) -> int:
                              noise_factor=overrides.pop("noise_factor"), **overrides))
 
 
+@_reads_every_image
 def cmd_inpaint(args) -> int:
     from vfe.lab.inpainting import run_inpaint
 
@@ -138,6 +160,7 @@ def cmd_inpaint(args) -> int:
                              mask_size=overrides.pop("mask_size"), **overrides))
 
 
+@_reads_every_image
 def cmd_pretrain(args) -> int:
     from vfe.lab.pretraining import run_pretrain
 
@@ -146,6 +169,7 @@ def cmd_pretrain(args) -> int:
                               classifier_lr=args.classifier_lr, **_overrides(args)))
 
 
+@_reads_every_image
 def cmd_traverse(args) -> int:
     from vfe.lab.traverse import run_traverse
 

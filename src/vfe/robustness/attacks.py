@@ -15,9 +15,10 @@ features once per step and draws the head `n_eot` times on them: the same object
 as running the whole network `n_eot` times (the chain rule goes through the one shared feature
 tensor), at about 1/n_eot of the cost. (torchattacks.EOTPGD would re-run the backbone each draw.)
 
-A head that adapts at test time (registry `adapts`, e.g. T3A) is also attacked through its
-non-adapting base (`base_probability_module()`): by transfer (`LogProbabilities` on the base) and by BPDA
-(`StraightThroughLogProbabilities`); the attack stage (`vfe.benchmark.adversarial`) reports the worst case.
+A head that adapts at test time (registry `adapts`, e.g. T3A, or a "+bn" head on a backbone whose BatchNorm
+adapts to the batch) is also attacked through its non-adapting path (`base_probability_module()`, the plain
+backbone): by transfer (`LogProbabilities` on it) and by BPDA (`StraightThroughLogProbabilities`); the attack
+stage (`vfe.benchmark.adversarial`) reports the worst case.
 """
 from __future__ import annotations
 
@@ -80,16 +81,23 @@ class StraightThroughLogProbabilities(nn.Module):
     p_adaptive, which leaves -(p_base(y) / p_adaptive(y)) * grad log p_base(y): the base's own gradient
     times a per-image scalar that sign (L-inf) and normalised (L2) PGD steps ignore, i.e. the transfer
     attack again. The adapting path runs without a graph: its value is all that is used.
+
+    `adaptive_backbone`: where the adaptation is in the backbone (a "+bn" head: BatchNorm adapted to the batch),
+    the network the forward pass runs instead of `backbone`, whose gradient is taken.
     """
 
-    def __init__(self, backbone: nn.Module, adaptive: nn.Module, base: nn.Module, n_samples: int | None = None):
+    def __init__(self, backbone: nn.Module, adaptive: nn.Module, base: nn.Module, n_samples: int | None = None,
+                 adaptive_backbone: nn.Module | None = None):
         super().__init__()
         self.backbone, self.adaptive, self.base, self.n_samples = backbone, adaptive, base, n_samples
+        self.adaptive_backbone = adaptive_backbone
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         features = self.backbone(_ContiguousGradient.apply(x01))
         through = self.base(features, n_samples=self.n_samples).clamp_min(_LOG_FLOOR).log()
         with torch.no_grad():
+            if self.adaptive_backbone is not None:
+                features = self.adaptive_backbone(x01)
             real = self.adaptive(features, n_samples=self.n_samples).clamp_min(_LOG_FLOOR).log()
         return through + (real - through).detach()
 
