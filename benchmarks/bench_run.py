@@ -73,6 +73,7 @@ def run_setting(setting: str, extra: list[str], runs_dir: str | None, keep_cache
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "peak_rss_mb_run": results["peak_rss_mb"],
             "peak_rss_mb_after_stage": results.get("peak_rss_mb_after_stage", {}),
+            "cpu_percent_per_stage": results.get("cpu_percent_per_stage", {}),
             # the children's maximum is only this child's when it exceeds every earlier child's
             "peak_rss_mb_process": round(child_peak / 1024, 1) if child_peak > before else None,
             "heads": setting["heads"], "n_test": n_test, "corruptions": per_corruption,
@@ -97,10 +98,11 @@ def vfe_run(args: list[str], log_path: Path, env: dict[str, str] | None = None) 
 def print_table(rows: dict[str, dict]) -> None:
     for name, r in rows.items():
         print(f"\n== {name}: {' '.join(r['args']) or '(defaults)'}; heads {', '.join(r['heads'])}")
-        print(f"{'stage':58} {'seconds':>9} {'peak RSS MB so far':>19}")
+        print(f"{'stage':58} {'seconds':>9} {'CPU %':>6} {'peak RSS MB so far':>19}")
         for stage, seconds in r["timings"].items():
             rss = r["peak_rss_mb_after_stage"].get(stage)
-            print(f"{stage:58} {seconds:9.1f} {rss if rss is not None else '':>19}")
+            cpu = r.get("cpu_percent_per_stage", {}).get(stage)
+            print(f"{stage:58} {seconds:9.1f} {cpu if cpu is not None else '':>6} {rss if rss is not None else '':>19}")
         proc = f"{r['peak_rss_mb_process']:.0f} MB" if r["peak_rss_mb_process"] else "n/a"
         print(f"peak RSS: {r['peak_rss_mb_run']:.0f} MB up to the report, {proc} for the whole process")
         if r["corruptions"]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -53,6 +54,8 @@ def test_every_stage_fills_its_section(tiny_run):
     assert list(by_stage) == [k for k in results["timings"] if k != "total"]
     assert list(by_stage.values()) == sorted(by_stage.values()) and 0 < by_stage[next(iter(by_stage))]
     assert results["peak_rss_mb"] >= max(by_stage.values())
+    cpu = results["cpu_percent_per_stage"]  # CPU seconds / wall seconds of each stage
+    assert list(cpu) == list(by_stage) and all(0 <= v <= 110 * (os.cpu_count() or 1) for v in cpu.values())
     for name in ("report.md", "report.html", "results.json"):
         assert (out / name).stat().st_size > 1000
 

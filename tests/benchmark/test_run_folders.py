@@ -22,7 +22,8 @@ from vfe.benchmark.run import run
 from vfe.errors import SettingsError
 
 # what differs between two runs of the same settings: wall-clock times, memory, where the run was written
-MEASURED_NOT_COMPUTED = {"timings", "seconds", "fit_seconds", "peak_rss_mb", "peak_rss_mb_after_stage", "config"}
+MEASURED_NOT_COMPUTED = {"timings", "seconds", "fit_seconds", "peak_rss_mb", "peak_rss_mb_after_stage",
+                         "cpu_percent_per_stage", "config"}
 
 
 def tiny(runs_dir: Path, cache_dir: Path, name: str = "tiny") -> RunSettings:

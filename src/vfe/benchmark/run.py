@@ -72,6 +72,7 @@ def write_run(settings: RunSettings, out: Path, log) -> None:
     results["timings"] = {**timer.seconds, "total": round(time.perf_counter() - started, 3)}
     results["peak_rss_mb"] = peak_rss_mb()
     results["peak_rss_mb_after_stage"] = timer.peak_rss_mb
+    results["cpu_percent_per_stage"] = timer.cpu_percent  # 200 = both cores of a 2-core machine busy all along
     write_json(out / "results.json", results)
     with timer.timed("report"):
         write_report(out, results)
