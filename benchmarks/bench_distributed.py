@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vfe.backbones.shipping import ShippedBackbone, shippable
 from vfe.data import load_dataset
 from vfe.features import FeatureCache
 from vfe.features.cache import DEFAULT_SHARD_SIZE, _write_verified, cache_key
@@ -79,8 +80,8 @@ def ray_job(ex: RayExtractor, data, shard_size: int, root: Path, reference: np.n
 class _RayDataShards:
     """Ray Data's callable class: a ShardWorker per actor, one shard per row."""
 
-    def __init__(self, spec: BackboneSpec, job_ref: list, job_id: str):
-        self.worker, self.job_ref, self.job_id = ShardWorker(spec), job_ref, job_id
+    def __init__(self, shipped: ShippedBackbone, job_ref: list, job_id: str):
+        self.worker, self.job_ref, self.job_id = ShardWorker(shipped), job_ref, job_id
 
     def __call__(self, batch: dict) -> dict:
         records = [self.worker.extract(self.job_ref, self.job_id, int(i)) for i in batch["shard"]]
@@ -102,7 +103,7 @@ class _Finished:
         raise RuntimeError("a shard is missing")
 
 
-def ray_data_job(spec: BackboneSpec, fingerprint: str, data, shard_size: int, actors: int, root: Path) -> float:
+def ray_data_job(backbone, fingerprint: str, data, shard_size: int, actors: int, root: Path) -> float:
     """Seconds for the same shards through Ray Data, its actors' start-up included."""
     import ray
     import ray.data
@@ -114,7 +115,8 @@ def ray_data_job(spec: BackboneSpec, fingerprint: str, data, shard_size: int, ac
     job_ref = [ray.put(_Job(data, str(root), None, None, shard_size))]
     shards = ray.data.from_items([{"shard": i} for i in reversed(range(count))], override_num_blocks=count)
     rows = shards.map_batches(_RayDataShards, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
-                              num_cpus=1, fn_constructor_kwargs={"spec": spec.portable(), "job_ref": job_ref,
+                              num_cpus=1, fn_constructor_kwargs={"shipped": shippable(backbone),
+                                                                 "job_ref": job_ref,
                                                                  "job_id": uuid.uuid4().hex}).take_all()
     seconds = time.perf_counter() - start
     complete = FeatureCache(root).extract(_Finished(fingerprint), data, shard_size=shard_size, progress=False)
@@ -221,7 +223,7 @@ def main() -> None:
         try:
             for actors in (1, 2):
                 start = time.perf_counter()
-                pools[actors] = RayExtractor(spec, actors=actors)
+                pools[actors] = RayExtractor(backbone, actors=actors)
                 fingerprint = pools[actors].fingerprint()  # waits for every actor's backbone
                 startup[actors] = time.perf_counter() - start
                 cold[actors] = ray_job(pools[actors], data, args.shard_size, root / f"cold-{actors}", reference)
@@ -241,7 +243,7 @@ def main() -> None:
             task_s = trips / 200
             for p in pools.values():
                 p.close()
-            ray_data_s = (ray_data_job(spec, fingerprint, data, args.shard_size, 2, root / "ray-data")
+            ray_data_s = (ray_data_job(backbone, fingerprint, data, args.shard_size, 2, root / "ray-data")
                           if args.ray_data else None)
             blob = np.random.default_rng(0).integers(0, 256, 64 * 2**20, dtype=np.uint8)
             ref, put_s = timed(lambda: ray.put(blob))

@@ -43,15 +43,23 @@ def t_interval(mean: float, std: float, n: int, level: float = 0.95) -> tuple[fl
     return mean - half, mean + half
 
 
-def per_replicate(results: dict) -> dict[str, dict[str, dict]]:
-    """{head: {replicate: clean metrics}}: what "bitwise equal" compares, with the corruption and attack rows."""
+def per_replicate(results: dict, sections: tuple[str, ...]) -> dict[str, dict[str, dict]]:
+    """{head: {replicate: {section: numbers}}}: what "bitwise equal" compares, for the `sections` both runs hold
+    (a trimmed results file, as the README's, keeps the summary but not every per-replicate corruption row)."""
     out = {}
     for head, reps in results["clean"].items():
-        corr = results.get("corruptions", {}).get("per_head", {}).get(head, {})
-        adv = results.get("adversarial", {}).get(head, {})
-        out[head] = {r: {"clean": m, "corruptions": (corr.get(r) or {}).get("accuracy"),
-                         "attacks": (adv.get(r) or {}).get("accuracy")} for r, m in reps.items()}
+        rows = {"clean": reps,
+                "corruptions": {r: v.get("accuracy") for r, v in
+                                results.get("corruptions", {}).get("per_head", {}).get(head, {}).items()},
+                "attacks": {r: v.get("accuracy") for r, v in results.get("adversarial", {}).get(head, {}).items()}}
+        out[head] = {r: {s: rows[s].get(r) for s in sections} for r in reps}
     return out
+
+
+def compared_sections(first: dict, second: dict) -> tuple[str, ...]:
+    """The per-replicate sections both runs hold: clean always; corruption rows and attacks where both kept them."""
+    held = {"corruptions": lambda r: "per_head" in r.get("corruptions", {}), "attacks": lambda r: "adversarial" in r}
+    return ("clean", *(s for s, has in held.items() if has(first) and has(second)))
 
 
 def compare(first: dict, second: dict) -> list[dict]:
@@ -99,6 +107,7 @@ def main() -> None:
                     help="compare two finished runs (run folders, or results files such as the README's "
                          "benchmarks/results/readme/reference.json) instead of running (e.g. run 2 started with "
                          "OMP_NUM_THREADS=1 beside other work)")
+    ap.add_argument("--entry", help="the key of this comparison in --out (default: the setting, e.g. main)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "reproduce.json"))
     args = ap.parse_args()
     extra = [*SETTINGS[args.setting], *(["--quick"] if args.quick else []), "--no-progress"]
@@ -116,23 +125,26 @@ def main() -> None:
                                       f"{tmp}/cache{i}", *extra], Path(tmp) / f"{name}.log", env))
                 runs.append(read_json(Path(tmp) / "runs" / name / "results.json"))
     rows = compare(*runs)
-    bitwise = per_replicate(runs[0]) == per_replicate(runs[1])
+    sections = compared_sections(*runs)
+    bitwise = per_replicate(runs[0], sections) == per_replicate(runs[1], sections)
+    summaries_equal = runs[0]["summary"]["table"] == runs[1]["summary"]["table"]
     inside = sum(r["inside"] for r in rows)
     print(f"\n{'head':14} {'metric':34} {'run 1 [95 % interval]':>30} {'run 2':>9}  inside")
     for r in rows:
         print(f"{r['head']:14} {r['metric']:34} {r['run1_mean']:9.4f} [{r['low']:8.4f}, {r['high']:8.4f}] "
               f"{r['run2_mean']:9.4f}  {'yes' if r['inside'] else 'NO'}")
     print(f"\n{inside} of {len(rows)} headline numbers of run 2 lie inside run 1's intervals; per-replicate numbers "
-          f"bitwise equal: {bitwise}; wall {walls[0] / 60:.1f} + {walls[1] / 60:.1f} min")
-    key = f"{args.setting}{'-quick' if args.quick else ''}"
+          f"({', '.join(sections)}) bitwise equal: {bitwise}; summary tables equal: {summaries_equal}; wall {walls[0] / 60:.1f} + {walls[1] / 60:.1f} min")
+    key = args.entry or f"{args.setting}{'-quick' if args.quick else ''}"
     command = (f"python benchmarks/bench_reproduce.py --compare {' '.join(args.compare)}" if args.compare else
                f"python benchmarks/bench_reproduce.py --setting {args.setting}{' --quick' if args.quick else ''}")
     previous = read_json(args.out) if Path(args.out).exists() else {}
     write_json(args.out, {**previous, key: {
         "command": command,
-        "run2_env": ONE_THREAD, "machine": f"{platform.machine()}, {platform.node()}",
+        "run2_env": None if args.compare else ONE_THREAD, "machine": f"{platform.machine()}, {platform.node()}",
         "wall_seconds": [round(w, 1) for w in walls], "inside": inside, "total": len(rows),
-        "bitwise_equal_per_replicate": bitwise,
+        "bitwise_equal_per_replicate": bitwise, "bitwise_sections": list(sections),
+        "summary_tables_equal": summaries_equal,
         "threads_run1": runs[0]["setting"].get("threads"), "threads_run2": runs[1]["setting"].get("threads"),
         "rows": rows}})
     print(f"wrote {args.out}")

@@ -189,7 +189,8 @@ def leaderboard_block(results: dict) -> list[str]:
 
 def reproduce_block(path: Path = REPRODUCE) -> list[str]:
     """One line from benchmarks/bench_reproduce.py's full-size comparison of two `make run`s (its "main" entry)."""
-    run = json.loads(path.read_text()).get("main") if path.exists() else None
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    run, same = entries.get("main"), entries.get("main-same-threads")
     if run is None:
         return ["_No full-size comparison in benchmarks/results/reproduce.json._"]
     edge = sum("edge" in row["interval"] for row in run["rows"] if row["inside"] and row["run1_mean"] != row["run2_mean"])
@@ -200,6 +201,9 @@ def reproduce_block(path: Path = REPRODUCE) -> list[str]:
             + "; per-replicate numbers "
             + ("bit-identical" if run["bitwise_equal_per_replicate"] else "not bit-identical (the thread count "
                "changes the fine-tuning's sums)")
+            + (f"; at the same thread count a third run gave the first run's numbers bit for bit ("
+               f"{', '.join(same['bitwise_sections'])} per replicate, and every summary number)"
+               if same and same["bitwise_equal_per_replicate"] and same["summary_tables_equal"] else "")
             + " (`benchmarks/bench_reproduce.py`; benchmarks/README.md, \"A second run\")."]
 
 

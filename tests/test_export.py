@@ -32,6 +32,7 @@ def colour_vfe(tmp_path_factory):
     return tmp, folder, path
 
 
+@pytest.mark.slow
 def test_an_rgb_vfe_pipeline_exports_its_z_mean_path(colour_vfe, capsys):
     tmp, folder, path = colour_vfe
     out = tmp / "photos-vfe.onnx"
@@ -49,6 +50,7 @@ def test_an_rgb_vfe_pipeline_exports_its_z_mean_path(colour_vfe, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_averaging_k_draws_is_random_per_call_and_matches_torch_averaging(colour_vfe):
     tmp, folder, path = colour_vfe
     out = export_onnx(path, tmp / "k16.onnx", input_shape=(32, 32, 3), samples=16)
@@ -64,6 +66,7 @@ def test_averaging_k_draws_is_random_per_call_and_matches_torch_averaging(colour
     assert np.abs(np.mean(calls, 0) - expected).mean() < 0.02
 
 
+@pytest.mark.slow
 def test_a_grayscale_linear_pipeline_at_its_native_size(tmp_path):
     pipe, _ = fit_pipeline("digits", head="linear", image_size=32, n_train=300, cache_dir=str(tmp_path / "c"),
                            progress=False)
@@ -77,6 +80,7 @@ def test_a_grayscale_linear_pipeline_at_its_native_size(tmp_path):
         export_onnx(pipe, tmp_path / "x.onnx", input_shape=(8, 8, 2))
 
 
+@pytest.mark.slow
 def test_a_damaged_pipeline_is_refused_before_anything_is_exported(colour_vfe, capsys):
     """Export loads through Pipeline.load, which verifies every tensor's checksum first."""
     tmp, _, path = colour_vfe

@@ -2,7 +2,6 @@
 numbers in them are right: one row recomputed here by hand from the per-replicate values."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from scipy import stats
+from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "readme_results.py"
@@ -19,10 +19,7 @@ RUNS = ROOT / "benchmarks" / "results" / "readme"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("readme_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("readme_results")
 
 
 def test_the_readme_agrees_with_the_committed_results_files():

@@ -9,16 +9,23 @@ The main job (the robustness benchmark) is `run(RunSettings(...))`; `vfe.benchma
 settings, `quick_settings()` the `--quick` ones. The reference's protocol (fine-tune the top first):
 
     >>> run(with_overrides(quick_settings(), {"protocol": "reference", "name": "quick-reference"}))
+
+Your own classifier through every stage, beside the linear head:
+
+    >>> results, folder = benchmark(MyClassifier, data="digits", n_train=500, n_attack=0)
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from vfe import defaults
 from vfe.backbones import Backbone, create_backbone
@@ -42,7 +49,16 @@ from vfe.errors import DataError, SettingsError
 from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
 from vfe.features.source import BackboneFeatures
 from vfe.heads.linear import LinearHead
-from vfe.heads.registry import check_params, is_augmix, make_head, spec
+from vfe.heads.registry import (
+    check_params,
+    head_class_of,
+    is_augmix,
+    make_head,
+    register_head,
+    registered_name,
+    resolve_head,
+    spec,
+)
 from vfe.pipeline import Pipeline
 from vfe.robustness.augmix import DEFAULT_VIEWS
 from vfe.robustness.calibration import probability_metrics
@@ -75,21 +91,24 @@ def extract_features(dataset: str, split: str = "train", backbone: str = default
                      device: str = "auto", progress: bool = True, skip_bad: bool = False,
                      download: bool = False, engine: str = "local", address: str | None = None,
                      actors: int | None = None, cpus_per_actor: float = 1.0,
-                     gpus_per_actor: float = 0.0, runtime: str = "torch") -> FeatureSet:
+                     gpus_per_actor: float = 0.0, shared_cache: str = "auto", runtime: str = "torch") -> FeatureSet:
     """Backbone features of a data set split, from the feature cache or computed (and cached) now.
 
     runtime: "torch", "onnxruntime", "openvino" or "auto" (vfe.backbones.runtimes): what runs the network;
     it enters the cache key. Exported networks are kept under the cache folder's `_models`.
 
     engine: "local" (this process) or "ray": a pool of `actors` backbone actors on the Ray cluster at
-    `address` fills the same cache entry (vfe.features.ray_engine; docs/ray.md). With "ray", `cache_dir`
-    must be a folder every node sees at the same path.
+    `address` fills the same cache entry (vfe.features.ray_engine; docs/ray.md). shared_cache: "yes" (every
+    node sees `cache_dir`: the actors write it), "no" (their features come back through the object store and
+    this process writes the cache) or "auto" (a probe file decides).
     """
     if engine not in ENGINES:
         raise SettingsError(f"engine={engine!r}: expected one of {', '.join(ENGINES)}")
     _check_count(n, "n")
-    if engine == "local" and (address is not None or actors is not None or cpus_per_actor != 1.0 or gpus_per_actor):
-        raise SettingsError("--address, --actors, --cpus-per-actor and --gpus-per-actor apply to --engine ray only")
+    if engine == "local" and (address is not None or actors is not None or cpus_per_actor != 1.0 or gpus_per_actor
+                              or shared_cache != "auto"):
+        raise SettingsError("--address, --actors, --cpus-per-actor, --gpus-per-actor and --ray-shared-cache apply to "
+                            "--engine ray only")
     if engine == "ray":
         from vfe.features.ray_engine import BackboneSpec, extract_with_ray, import_ray
 
@@ -99,7 +118,7 @@ def extract_features(dataset: str, split: str = "train", backbone: str = default
                             settings={"runtime": runtime})
         return extract_with_ray(spec, data, cache_dir=cache_dir, shard_size=shard_size, address=address,
                                 actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                                progress=progress, desc=f"extract {split} (ray)")
+                                progress=progress, desc=f"extract {split} (ray)", shared_cache=shared_cache)
     data = _load(dataset, split, data_dir, n, 0, skip_bad, download)
     cache = FeatureCache(cache_dir)
     bb = create_backbone(backbone, weights=weights, image_size=image_size, device=device, runtime=runtime,
@@ -117,12 +136,17 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
     """Fit a head on the training split and return the pipeline and its training accuracy.
 
     With `skip_bad`, the unreadable files left out are listed in `skipped_list` (when given).
+    `head`: a registered name, or "package.module:Class" (vfe.heads.registry.resolve_head).
     A feature head is fitted on (cached) backbone features; an AugMix head (`linear-augmix`, ...) also on
     those of `augmix_views` AugMix views of each training image (cached too). An image head (`finetune`) trains the top of
     the backbone itself; its pipeline holds the fine-tuned backbone and its Dropout -> Dense layer.
     """
+    head = resolve_head(head, "--head")  # "package.module:Class": imported and registered now
     head_params = dict(head_params or {})
     check_params(head, head_params)  # unknown names, wrong types and values out of range: before any work
+    if not callable(getattr(head_class_of(head), "export_state", None)):
+        raise SettingsError(f"--head {head}: a pipeline file holds the head's state as tensors (export_state / "
+                            "from_state); subclass vfe.heads.base.Head to save it")
     _check_count(n_train, "--n-train")
     pool = _load_split(dataset, "train", data_dir, skip_bad, download)
     check_trainable(pool, dataset, n_train)  # one class, or fewer images than classes: before any extraction
@@ -221,6 +245,71 @@ def sweep(dataset: str, grid: dict, name: str = "sweep", **settings) -> dict:
     return run_sweep_job(job, grid=grid)
 
 
+def benchmark(estimator, data: str = defaults.DATASET, protocol: str = "frozen", head_name: str | None = None,
+              overwrite: bool = False, log=print, **run_settings) -> tuple[dict, Path]:
+    """Your classifier through every stage of `vfe run`, beside the linear head: (results.json's content, the run
+    folder). Like `vfe run --heads linear package.module:Class`, from Python.
+
+    `estimator`: a head class (one registered by `vfe.heads.register_head` keeps its name; another is registered
+    now under `head_name` or its class name; `register_head` says what the class needs), or a factory returning an
+    unfitted scikit-learn classifier (called as `factory(random_state=seed)` if it takes a seed, else `factory()`),
+    registered under `head_name`. The attack stage differentiates the head's `probability_module()`: a class without
+    one, and any factory, needs n_attack=0. `run_settings`: RunSettings fields by name (n_train=500, n_attack=0,
+    head_params={...}, name=...; heads=[...] compares with other heads than linear).
+    """
+    head = _registered(estimator, head_name)
+    compared = run_settings.pop("heads", ["linear"])
+    base = RunSettings()
+    values = {"name": f"benchmark-{head}", "dataset": data, "protocol": protocol, **run_settings,
+              "heads": list(dict.fromkeys([*compared, head])),
+              "head_params": {**base.heads.head_params, **run_settings.get("head_params", {})}}  # defaults kept
+    out = run(with_overrides(base, values), overwrite=overwrite, log=log)
+    return json.loads((out / "results.json").read_text()), out
+
+
+def _registered(estimator, head_name: str | None) -> str:
+    """The head name `estimator` (a class or a factory) runs under, registered now if it is not yet."""
+    if isinstance(estimator, type):
+        known = registered_name(estimator)
+        if known is not None and head_name in (None, known):
+            return known
+        name = head_name or estimator.__name__
+        register_head(name)(estimator)
+        return name
+    if not callable(estimator):
+        raise SettingsError(f"benchmark: give a classifier class or a factory returning one, got {estimator!r}")
+    if head_name is None:
+        raise SettingsError("benchmark: a factory's head needs a name: give head_name=")
+    register_head(head_name)(_factory_head(estimator, head_name))
+    return head_name
+
+
+def _factory_head(factory, name: str) -> type:
+    """A head class around a factory of scikit-learn classifiers: each fit builds a fresh one, seeded when the
+    factory takes random_state, so every replicate is drawn as a built-in head's is."""
+    seeded = "random_state" in inspect.signature(factory).parameters
+
+    class FactoryHead(ClassifierMixin, BaseEstimator):
+        def __init__(self, random_state: int = 0):
+            self.random_state = random_state
+
+        def fit(self, X, y):
+            self.estimator_ = factory(random_state=self.random_state) if seeded else factory()
+            self.estimator_.fit(X, y)
+            self.classes_ = self.estimator_.classes_
+            return self
+
+        def predict_proba(self, X) -> np.ndarray:
+            return self.estimator_.predict_proba(X)
+
+        def predict(self, X) -> np.ndarray:
+            return self.classes_[self.predict_proba(X).argmax(1)]  # what the clean metrics score, argmax
+
+    FactoryHead.__name__ = FactoryHead.__qualname__ = name  # its registry target, one per name
+    FactoryHead.__doc__ = factory.__doc__  # its first line is the head's description
+    return FactoryHead
+
+
 def image_files(paths: list[str | os.PathLike]) -> list[Path]:
     """The image files named, and every image file (recursively, sorted) inside folders named.
 
@@ -264,5 +353,5 @@ def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.
         yield str(path), [(pipe.class_name(pipe.head.classes_[i]), float(probs[i])) for i in order]
 
 
-__all__ = ["FinetuneSettings", "RunSettings", "evaluate_pipeline", "extract_features", "finetuned_pipeline", "fit_pipeline",
-           "image_files", "predict_files", "quick_settings", "replace", "run", "sweep", "with_overrides"]
+__all__ = ["FinetuneSettings", "RunSettings", "benchmark", "evaluate_pipeline", "extract_features",
+           "finetuned_pipeline", "fit_pipeline", "image_files", "predict_files", "quick_settings", "replace", "run", "sweep", "with_overrides"]

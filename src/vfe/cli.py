@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: CPUs each actor reserves (its torch threads) (default: %(default)s)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0,
                    help="with --engine ray: GPUs each actor reserves (default: %(default)s)")
+    p.add_argument("--ray-shared-cache", choices=["auto", "yes", "no"], default="auto",
+                   help="with --engine ray: yes: every node sees --cache-dir (the actors write it); no: the features "
+                        "come back through Ray's object store and this machine writes the cache; auto: a probe "
+                        "file in the cache folder decides (docs/ray.md) (default: %(default)s)")
     p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino", "auto"], default="torch",
                    help="what runs the network: torch, or the network exported to ONNX and run on the CPU by "
                         "onnxruntime (pip install 'vfe[export]') or openvino (pip install 'vfe[openvino]'); "
@@ -124,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "fit", "Fit a head on cached features (or fine-tune on images) and save the pipeline file.")
     _add_data_args(p)
     _add_backbone_args(p)
-    names = head_names()
-    p.add_argument("--head", default="vfe", choices=names, metavar="HEAD",
-                   help=f"one of: {', '.join(names)} (default: %(default)s)")
+    p.add_argument("--head", default="vfe", metavar="HEAD",
+                   help=f"one of: {', '.join(head_names())}, or a head of your own as package.module:Class "
+                        "(default: %(default)s)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="head hyperparameter, JSON value (repeatable), e.g. --param latent_dim=64")
     p.add_argument("--n-train", type=int, default=None)
@@ -209,17 +213,17 @@ def cmd_extract(args) -> int:
                           shard_size=args.shard_size, skip_bad=args.skip_bad, download=args.download,
                           engine=args.engine, address=args.address, actors=args.actors,
                           cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                          runtime=args.runtime)
+                          shared_cache=args.ray_shared_cache, runtime=args.runtime)
     print(f"{len(fs)} x {fs.manifest['dim']} features at {fs.path}")
     return 0
 
 
-def _parse_params(head: str, pairs: list[str]) -> dict:
+def _parse_params(pairs: list[str]) -> dict:
     """--param KEY=VALUE pairs as {key: JSON value} (checked against the head's parameters by fit_pipeline)."""
     bad = [pair for pair in pairs if "=" not in pair]
     if bad:
         raise SettingsError(f"--param expects KEY=VALUE (e.g. latent_dim=64), got {bad[0]!r}")
-    return merge_head_params({}, [f"{head}.{pair}" for pair in pairs]).get(head, {})
+    return merge_head_params({}, [f"head.{pair}" for pair in pairs]).get("head", {})  # --head may hold "."
 
 
 def cmd_fit(args) -> int:
@@ -227,7 +231,7 @@ def cmd_fit(args) -> int:
     from vfe.rundir import claimed
 
     check_output_file(args.out, args.overwrite, suffix=".safetensors")  # before minutes of extraction
-    params = _parse_params(args.head, args.param)
+    params = _parse_params(args.param)
     with claimed(args.out, "--out", wait=args.wait):  # one fit writes --out at a time
         check_output_file(args.out, args.overwrite, suffix=".safetensors")  # again: the holder may have written it
         pipe, score = fit_pipeline(args.dataset, head=args.head, head_params=params, backbone=args.backbone,

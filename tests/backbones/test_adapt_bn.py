@@ -231,6 +231,7 @@ def test_settings_out_of_range_are_refused_in_one_line(lite0_32):
         AdaptedFeatures(lite0_32, 16, -1.0)
 
 
+@pytest.mark.slow
 def test_the_documented_example_runs(tmp_path, capsys):
     doc = Path(__file__).parents[2] / "docs" / "test_time_bn.md"
     example = tmp_path / "test_time_bn_example.py"

@@ -46,6 +46,7 @@ def lite0_runtime(request, cache_root):
                            prefetch=False, **LITE0)
 
 
+@pytest.mark.slow
 def test_runtime_features_match_torch_fp32_on_grey_digits_and_colour_photos(lite0_runtime, lite0_small, digits,
                                                                              photos):
     assert lite0_runtime.runtime in ("onnxruntime", "openvino")  # really another runtime, not torch again
@@ -57,6 +58,7 @@ def test_runtime_features_match_torch_fp32_on_grey_digits_and_colour_photos(lite
         assert min_cosine(got, want) >= FAITHFUL_COSINE
 
 
+@pytest.mark.slow
 def test_runtime_and_precision_keep_cache_entries_apart(lite0_runtime, lite0_small, digits, cache_root):
     assert lite0_runtime.fingerprint() != lite0_small.fingerprint()
     data = ImageSet(digits, np.arange(len(digits)) % 10, [str(i) for i in range(10)], source="digits[:16]")
@@ -69,6 +71,7 @@ def test_runtime_and_precision_keep_cache_entries_apart(lite0_runtime, lite0_sma
     assert min_cosine(on_runtime.array(), on_torch.array()) >= FAITHFUL_COSINE
 
 
+@pytest.mark.slow
 def test_the_exported_network_is_reused_from_disk_and_written_whole(lite0_runtime, cache_root):
     path = Path(lite0_runtime.runtime_check["model"])
     assert path.parent == cache_root / "_models" and path.suffix == ".onnx"
@@ -89,6 +92,7 @@ def test_the_exported_file_is_named_by_weights_and_input_size():
     assert len({key("sha256:a", 64), key("sha256:b", 64), key("sha256:a", 112)}) == 3
 
 
+@pytest.mark.slow
 def test_auto_uses_the_measured_choice_and_falls_back_to_torch_silently(monkeypatch, cache_root):
     if runtimes.missing_package("openvino") is not None:
         pytest.skip("openvino not installed")

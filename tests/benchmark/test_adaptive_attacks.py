@@ -86,6 +86,7 @@ def attacked(digits):
     return results, recorded
 
 
+@pytest.mark.slow
 def test_only_the_heads_that_adapt_are_attacked_three_ways(digits, attacked):
     heads, _, _ = digits
     results, recorded = attacked
@@ -101,6 +102,7 @@ def test_only_the_heads_that_adapt_are_attacked_three_ways(digits, attacked):
         assert models[6].adaptive is models[0].head and models[6].base is models[3].head
 
 
+@pytest.mark.slow
 def test_the_worst_case_is_the_per_image_and_over_the_attacks(attacked):
     results, _ = attacked
     for name in ("t3a", "linear-tts"):
@@ -140,6 +142,7 @@ def test_hand_made_correctness_is_combined_per_image_and_the_strongest_is_named(
     assert r["strongest"] == {"pgd_linf_8/255": "direct", "pgd_l2_1": "transfer"}
 
 
+@pytest.mark.slow
 def test_transfer_from_the_base_beats_the_direct_attack_on_t3a(digits, attacked):
     """On these digits the direct attack, through T3A's adapting templates, leaves far more images standing
     than images crafted on its own Dense layer; scored by T3A's prediction on the attacked images together."""
@@ -163,6 +166,7 @@ def test_transfer_from_the_base_beats_the_direct_attack_on_t3a(digits, attacked)
     assert r["per_attack_correct"]["pgd_l2_1"]["transfer"] == "".join("1" if c else "0" for c in right)
 
 
+@pytest.mark.slow
 def test_a_head_that_does_not_adapt_keeps_todays_result(digits, attacked):
     """linear: the direct attack alone, today's fields, and each image's correctness as computed here from the
     same attack (one budget: PGD attacks the images the head gets right, FGSM all of them)."""
@@ -261,6 +265,7 @@ def test_a_sampling_head_is_settled_only_when_every_one_of_n_eot_draws_is_wrong(
     assert r["samples_randomly"] and attacked == [len(images)] * 4
 
 
+@pytest.mark.slow
 def test_a_bn_head_without_adaptation_is_attacked_as_its_twin_three_times(digits):
     """A "+bn" head on a backbone whose BatchNorm does not adapt (prior N = inf: the plain network) is its twin:
     FGSM (no random start) direct through the adapted network on the whole batch, by transfer from the twin and

@@ -73,6 +73,7 @@ def attacked():
     return out, attacks, perturbations
 
 
+@pytest.mark.slow
 def test_per_image_correctness_agrees_with_the_accuracies(attacked):
     out, _, _ = attacked
     for head, per_replicate in out["adversarial"].items():
@@ -84,6 +85,7 @@ def test_per_image_correctness_agrees_with_the_accuracies(attacked):
                 assert c.mean() == pytest.approx(r["accuracy"][key], abs=1e-12), (head, replicate, key)
 
 
+@pytest.mark.slow
 def test_intervals_per_head_and_attack_hold_the_mean_over_replicates(attacked):
     out, _, _ = attacked
     intervals = out["adversarial_intervals"]
@@ -100,6 +102,7 @@ def test_intervals_per_head_and_attack_hold_the_mean_over_replicates(attacked):
     assert clean["mean"] > 0.5 and clean["high"] - clean["low"] > 0.05  # 40 images: several points wide
 
 
+@pytest.mark.slow
 def test_eot_attacks_the_sampling_head_and_reuses_the_plain_attack_for_a_deterministic_one(attacked):
     out, attacks, _ = attacked
     eot_runs = [n for spec, n in attacks if spec.eot]
@@ -114,6 +117,7 @@ def test_eot_attacks_the_sampling_head_and_reuses_the_plain_attack_for_a_determi
         assert linear["correct"]["pgd_l2_1_eot"] == linear["correct"]["pgd_l2_1"]
 
 
+@pytest.mark.slow
 def test_the_l2_attack_stays_within_its_radius_and_linf_within_its_box(attacked):
     _, _, perturbations = attacked
     l2 = [(x, adv) for spec, x, adv in perturbations if spec.norm == "l2"]
@@ -318,6 +322,7 @@ def test_the_section_tables_show_intervals_with_replicates_and_the_eot_gap_with_
                                 "transfer in replicates 0, 1; bpda in replicate 2"]
 
 
+@pytest.mark.slow
 def test_each_replicate_attacks_its_own_seeded_images_and_every_head_the_same(attacked):
     out, _, _ = attacked
     labels = load_digits().target[1200:]
@@ -328,6 +333,7 @@ def test_each_replicate_attacks_its_own_seeded_images_and_every_head_the_same(at
     assert out["adversarial"]["linear"]["0"]["images"] != out["adversarial"]["linear"]["1"]["images"]
 
 
+@pytest.mark.slow
 def test_the_eot_attack_of_a_sampling_head_starts_from_the_clean_images_not_the_plain_attacks(attacked):
     """EOT and plain PGD are separate attacks: each attacks every image not settled on the clean images."""
     _, _, perturbations = attacked

@@ -45,6 +45,7 @@ def _source(protocol: str, backbone, cache: FeatureCache):
     return CutFeatures(cache, bottom, TopFeatures(backbone, cut, bottom.shape), progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["frozen", "reference"])
 def test_sets_computed_together_have_the_bits_of_one_at_a_time(tmp_path, lite0, test_set, protocol, monkeypatch):
     one_at_a_time = _source(protocol, lite0, FeatureCache(tmp_path / "a"))

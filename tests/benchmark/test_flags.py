@@ -35,7 +35,7 @@ NEW_VALUES = {
     "ood": False, "compare_with": "runs/frozen", "protocol": "reference", "cut_point": "blocks.4.0",
     "finetune_epochs": 7, "finetune_batch_size": 50, "finetune_lr": 0.01, "finetune_augment": True,
     "finetune_lp_epochs": 2, "test_time_bn": True, "bn_batch_size": 32, "bn_prior": 4.0, "bn_heads": ["linear"],
-    "engine": "ray", "address": "ray://head:10001",
+    "engine": "ray", "address": "ray://head:10001", "ray_shared_cache": "no",
 }
 
 

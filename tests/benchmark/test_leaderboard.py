@@ -309,6 +309,7 @@ def colour_run(tmp_path_factory):
     return json.loads((out / "results.json").read_text()), (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_on_colour_photos_every_head_gets_a_headline_where_classic_relative_mce_is_undefined(colour_run):
     results, md = colour_run
     clean = {h: {r: m["accuracy"] for r, m in per.items()} for h, per in results["clean"].items()}

@@ -2,7 +2,9 @@
 the sweep's cell records, the fit stage's fitted heads, the corruption stage's numbers (its corrupted test sets
 extracted by backbone actors) and the attack stage's (each head attacked in a task) are the local engine's (at
 one torch thread in both), on grayscale digits and on colour photos through a real backbone; a rerun computes
-nothing; the local engine never imports Ray; and a wrong --address is one line, at once.
+nothing; the local engine never imports Ray; a wrong --address is one line, at once; and without a shared cache
+folder (--ray-shared-cache no) the frozen protocol's corrupted test sets come back from the actors and are
+written here, while the reference protocol's, which its tasks write, are refused in one line.
 
 One Ray session serves the whole module (starting Ray takes ~12 s here); each task reserves one CPU.
 """
@@ -20,15 +22,27 @@ import numpy as np
 import pytest
 from colour_data import write_colour_folder
 
+from vfe.backbones import create_backbone
 from vfe.benchmark import adversarial, corruption, fit, sweep
-from vfe.benchmark.config import BackboneSettings, DataSettings, EngineSettings, HeadSettings
+from vfe.benchmark.config import (
+    DEFAULT_CORRUPTION_PARAMS,
+    BackboneSettings,
+    DataSettings,
+    EngineSettings,
+    HeadSettings,
+)
+from vfe.benchmark.corruption import corruption_transform
+from vfe.benchmark.fanout import extract_on_cluster
 from vfe.benchmark.fit import fit_heads
 from vfe.benchmark.prepare import load_shared, prepare, prepare_replicate
 from vfe.benchmark.sweep import run_sweep
 from vfe.benchmark.timer import StageTimer
 from vfe.cli import main
+from vfe.data import load_dataset
 from vfe.errors import SettingsError
 from vfe.features.cache import FeatureCache
+from vfe.features.ray_engine import ExtractionJob
+from vfe.features.source import BackboneFeatures
 from vfe.robustness.calibration import probability_metrics
 
 ray = pytest.importorskip("ray")
@@ -252,6 +266,47 @@ def test_vfe_run_on_ray_sends_corruptions_and_attacks_and_gets_the_local_numbers
     assert entries == {e["key"] for e in FeatureCache(tmp_path / "local").entries()}
     # train and test, and the 4 corrupted test sets; under the reference protocol each at the cut and through the top
     assert len(entries) == (2 + 4) * (2 if protocol == "reference" else 1)
+
+
+@pytest.mark.slow
+def test_without_a_shared_cache_the_corrupted_features_come_back_and_are_written_here(cluster, tmp_path):
+    """The frozen protocol's corruption stage with --ray-shared-cache no: the actors send each shard's features
+    back and this process writes the entries; they are the local engine's, read here without computing."""
+    backbone = create_backbone("efficientnet_lite0", image_size=32, device="cpu", jit=False, precision="fp32",
+                               threads=1)
+    test = load_dataset("digits", split="test").subset(np.arange(40), tag="first-40")
+    jobs = [ExtractionJob(test, *corruption_transform(name, 3, 0, DEFAULT_CORRUPTION_PARAMS))
+            for name in ("gaussian_noise", "contrast")]
+    on_ray = BackboneFeatures(FeatureCache(tmp_path / "ray"), backbone, progress=False)
+    extract_on_cluster(on_ray, jobs, replace(RAY, ray_shared_cache="no"), progress=False)
+    here = BackboneFeatures(FeatureCache(tmp_path / "local"), backbone, progress=False)
+
+    def refuse(images, first_row):
+        raise AssertionError("computed here, not by the Ray actors")
+
+    for job in jobs:
+        expected = here(job.data, job.transform, job.transform_key)
+        assert on_ray(job.data, refuse, job.transform_key).tobytes() == expected.tobytes()
+    assert {e["key"] for e in on_ray.cache.entries()} == {e["key"] for e in here.cache.entries()}
+
+
+class CutSource:
+    """Stands for the reference protocol's source: any source but a frozen backbone's travels to tasks that write
+    its cache folder themselves (activations at the cut, then through the fine-tuned top)."""
+
+    def __init__(self, root):
+        self.cache = FeatureCache(root)
+
+    def __call__(self, data, transform=None, transform_key=None, desc=None):
+        raise AssertionError("nothing may be sent to the cluster")
+
+
+def test_without_a_shared_cache_the_reference_protocols_corrupted_sets_are_refused_in_one_line(tmp_path):
+    test = load_dataset("digits", split="test").subset(np.arange(8), tag="first-8")
+    with pytest.raises(SettingsError, match="--ray-shared-cache no") as err:
+        extract_on_cluster(CutSource(tmp_path), [ExtractionJob(test)], replace(RAY, ray_shared_cache="no"),
+                           progress=False)
+    assert "\n" not in str(err.value)
 
 
 def test_a_user_error_in_a_task_is_raised_on_the_driver_as_itself(cluster, digits_features, tmp_path):

@@ -55,6 +55,7 @@ def _reference_runs(tmp):
     return tmp, runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gray", "colour"])
 def test_every_stage_runs_through_the_fine_tuned_backbone(reference_runs, name):
     tmp, runs = reference_runs
@@ -73,6 +74,7 @@ def test_every_stage_runs_through_the_fine_tuned_backbone(reference_runs, name):
     assert "## Fine-tuning (reference protocol)" in report and "blocks.5.1" in report
 
 
+@pytest.mark.slow
 def test_a_rerun_reads_the_fine_tuned_weights_and_features_from_the_cache(reference_runs):
     tmp, runs = reference_runs
     extra = ["--dataset", "digits", "--image-size", "64", "--n-train", "300", "--n-test", "100", "--n-attack", "0",
@@ -96,6 +98,7 @@ def test_a_compare_with_folder_without_a_run_is_refused_before_any_work(tmp_path
     assert "--compare-with" in err and "results.json" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_fine_tuning_trains_the_top_with_batchnorm_in_training_mode_and_leaves_the_bottom(tmp_path):
     train, test = load_train_test("digits")
     train, test = balanced_subset(train, 200, 0, "train"), balanced_subset(test, 50, 0, "test")
@@ -135,6 +138,7 @@ def test_the_compare_model_keeps_the_bottom_in_inference_mode_while_training():
     assert all(m.training for m in model.cut.top_units.modules())
 
 
+@pytest.mark.slow
 def test_lp_ft_trains_the_dense_layer_on_the_untuned_features_first(tmp_path):
     train, test = load_train_test("digits")
     train, test = balanced_subset(train, 200, 0, "train"), balanced_subset(test, 50, 0, "test")

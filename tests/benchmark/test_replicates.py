@@ -51,6 +51,7 @@ def test_replicate_seeds_are_fixed_distinct_and_do_not_depend_on_how_many_replic
         replicate_seed(0, -1)
 
 
+@pytest.mark.slow
 def test_the_run_records_what_replicates_redraw(runs):
     setting = runs["three"]["setting"]
     assert setting["replicates"] == 3 and setting["replicate_seeds"] == [replicate_seed(0, i) for i in range(3)]
@@ -59,6 +60,7 @@ def test_the_run_records_what_replicates_redraw(runs):
     assert set(runs["three"]["clean"]["linear"]) == {"0", "1", "2"}
 
 
+@pytest.mark.slow
 def test_replicates_differ_in_heads_and_attacked_images(runs):
     results = runs["three"]
     accuracy = [results["clean"]["linear"][r]["accuracy"] for r in "012"]
@@ -74,6 +76,7 @@ def test_replicates_differ_in_heads_and_attacked_images(runs):
     assert len({tuple(v) for v in images.values()}) == 3
 
 
+@pytest.mark.slow
 def test_the_same_replicate_computed_twice_is_identical(runs):
     # replicate 0 of a one-replicate run, from its own empty cache, equals replicate 0 of the three-replicate run
     one, three = runs["one"], runs["three"]
@@ -85,6 +88,7 @@ def test_the_same_replicate_computed_twice_is_identical(runs):
         assert one["ood"]["per_head"][head]["0"] == three["ood"]["per_head"][head]["0"]
 
 
+@pytest.mark.slow
 def test_the_corrupted_test_set_is_extracted_once_for_every_replicate(runs, tmp_path_factory):
     # one noise draw: the frozen backbone's features of the corrupted test set are one cache entry that all three
     # replicates read, while each replicate's training subset is an entry of its own
@@ -95,6 +99,7 @@ def test_the_corrupted_test_set_is_extracted_once_for_every_replicate(runs, tmp_
     assert sum("train:n=200" in s for s in sources) == 3, sources
 
 
+@pytest.mark.slow
 def test_noise_per_replicate_draws_each_replicates_own_corrupted_test_set(tmp_path):
     results = _run(tmp_path, "noisy", replicates=2, heads=["linear"], n_attack=0, ood=False,
                    noise_per_replicate=True)
@@ -106,6 +111,7 @@ def test_noise_per_replicate_draws_each_replicates_own_corrupted_test_set(tmp_pa
     assert len(noisy) == 2 and all(any(f":seed{s}:" in t for t in noisy) for s in seeds), noisy
 
 
+@pytest.mark.slow
 def test_reference_protocol_fine_tunes_once_per_replicate(tmp_path):
     results = _run(tmp_path, "reference", protocol="reference", replicates=2, finetune_epochs=1, heads=["linear"],
                    corruptions=[], n_attack=0, ood=False)

@@ -11,6 +11,8 @@ import torch
 from vfe.benchmark.config import RunSettings, with_overrides
 from vfe.benchmark.run import run
 from vfe.errors import SettingsError
+from vfe.report.inputs import read_results
+from vfe.report.schema import SCHEMA_VERSION
 
 
 def tiny_config(tmp_path, **overrides) -> RunSettings:
@@ -36,6 +38,7 @@ def tiny_run(tmp_path_factory):
     return tmp, out, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_stage_fills_its_section(tiny_run):
     _, out, results = tiny_run
     for section in ("setting", "clean", "corruptions", "adversarial", "ood", "summary", "timings"):
@@ -60,12 +63,21 @@ def test_every_stage_fills_its_section(tiny_run):
         assert (out / name).stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_results_json_has_the_schema_version_and_follows_its_schema(tiny_run):
+    _, out, results = tiny_run
+    assert results["schema_version"] == SCHEMA_VERSION
+    read_results(out / "results.json")  # ResultsFileError naming the field where it departs from the schema
+
+
+@pytest.mark.slow
 def test_a_finished_run_is_not_overwritten_unless_asked(tiny_run):
     tmp, _, _ = tiny_run
     with pytest.raises(SettingsError, match="overwrite"):
         run(tiny_config(tmp), log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_rerun_reuses_the_feature_cache_and_gives_the_same_numbers(tiny_run):
     tmp, _, results = tiny_run
     again = run(tiny_config(tmp, name="again", n_attack=0, ood=False), log=lambda *_: None)

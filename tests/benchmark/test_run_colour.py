@@ -29,6 +29,7 @@ def colour_runs(tmp_path_factory):
     return tmp, runs
 
 
+@pytest.mark.slow
 def test_every_stage_runs_on_rgb(colour_runs):
     tmp, runs = colour_runs
     results = runs["folder"]
@@ -46,6 +47,7 @@ def test_every_stage_runs_on_rgb(colour_runs):
         assert (tmp / "runs" / "folder" / name).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_a_class_folder_and_a_cifar_archive_of_the_same_photos_give_the_same_numbers(colour_runs):
     _, runs = colour_runs
     folder, cifar = runs["folder"], runs["cifar"]

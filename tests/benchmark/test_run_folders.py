@@ -120,6 +120,7 @@ def test_any_sequence_of_runs_overwrites_kills_and_resumptions_leaves_complete_r
             assert_complete_or_absent(folder, expected)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_whole_folder(clean):
     """`vfe run --overwrite` used to leave the earlier run's files, e.g. a skipped_files.txt listing files skipped
     by a run that skipped none."""

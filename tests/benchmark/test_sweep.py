@@ -34,6 +34,7 @@ def test_grid_expands_to_every_cell_and_rejects_unknown_heads():
         expand_grid({"heads": ["svm"], "seed": [0]})
 
 
+@pytest.mark.slow
 def test_sweep_writes_cells_resumes_and_summarises(digits_features, tmp_path, monkeypatch):
     X_train, X_test, y_train, y_test = digits_features
     out = tmp_path / "runs" / "demo" / "sweep"
@@ -67,6 +68,7 @@ def test_augmented_heads_need_corrupted_views(digits_features, tmp_path):
         run_sweep({"heads": ["vfe-aug"]}, X_train, y_train, X_test, y_test, tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_train_size_sweep_compares_features_with_raw_pixels(tmp_path):
     """'Features' here are a fixed random ReLU projection of the pixels: a stand-in for a backbone."""
     digits = load_digits()

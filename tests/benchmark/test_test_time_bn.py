@@ -30,6 +30,7 @@ def bn_run(tmp_path_factory):
     return tmp, json.loads((tmp / "runs" / "bn" / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_bn_heads_are_measured_clean_and_under_corruption(bn_run):
     _, results = bn_run
     assert list(results["clean"]) == ["linear", "vfe", "linear+bn", "vfe+bn"]
@@ -54,6 +55,7 @@ def test_bn_heads_are_measured_clean_and_under_corruption(bn_run):
                                              rel=0.05)
 
 
+@pytest.mark.slow
 def test_bn_heads_join_the_summary_the_leaderboard_and_the_attacks_but_not_ood(bn_run):
     _, results = bn_run
     table = results["summary"]["table"]["vfe+bn"]
@@ -65,6 +67,7 @@ def test_bn_heads_join_the_summary_the_leaderboard_and_the_attacks_but_not_ood(b
     assert set(results["ood"]["per_head"]) == {"linear", "vfe"}
 
 
+@pytest.mark.slow
 def test_bn_heads_are_attacked_three_ways_and_score_the_worst_case(bn_run):
     _, results = bn_run
     plain, adapted = results["adversarial"]["linear"]["0"], results["adversarial"]["linear+bn"]["0"]
@@ -79,6 +82,7 @@ def test_bn_heads_are_attacked_three_ways_and_score_the_worst_case(bn_run):
         assert per_attack[adapted["strongest"][key]] == min(per_attack.values())
 
 
+@pytest.mark.slow
 def test_adapted_features_are_cached_apart_from_plain_ones(bn_run):
     tmp, _ = bn_run
     entries = [e for e in FeatureCache(tmp / "cache").entries() if e["status"] == "ok"]
@@ -88,6 +92,7 @@ def test_adapted_features_are_cached_apart_from_plain_ones(bn_run):
     assert len(entries) > len(adapted)  # the plain train, test and corrupted test features beside them
 
 
+@pytest.mark.slow
 def test_the_report_shows_the_bn_heads(bn_run):
     tmp, _ = bn_run
     report = (tmp / "runs" / "bn" / "report.md").read_text()
@@ -95,6 +100,7 @@ def test_the_report_shows_the_bn_heads(bn_run):
     assert (tmp / "runs" / "bn" / "report.html").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_the_reference_protocol_adapts_the_fine_tuned_backbone(tmp_path):
     folder = write_colour_folder(tmp_path / "photos", n_train=15, n_test=5)
     args = ["run", *TINY, "--dataset", str(folder), "--image-size", "32", "--n-train", "none", "--n-test", "none",

@@ -25,6 +25,7 @@ def test_every_command_has_help_with_an_example(capsys):
         assert "example" in text and f"vfe {name}" in text, name
 
 
+@pytest.mark.slow
 def test_fit_evaluate_predict_and_cache(tmp_path, capsys):
     out = tmp_path / "digits-linear.safetensors"
     common = ["--image-size", "32", "--cache-dir", str(tmp_path / "cache")]
@@ -79,6 +80,7 @@ def test_unreadable_images_stop_extraction_unless_skipped(tmp_path, capsys):
     assert "features" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_fit_finetune_saves_a_pipeline_that_evaluates_and_predicts(tmp_path, capsys):
     """`vfe fit --head finetune` trains the top block on images; the file holds the fine-tuned backbone."""
     out = tmp_path / "digits-ft.safetensors"
@@ -147,6 +149,7 @@ def test_sigint_during_extraction_leaves_nothing_half_written(tmp_path):
     assert main(args) == 0
 
 
+@pytest.mark.slow
 def test_fit_on_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     from vfe import io
 
@@ -176,6 +179,7 @@ def test_a_second_fit_to_the_same_out_is_refused_naming_the_first(tmp_path, caps
     assert len(err.splitlines()) == 1 and not out.exists()
 
 
+@pytest.mark.slow
 def test_fit_overwrite_leaves_no_earlier_skipped_list(tmp_path, capsys):
     """The list of files an earlier fit skipped goes with the pipeline it replaces: it never describes a fit that
     skipped none."""

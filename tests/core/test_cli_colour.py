@@ -21,6 +21,7 @@ def cache_of(tmp) -> list[str]:
     return ["--cache-dir", str(tmp / "cache")]
 
 
+@pytest.mark.slow
 def test_extract_fit_evaluate_predict_on_rgb(photos, capsys):
     tmp, folder = photos
     assert main(["extract", str(folder), "--image-size", "32", *cache_of(tmp)]) == 0

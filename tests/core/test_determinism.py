@@ -60,6 +60,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_training_gives_the_same_weights_on_a_quiet_and_a_busy_machine(two_cores):
     # the premise: the thread count changes the weights, so a count that followed the load would too
     assert not _same(_fine_tune(threads=1), _fine_tune(threads=2))
@@ -126,6 +127,7 @@ def test_one_thread_bits_checks_each_shape_once_and_falls_back_to_one_thread(two
     assert torch.get_num_threads() == 2
 
 
+@pytest.mark.slow
 def test_extraction_gives_the_same_features_at_any_load_and_in_either_pipeline(two_cores, images, monkeypatch):
     counts = []
     real = engine.compute_threads
@@ -154,6 +156,7 @@ def test_extraction_gives_the_same_features_at_any_load_and_in_either_pipeline(t
     assert np.array_equal(features[(0.0, "top")], features[(1.0, "top")])
 
 
+@pytest.mark.slow
 def test_which_batches_run_traced_does_not_depend_on_what_was_extracted_first(images):
     fresh = _lite0(prefetch=False).extract(images, progress=False)
     backbone = _lite0(prefetch=False)

@@ -62,6 +62,7 @@ def test_gaussian_kl_closed_form_and_extremes():
     assert torch.isfinite(gaussian_kl(torch.zeros(2), torch.tensor([-1e4, 1e4]))).all()
 
 
+@pytest.mark.slow
 def test_vfe_head_learns_predicts_in_every_mode_and_round_trips(digits_features):
     X_train, X_test, y_train, y_test = digits_features
     head = VFEHead(random_state=0, **SMALL_VFE).fit(X_train, y_train)
@@ -110,6 +111,7 @@ def test_bad_input_gets_clear_errors(digits_features):
         LinearHead(epochs=1).fit(X_train, y_train).predict(X_train[:, :10])
 
 
+@pytest.mark.slow
 def test_vfe_head_trains_its_vae_in_bf16_as_well_as_in_fp32(digits_features):
     X_train, X_test, y_train, y_test = digits_features
     scores, val_mse = {}, {}

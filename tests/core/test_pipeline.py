@@ -44,6 +44,7 @@ def fitted(digit_images):
     return Pipeline(backbone, head, [f"digit {i}" for i in range(10)])
 
 
+@pytest.mark.slow
 def test_pipeline_learns_and_round_trips(fitted, digit_images, tmp_path):
     images, labels = digit_images
     accuracy = (fitted.predict(images[300:]) == labels[300:]).mean()
@@ -203,6 +204,7 @@ def feature_matrix(tiny, digit_images):
     return tiny[0].backbone.extract(images[:80]), labels[:80]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted({n for n in feature_heads() if n == min(
     (m for m in feature_heads() if head_class_of(m) is head_class_of(n)), key=len)}))
 def test_every_head_class_passes_the_check_and_round_trips(name, tiny, feature_matrix, tmp_path):
@@ -253,6 +255,7 @@ def state_of(pipe: Pipeline) -> dict[str, torch.Tensor]:
             **{f"head.{k}": v for k, v in pipe.head.export_state()[0].items()}}
 
 
+@pytest.mark.slow
 def test_a_pipeline_truncated_anywhere_in_its_header_is_an_error(saved, tmp_path):
     """Every offset in the length prefix and the first 64 header bytes, then every 37th through the header
     and one per 4 KiB of tensor data: a cut inside the header is one case for the parser (fewer bytes than
@@ -269,6 +272,7 @@ def test_a_pipeline_truncated_anywhere_in_its_header_is_an_error(saved, tmp_path
     assert load_or_none(cut_file) is None
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(data=st.data())
 def test_a_flipped_byte_anywhere_is_an_error_or_changes_nothing(saved, tiny, tmp_path, data):

@@ -1,6 +1,9 @@
 """The Ray engine (src/vfe/features/ray_engine.py) on a local 2-CPU Ray cluster: the cache entry a local
-extraction writes, byte for byte; a rerun that computes only what is missing; a job that survives a killed
-actor; and the one-line errors a user sees without Ray or without a cluster.
+extraction writes, byte for byte, whether the actors write the cache or send their features back for this
+process to write; actors that build the backbone this process shipped; a rerun that computes only what is
+missing; a job that survives a killed actor; and the one-line errors a user sees without Ray or without a
+cluster. tests/features/test_ray_without_shared_cache.py runs `vfe extract --engine ray` with workers that do not
+see the driver's cache folder.
 
 One Ray session and one pool of two actors serve the whole module: starting Ray takes ~12 s here and
 each actor imports torch and builds its backbone once (several seconds more).
@@ -81,6 +84,27 @@ def test_ray_writes_the_entry_a_local_extraction_writes_byte_for_byte(extractor,
     run = extractor.last_run
     assert run.images_computed == len(data) and run.shards_sent == -(-len(data) // SHARD)
     assert len(run.busy_s) == 2 and os.getpid() not in run.busy_s  # both actors worked, elsewhere
+    assert run.shared_cache is True  # one node: the actors see the probe file, and write the shards themselves
+
+
+@pytest.mark.slow
+def test_without_a_shared_cache_the_actors_send_their_features_and_this_process_writes_them(extractor, local,
+                                                                                          monkeypatch, tmp_path):
+    monkeypatch.setattr(extractor, "shared_cache", "no")
+    data = digits_images()
+    fs = extractor.extract(data, FeatureCache(tmp_path), shard_size=SHARD, progress=False)
+    run, reference = extractor.last_run, local["digits"]
+    assert run.shared_cache is False and run.images_computed == len(data) and len(run.busy_s) == 2
+    assert fs.path == tmp_path / reference.key and fs.manifest["shards"] == reference.manifest["shards"]
+    assert fs.array().tobytes() == reference.array().tobytes()
+
+
+@pytest.mark.slow
+def test_the_actors_build_the_backbone_this_process_built_and_shipped(extractor):
+    here = extractor.backbone
+    for actor in extractor.describe():
+        assert actor["pid"] != os.getpid() and actor["fingerprint"] == here.fingerprint()
+        assert (actor["device"], actor["precision"], actor["runtime"]) == ("cpu", here.precision, here.runtime)
 
 
 @pytest.mark.slow
@@ -155,8 +179,8 @@ def test_the_cli_hands_its_flags_to_the_ray_engine(extractor, monkeypatch, tmp_p
     made = []
 
     class Borrowed:
-        def __init__(self, spec, actors, cpus_per_actor, gpus_per_actor):
-            made.append((spec, actors, cpus_per_actor, gpus_per_actor))
+        def __init__(self, spec, actors, cpus_per_actor, gpus_per_actor, shared_cache):
+            made.append((spec, actors, cpus_per_actor, gpus_per_actor, shared_cache))
 
         def __enter__(self):
             return extractor
@@ -166,11 +190,12 @@ def test_the_cli_hands_its_flags_to_the_ray_engine(extractor, monkeypatch, tmp_p
 
     monkeypatch.setattr(ray_engine, "RayExtractor", Borrowed)
     args = ["extract", "digits", "--split", "test", "--image-size", "64", "--shard-size", "180",
-            "--cache-dir", str(tmp_path), "--engine", "ray", "--actors", "3", "--cpus-per-actor", "1"]
+            "--cache-dir", str(tmp_path), "--engine", "ray", "--actors", "3", "--cpus-per-actor", "1",
+            "--ray-shared-cache", "no"]
     assert main(args) == 0
     assert "360 x 1280 features at" in capsys.readouterr().out
-    spec, actors, cpus, gpus = made[0]
-    assert (spec.name, spec.image_size, actors, cpus, gpus) == ("efficientnet_lite0", 64, 2, 1.0, 0.0)  # 2 shards
+    spec, actors, cpus, gpus, shared = made[0]
+    assert (spec.name, spec.image_size, actors, cpus, gpus, shared) == ("efficientnet_lite0", 64, 2, 1.0, 0.0, "no")
 
 
 def test_without_ray_the_engine_names_the_extra_in_one_line(monkeypatch, tmp_path, capsys):
@@ -180,8 +205,9 @@ def test_without_ray_the_engine_names_the_extra_in_one_line(monkeypatch, tmp_pat
     assert len(err.splitlines()) == 1 and "pip install 'vfe[ray]'" in err
 
 
-def test_ray_flags_without_the_ray_engine_are_refused(tmp_path, capsys):
-    assert main(["extract", "digits", "--address", "auto", "--cache-dir", str(tmp_path)]) == 2
+@pytest.mark.parametrize("flag", [["--address", "auto"], ["--ray-shared-cache", "no"]])
+def test_ray_flags_without_the_ray_engine_are_refused(flag, tmp_path, capsys):
+    assert main(["extract", "digits", *flag, "--cache-dir", str(tmp_path)]) == 2
     assert "--engine ray" in capsys.readouterr().err
 
 

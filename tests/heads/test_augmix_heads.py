@@ -114,6 +114,7 @@ def test_the_loss_draws_two_different_views_of_each_row_and_adds_the_weighted_te
     assert float(loss) == pytest.approx(float(nn.functional.cross_entropy(module.linear(x), y)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", AUGMIX_HEADS)
 def test_heads_fit_predict_and_round_trip_on_grey_digits(name, fitted, digits, tmp_path):
     head, test = fitted[name], digits["test"]
@@ -129,6 +130,7 @@ def test_heads_fit_predict_and_round_trip_on_grey_digits(name, fitted, digits, t
     np.testing.assert_allclose(loaded.predict_proba(images), pipe.predict_proba(images), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["linear", "vfe"])
 def test_the_consistency_term_makes_predictions_on_unseen_views_agree(family, fitted, digits):
     test = digits["test"]
@@ -143,6 +145,7 @@ def test_the_consistency_term_makes_predictions_on_unseen_views_agree(family, fi
         assert consistent.score(test["X"], test["y"]) > plain.score(test["X"], test["y"]) - 0.05
 
 
+@pytest.mark.slow
 def test_a_colour_image_folder_trains_the_heads(one_thread, tmp_path):
     train, test = load_train_test(write_colour_folder(tmp_path / "photos", n_train=15, n_test=5))
     backbone = create_backbone("efficientnet_lite0", weights="default", image_size=64, device="cpu")
@@ -226,6 +229,7 @@ def test_bad_views_are_refused(digits_features):
         AugMixLinearHead(js_weight=-1.0, epochs=1).fit(X, y, X_aug=views)
 
 
+@pytest.mark.slow
 def test_a_quick_run_with_an_augmix_head_marks_every_corruption_held_out(tmp_path):
     corruptions = ["gaussian_noise", "defocus_blur", "fog", "contrast"]
     assert main(["run", "--quick", "--dataset", "digits", "--image-size", "32", "--n-train", "200", "--n-test", "100",
@@ -245,6 +249,7 @@ def test_a_quick_run_with_an_augmix_head_marks_every_corruption_held_out(tmp_pat
     assert rows and all("| held out |" in row for row in rows)
 
 
+@pytest.mark.slow
 def test_vfe_fit_makes_the_views_for_an_augmix_head(tmp_path):
     pipe, accuracy = fit_pipeline("digits", head="linear-augmix-js", head_params={"epochs": 20, "lr": 3e-3},
                                   image_size=32, n_train=200, cache_dir=str(tmp_path), progress=False,

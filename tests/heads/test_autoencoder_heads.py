@@ -27,6 +27,7 @@ def _reconstruct(head, X: np.ndarray) -> np.ndarray:
         return head.bottleneck_(torch.from_numpy(X)).numpy()
 
 
+@pytest.mark.slow
 def test_ae_learns_round_trips_and_flags_unfamiliar_inputs(digits_features):
     X_train, X_test, y_train, y_test = digits_features
     head = make_head("ae", **SMALL).fit(X_train, y_train)
@@ -40,6 +41,7 @@ def test_ae_learns_round_trips_and_flags_unfamiliar_inputs(digits_features):
     assert np.median(head.reconstruction_error(uniform)) > 3 * np.median(head.reconstruction_error(X_test))
 
 
+@pytest.mark.slow
 def test_dae_preset_trains_with_feature_noise(digits_features):
     X_train, X_test, y_train, y_test = digits_features
     head = make_head("dae", **SMALL)
@@ -50,6 +52,7 @@ def test_dae_preset_trains_with_feature_noise(digits_features):
     assert not np.allclose(head.transform(X_test), clean.transform(X_test))
 
 
+@pytest.mark.slow
 def test_dae_on_corrupted_views_denoises_better_than_a_plain_ae(digits_features):
     X_train, X_test, y_train, _ = digits_features
     plain = make_head("ae", **SMALL).fit(X_train, y_train)

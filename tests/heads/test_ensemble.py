@@ -36,6 +36,7 @@ def test_probabilities_are_the_mean_of_independently_fitted_members(digits_featu
     np.testing.assert_allclose(module_probs, ensemble.predict_proba(X_test), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vfe_ensemble_composes(digits_features):
     X_train, X_test, y_train, _ = digits_features
     ensemble = make_head("vfe-ens", n_members=2, base_params=TINY_VFE, random_state=0).fit(X_train, y_train)

@@ -54,12 +54,14 @@ def _expected_failures(estimator) -> dict[str, str]:
     return failures
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:linear-tts:UserWarning")  # the checks predict single rows
 @parametrize_with_checks(list(_heads(TINY).values()), expected_failed_checks=_expected_failures)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", _heads(TRAINED).values(), ids=_heads(TRAINED))
 def test_trained_heads_pass_check_classifiers_train(head):
     check_classifiers_train(type(head).__name__, head)

@@ -27,6 +27,7 @@ def test_the_transform_is_the_numpy_formula(digits_features):
     np.testing.assert_allclose(head.predict_proba(X_test), torch.softmax(logits, 1).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_affine_shift_of_the_features_is_undone(digit_backbone_features):
     """Per dimension x -> a x + b with a in [0.3, 1] (dimmer) and b in [0, 2] training stds (channels
     switching on): measured, the linear head falls 90.7 -> 73.9 % (seed 0); linear-tts stays at 90.2 %."""

@@ -5,9 +5,12 @@ import re
 import runpy
 from pathlib import Path
 
+import pytest
+
 DOC = Path(__file__).parents[2] / "docs" / "robust_heads.md"
 
 
+@pytest.mark.slow
 def test_the_documented_example_runs(tmp_path, capsys):
     example = tmp_path / "robust_heads_example.py"
     example.write_text(re.findall(r"```python\n(.*?)```", DOC.read_text(), re.DOTALL)[0])

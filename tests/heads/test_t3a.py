@@ -93,6 +93,7 @@ def _t3a_by_loops(W: np.ndarray, b: np.ndarray, Z: np.ndarray, filter_k: int, ba
     return np.array(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("filter_k, batch", [(1, 32), (5, 7), (100, 32), (-1, 50)])
 def test_matches_the_algorithm_written_as_loops(digit_backbone_features, filter_k, batch):
     f = digit_backbone_features
@@ -116,6 +117,7 @@ def test_adapts_online_in_order_and_resets_at_every_call(digits_features):
     assert not np.allclose(alone, full[64:])
 
 
+@pytest.mark.slow
 def test_t3a_gains_on_features_of_corrupted_images(digit_backbone_features):
     """Zoom blur (severity 5) on the digits: measured 55.7 -> 69.6 % (seed 0), and +9.6 to +11.8 points
     for seeds 1-3. On clean features T3A costs accuracy here (90.7 -> 79.4 %, seed 0): nearest template

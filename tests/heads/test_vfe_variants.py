@@ -35,6 +35,7 @@ def test_presets_are_vfe_settings_that_user_parameters_override():
         make_head("vfe-median")
 
 
+@pytest.mark.slow
 def test_mean_path_is_deterministic_and_k_sample_average_is_steadier(digits_features):
     X_train, X_test, y_train, y_test = digits_features
     mean = make_head("vfe-mean", **SMALL_VFE).fit(X_train, y_train)
@@ -59,6 +60,7 @@ def test_split_keeps_corrupted_views_out_of_the_early_stopping_set(digits_featur
     np.testing.assert_array_equal(X_fit[n_fit:] - 100.0, X_fit[:n_fit])  # each view beside its clean row
 
 
+@pytest.mark.slow
 def test_vfe_trained_on_noisy_views_is_more_robust_to_noise(digits_features):
     X_train, X_test, y_train, y_test = digits_features
     clean = make_head("vfe", **SMALL_VFE).fit(X_train, y_train)

@@ -41,6 +41,7 @@ def test_loss_is_cross_entropy_plus_beta_times_kl_summed_over_latent_dims():
     assert parts["kl"] == pytest.approx(float(kl), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_larger_beta_squeezes_the_code(digits_features):
     X_train, _, y_train, _ = digits_features
     kl = {beta: VIBHead(beta=beta, **SMALL).fit(X_train, y_train).history_["records"][-1]["kl"]

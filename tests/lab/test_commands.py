@@ -123,6 +123,7 @@ def test_cli_refuses_to_overwrite_a_run_folder(tmp_path, capsys):
     assert (tmp_path / "run" / "metrics.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_train_on_colour_images_from_the_command_line(colour_folder, tmp_path):
     out = tmp_path / "colour"
     assert main(["lab", "train", "--model", "conv-ae", "--dataset", str(colour_folder), "--n-train", "0",

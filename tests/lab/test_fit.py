@@ -39,6 +39,7 @@ def _config(**changes) -> TrainConfig:
     return TrainConfig(**{"epochs": 4, "batch_size": 32, "lr": 3e-3, "patience": None, "seed": 0, **changes})
 
 
+@pytest.mark.slow
 def test_best_checkpoints_restore_the_exact_weights(fashion, tmp_path):
     model = build_model("conv-ae", seed=0)
     history = fit_autoencoder(model, fashion.x_train[:200], _config(), checkpoint_dir=tmp_path, keep=2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from vfe.data.split import balanced_index
@@ -33,6 +34,7 @@ def test_frozen_arm_trains_only_the_new_layer_and_every_arm_starts_the_head_alik
     assert torch.equal(*untrained)
 
 
+@pytest.mark.slow
 def test_the_labelled_images_are_the_projects_balanced_subset(colour_folder, tmp_path, monkeypatch):
     settings = LabSettings(dataset=str(colour_folder), n_train=None, n_test=None, epochs=1, batch_size=16,
                            patience=None, progress=False)

@@ -90,6 +90,7 @@ def test_markdown_holds_the_summary_rows_with_the_summary_numbers(written):
             f"{sweep_row['accuracy_mean']:.4g} ± {sweep_row['accuracy_std']:.2g} |") in md
 
 
+@pytest.mark.slow
 def test_html_is_self_contained(written):
     _, paths, _ = written
     html = paths["html"].read_text()
@@ -121,6 +122,7 @@ def test_chromium_renders_tables_and_every_figure(written, tmp_path):
     assert coloured > 2e-4, f"no plotted curves visible ({coloured:.3%} coloured pixels): figures did not render"
 
 
+@pytest.mark.slow
 def test_missing_stages_render_as_skipped(report_run, tmp_path):
     keep = ("setting", "config", "clean", "fit_seconds", "histories")
     results = {k: report_run[k] for k in keep}
@@ -140,6 +142,7 @@ def test_results_without_clean_metrics_are_refused(tmp_path):
         write_report(tmp_path, {"setting": {}})
 
 
+@pytest.mark.slow
 def test_the_report_needs_no_stage_head_or_backbone_code(report_run, tmp_path):
     """Written in a fresh process from results.json alone, the report loads none of the run's machinery."""
     write_json(tmp_path / "results.json", report_run)
@@ -152,6 +155,7 @@ def test_the_report_needs_no_stage_head_or_backbone_code(report_run, tmp_path):
     assert (tmp_path / "figures" / "corruption_grid.png").exists() and (tmp_path / "figures" / "reliability.png").exists()
 
 
+@pytest.mark.slow
 def test_each_corruption_is_marked_seen_or_held_out_for_augmented_heads(report_run, tmp_path):
     from vfe.benchmark.augment import augmentation_record
 

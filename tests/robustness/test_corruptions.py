@@ -24,6 +24,7 @@ def mean_change(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
 
+@pytest.mark.slow
 def test_every_corruption_and_severity_keeps_shape_and_dtype_and_changes_the_images(images):
     for name in REGISTRY:
         for severity in (1, 2, 3, 4, 5):

@@ -117,6 +117,7 @@ def test_direction_of_every_metric_family(metric, higher):
     assert higher_is_better(metric) is higher
 
 
+@pytest.mark.slow
 def test_statistics_do_not_need_torch():
     code = "import sys, vfe.robustness.stats; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

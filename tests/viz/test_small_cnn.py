@@ -47,6 +47,7 @@ def test_augmentation_is_identity_in_eval_and_flips_per_image_in_training():
     assert moved.shape == x.shape and (moved - x).abs().mean() > 0.05
 
 
+@pytest.mark.slow
 def test_it_learns_fashion_mnist_from_a_few_hundred_images():
     data = load_data(LabSettings(n_train=600, n_test=300))
     model = build_small_cnn(SmallCNNConfig(), seed=0)

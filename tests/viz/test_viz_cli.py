@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
+
 from vfe.cli import build_parser, main
 from vfe.io import read_json
 from vfe.lab.models import build_model, save_model
@@ -32,6 +34,7 @@ def test_list_layers_and_activations_from_the_command_line(small_cnn_dir, tmp_pa
     assert main([*args, "--overwrite"]) == 0
 
 
+@pytest.mark.slow
 def test_small_cnn_activations_and_maximize_on_colour_images(colour_folder, tmp_path):
     cnn = tmp_path / "cnn"
     assert main(["viz", "small-cnn", "--dataset", str(colour_folder), "--variants", "plain", "--n-train", "0",

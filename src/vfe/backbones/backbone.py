@@ -84,18 +84,13 @@ class Backbone(nn.Module):
         self.runtime = "torch"  # what `extract` runs the network on (runtimes.choose_runtime may switch it)
         self.runtime_check: dict | None = None
 
-    def __getstate__(self) -> dict:
-        """Picklable, for Ray tasks (`vfe run --engine ray` ships the fine-tuned backbone): the fast path's traces
-        and the pipeline timing are made again where it lands. Another runtime's compiled network cannot travel."""
-        if self.runtime != "torch":
-            raise TypeError(f"a {self.name} backbone running on {self.runtime} cannot be pickled: build it where it "
-                            "is needed (vfe.features.ray_engine.BackboneSpec)")
-        state = super().__getstate__()
-        traced = isinstance(self._fast, TracedFeatures)
-        state["_fast"] = TracedFeatures(self._pooled, self.settings.batch_size) if traced else self._fast
-        state["_thread_mode"] = ThreadModeChoice()
-        state["_bits"] = OneThreadBits()
-        return state
+    def __reduce__(self):
+        """Pickled (Ray tasks receive the reference protocol's fine-tuned backbone) by the one shipping rule,
+        vfe.backbones.shipping: the network's weights on the CPU, the precision and runtime named and built
+        again where it lands (on the CPU), or one error naming what cannot be built there."""
+        from vfe.backbones.shipping import rebuild, shippable
+
+        return rebuild, (shippable(self),)
 
     def use_runtime(self, features: Callable[[torch.Tensor], torch.Tensor], check: dict) -> None:
         """Extract with `features` (normalised input -> pooled features) of another runtime, found faithful

@@ -47,13 +47,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vfe.backbones import Backbone
 from vfe.backbones.adapt_bn import AdaptedNetwork
+from vfe.backbones.shipping import ShippedBackbone, rebuild, shippable
+from vfe.benchmark.adapted_bn import base_head
 from vfe.benchmark.config import AttackSettings, EngineSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fanout import TASK_DEVICE, fan_out
 from vfe.benchmark.summary import by_head
-from vfe.benchmark.test_time_bn import base_head
 from vfe.data.split import balanced_index
 from vfe.data.types import ImageSet
 from vfe.heads.registry import REGISTRY
@@ -104,7 +104,7 @@ def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet
     images_u8, labels = np.asarray(test.images)[rows], np.asarray(test.labels)[rows]
     specs = attack_specs(settings.attack_eps_linf, settings.attack_eps_l2, eot=True)
     if cluster is not None and cluster.engine == "ray" and adapted is None:
-        shared = {"parts": _shippable(backbone), "models": models, "images": images_u8, "labels": labels,
+        shared = {"shipped": shippable(backbone), "models": models, "images": images_u8, "labels": labels,
                   "specs": specs, "settings": settings, "data_seed": seed}
         done = dict(fan_out(attack_task, list(models), shared, progress=progress, desc="attacks (ray)",
                             unit="head"))
@@ -121,19 +121,12 @@ def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet
     return results
 
 
-def attack_task(key: tuple[str, int], *, parts: dict, models: dict, images: np.ndarray, labels: np.ndarray,
-                specs: list[AttackSpec], settings: AttackSettings, data_seed: int) -> dict:
-    """One head attacked in a Ray task: the backbone rebuilt on the task's CPU from `_shippable`'s parts."""
-    backbone = Backbone(device=torch.device(TASK_DEVICE), **parts)
+def attack_task(key: tuple[str, int], *, shipped: ShippedBackbone, models: dict, images: np.ndarray,
+                labels: np.ndarray, specs: list[AttackSpec], settings: AttackSettings, data_seed: int) -> dict:
+    """One head attacked in a Ray task, through the backbone rebuilt on the task's CPU by the one shipping rule
+    (vfe.backbones.shipping): attacks differentiate `forward`, torch in fp32, so no fast path is built."""
+    backbone = rebuild(shipped, TASK_DEVICE, fast_path=False)
     return attack_one(backbone, models[key], to_unit_float(images), labels, specs, settings, data_seed, TASK_DEVICE)
-
-
-def _shippable(backbone: Backbone) -> dict:
-    """Backbone's constructor arguments (its network on the CPU, and its metadata), for a Ray task to rebuild it:
-    attacks differentiate `forward`, plain torch in fp32, so the traced or other-runtime fast path stays here."""
-    model = backbone.model if backbone.device.type == "cpu" else copy.deepcopy(backbone.model).cpu()
-    return {"model": model, "name": backbone.name, "weights": backbone.weights, "data_config": backbone.data_config,
-            "settings": backbone.settings}
 
 
 def attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],

@@ -15,7 +15,15 @@ from pathlib import Path
 
 from vfe import defaults
 from vfe.errors import DataError, SettingsError
-from vfe.heads.registry import check_params, expand_heads, is_augmented, is_augmix, spec
+from vfe.heads.registry import (
+    check_params,
+    expand_heads,
+    head_class_of,
+    is_augmented,
+    is_augmix,
+    is_external,
+    spec,
+)
 from vfe.paths import check_writable_folder
 from vfe.robustness.augmix import DEFAULT_VIEWS
 
@@ -82,7 +90,8 @@ class HeadSettings:
     """Which heads are compared, over how many replicates, with which hyperparameters."""
 
     heads: list[str] = field(default_factory=lambda: ["linear", "vfe"], **_help(
-        "heads to compare; 'all' = every head of the feature benchmark"))
+        "heads to compare; 'all' = every head of the feature benchmark; a head of your own as package.module:Class "
+        "(imported, and named by its registered name or its class name)"))
     replicates: int = field(default=3, **_help(
         "replicates of the whole experiment; each redraws the training subset, the fine-tuning (reference "
         "protocol), the heads' initialisation, the training views and the attacked images; every interval "
@@ -157,6 +166,10 @@ class EngineSettings:
     address: str | None = field(default=None, **_help(
         "with --engine ray: auto (a running cluster), local (a new one here), ray://HOST:PORT (Ray Client) or "
         "HOST:PORT of the head; none: a running cluster if found, else a local one"))
+    ray_shared_cache: str = field(default="auto", metadata={"choices": ("auto", "yes", "no"), "help": (
+        "with --engine ray: whether every node sees the feature cache folder (then the backbone actors write it); "
+        "no: their features come back through Ray's object store and this machine writes the cache; auto: a "
+        "probe file in the cache folder decides (docs/ray.md)")})
 
 
 @dataclass
@@ -277,7 +290,8 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
     if isinstance(heads.replicates, bool) or not isinstance(heads.replicates, int) or heads.replicates < 1:
         raise SettingsError(f"--replicates must be a whole number >= 1 (3 or more for intervals), "
                             f"got {heads.replicates!r}")
-    expand_heads(heads.heads)  # unknown or non-benchmark heads raise here, naming the choices
+    names = expand_heads(heads.heads)  # unknown or non-benchmark heads raise here, naming the choices
+    check_external_heads(names, settings.cluster, att)
     for head, params in heads.head_params.items():
         spec(head)
         check_params(head, params)
@@ -310,6 +324,20 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
         compared_results(settings.compare_with)
     check_engine(settings.cluster)
     check_run_dir(settings.run_dir, overwrite)
+
+
+def check_external_heads(heads: list[str], cluster: EngineSettings, attacks: AttackSettings) -> None:
+    """Heads registered in this process from outside vfe: they run locally (a Ray worker is a fresh process that
+    never imported the user's module), and the attack stage needs each one's `probability_module()`."""
+    external = [h for h in heads if is_external(h)]
+    if external and cluster.engine == "ray":
+        raise SettingsError(f"--engine ray: {', '.join(external)} registered in this process only, which Ray workers "
+                            "do not see; run heads of your own with --engine local")
+    blind = [h for h in external if not callable(getattr(head_class_of(h), "probability_module", None))]
+    if blind and attacks.n_attack > 0:
+        raise SettingsError(f"--n-attack: {', '.join(blind)} has no probability_module() (features -> class "
+                            "probabilities as a torch module), which the attacks differentiate; define it, or give "
+                            "--n-attack 0")
 
 
 def check_run_dir(out: Path, overwrite: bool) -> None:
@@ -414,6 +442,7 @@ def compared_results(folder: str) -> dict:
                             "`vfe run`") from None
     except (OSError, ValueError) as e:
         raise SettingsError(f"--compare-with {folder}: cannot read {path} ({e}); rerun that run") from None
-    if not isinstance(results, dict) or "summary" not in results or "setting" not in results:
-        raise SettingsError(f"--compare-with {folder}: {path} holds no run summary; rerun that run")
+    from vfe.report.results_check import check_readable  # of this vfe's schema version, or one line saying so
+
+    check_readable(results, f"--compare-with {folder}: {path}")
     return results

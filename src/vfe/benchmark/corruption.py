@@ -1,7 +1,7 @@
 """Corrupt the test images (every corruption x severity), extract their features through the cache,
 and measure every head on them; then the corruption metrics (mCE with the linear head as normaliser).
 With `--test-time-bn` the chosen heads are measured again on features from test-time-adapted BatchNorm,
-as heads "<head>+bn" (`vfe.benchmark.test_time_bn`).
+as heads "<head>+bn" (`vfe.benchmark.adapted_bn`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vfe.backbones import resolve_device
-from vfe.benchmark import test_time_bn
+from vfe.benchmark import adapted_bn
 from vfe.benchmark.clean import evaluate_clean
 from vfe.benchmark.config import BackboneSettings, CorruptionSettings
 from vfe.benchmark.context import RunContext
@@ -56,7 +56,7 @@ def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
             jobs = [ExtractionJob(p.test, *corruption_transform(name, severity, ctx.noise_seed(r),
                                                                 settings.corruption_params))
                     for name in names for severity in settings.severities]
-            extract_on_cluster(p.features, jobs, ctx.backbone_settings, progress=ctx.progress,
+            extract_on_cluster(p.features, jobs, ctx.cluster, progress=ctx.progress,
                                desc=f"corruptions ({len(names)} x {len(settings.severities)} severities, ray)")
             filled = {}
         else:
@@ -82,18 +82,18 @@ def run_adapted(settings: CorruptionSettings, ctx: RunContext, p: Prepared, repl
                 ) -> dict:
     """One replicate's "+bn" heads, refitted on adapted training features: {"per_model": as run_corruptions',
     "clean": {(head+bn, replicate): metrics} on adapted clean test batches, "record": its "test_time_bn" entry}."""
-    extractor, source = test_time_bn.adapted_source(settings, p, ctx.progress)
+    extractor, source = adapted_bn.adapted_source(settings, p, ctx.progress)
     started = time.perf_counter()
-    models, fit_seconds = test_time_bn.fit_adapted(ctx.models_of(replicate), settings.bn_heads,
-                                                   source(p.train, desc="train (adapted BatchNorm)"), p.train.labels)
+    models, fit_seconds = adapted_bn.fit_adapted(ctx.models_of(replicate), settings.bn_heads,
+                                                 source(p.train, desc="train (adapted BatchNorm)"), p.train.labels)
     clean, _ = evaluate_clean(models, source(p.test, desc="test (adapted BatchNorm)"), p.test.labels)
     measured = run_corruptions(source, p.test, models, names, settings.severities, ctx.noise_seed(replicate),
                                settings.corruption_params)
     seconds = {"total": round(time.perf_counter() - started, 3), "per_corruption": measured["seconds"]}
-    cost = test_time_bn.extraction_cost(p.backbone, extractor, p.test.images)
+    cost = adapted_bn.extraction_cost(p.backbone, extractor, p.test.images)
     ctx.adapted[replicate] = extractor, models  # the attack stage attacks them
     return {"per_model": measured["per_model"], "clean": clean,
-            "record": test_time_bn.record(extractor, models, seconds, fit_seconds, cost)}
+            "record": adapted_bn.record(extractor, models, seconds, fit_seconds, cost)}
 
 
 def cache_workers(backbone: BackboneSettings) -> int:

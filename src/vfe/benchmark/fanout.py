@@ -1,9 +1,10 @@
 """`vfe run --engine ray` and `vfe sweep --engine ray`: the independent work of a run, sent to a Ray cluster.
 
   * tasks (`fan_out`): the fit stage's heads x seeds, the sweep's cells, the attack stage's heads x seeds;
-  * `extract_on_cluster`: the corruption stage's test set under every corruption x severity, into the shared
-    feature cache, which the stage then reads: shard by shard by a pool of backbone actors (frozen protocol), or
-    entry by entry in tasks that receive the run's feature source (the reference protocol's fine-tuned top).
+  * `extract_on_cluster`: the corruption stage's test set under every corruption x severity, into the feature
+    cache, which the stage then reads: shard by shard by a pool of backbone actors (frozen protocol; with or
+    without a cache folder the nodes share, `--ray-shared-cache`), or entry by entry in tasks that receive the
+    run's feature source (the reference protocol's fine-tuned top; a shared cache folder needed).
 The work itself is one function used by both engines (vfe.benchmark.fit.fit_one for a head x seed,
 vfe.benchmark.sweep.fit_cell for a sweep cell, vfe.benchmark.adversarial.attack_one for an attacked head,
 FeatureCache.extract for a shard); this module only runs it on the connected Ray cluster
@@ -30,18 +31,21 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from vfe.benchmark.config import BackboneSettings, EngineSettings
-from vfe.errors import VfeError
+from vfe.benchmark.config import EngineSettings
+from vfe.errors import SettingsError, VfeError
+from vfe.features.cache import FeatureCache
 from vfe.features.ray_engine import (
-    BackboneSpec,
     ExtractionJob,
     RayEngineError,
     RayExtractor,
+    cache_dir_here,
     cluster_cpus,
+    every_node_sees,
     import_ray,
     ray_session,
 )
@@ -95,42 +99,53 @@ def fan_out(function: Callable[..., Any], items: Sequence, shared: dict[str, Any
             ray.cancel(ref)
 
 
-def extract_on_cluster(source: FeatureSource, jobs: list[ExtractionJob], backbone: BackboneSettings, *,
+def extract_on_cluster(source: FeatureSource, jobs: list[ExtractionJob], cluster: EngineSettings, *,
                        progress: bool = True, desc: str = "extract (ray)") -> None:
     """Fill the cache entries that `source` will read for `jobs`; the caller then reads them through `source`
-    as the local engine would (every entry found). The cache must be on a path every node sees.
+    as the local engine would (every entry found).
 
-      * frozen backbone (BackboneFeatures): one backbone actor per CPU of the cluster, built from the run's
-        backbone settings, computes every missing shard of every job in one queue. The actors must build the
-        backbone this machine built (same fingerprint: architecture, weights, preprocessing, precision), else
-        their entries would be ones the run never reads: that is an error, not a silent recomputation;
+      * frozen backbone (BackboneFeatures): one backbone actor per CPU of the cluster, each with the run's
+        backbone shipped to it (vfe.backbones.shipping: the same fingerprint, or an error naming why not),
+        computes every missing shard of every job in one queue. The actors write the cache folder when every
+        node sees it; otherwise (`cluster.ray_shared_cache`: "no", or "auto" and a node that does not see a
+        probe file) they send each shard's features back and this process writes them;
       * any other source (the reference protocol's CutFeatures: activations at the cut, then the fine-tuned
         top): the source itself travels to one task per job (its networks pickled once into the object store),
-        and each task fills that job's entries exactly as the driver would.
+        and each task fills that job's entries exactly as the driver would, in the cache folder, which every
+        node must see: with --ray-shared-cache no, or under auto a node that does not see a probe file, this
+        is refused in one line.
     """
     if not isinstance(source, BackboneFeatures):
+        _check_tasks_see(source.cache.root.expanduser().resolve(), cluster.ray_shared_cache)
         shared = {"source": source, "data": [job.data for job in jobs]}
         items = [(i, job.transform, job.transform_key) for i, job in enumerate(jobs)]
         for _ in fan_out(_fill_entry, items, shared, progress=progress, desc=desc, unit="entry"):
             pass
         return
-    spec = BackboneSpec(backbone.backbone, weights=backbone.weights, image_size=backbone.image_size,
-                        device=backbone.device)
-    with RayExtractor(spec, actors=max(1, int(cluster_cpus()))) as extractor:
-        here, there = source.backbone.fingerprint(), extractor.fingerprint()
-        if here != there:
-            actor = extractor.describe()[0]
-            raise RayEngineError(f"the Ray actors built a different backbone ({actor['device']}, {actor['precision']}) "
-                                 f"from this machine's ({source.backbone.device}, {source.backbone.precision}): "
-                                 "their features would go to cache entries this run never reads; give "
-                                 "--device cpu (or the device the workers have)")
+    with RayExtractor(source.backbone, actors=max(1, int(cluster_cpus())),
+                      shared_cache=cluster.ray_shared_cache) as extractor:
         extractor.extract_many(jobs, source.cache, progress=progress, desc=desc)
 
 
+def _check_tasks_see(root: Path, shared_cache: str) -> None:
+    """SettingsError unless tasks on every node can write the cache folder `root` (`shared_cache`: yes, no, auto)."""
+    if shared_cache == "yes":
+        return
+    why = "--ray-shared-cache no" if shared_cache == "no" else None
+    if why is None and not every_node_sees(root):
+        why = f"a Ray node does not see the cache folder {root}"
+    if why is not None:
+        raise SettingsError(f"{why}: the reference protocol's corruption stage on Ray writes the cache from its tasks, "
+                            "which needs a folder every node sees (docs/ray.md); mount one on every node, or run "
+                            "with --engine local")
+
+
 def _fill_entry(item: tuple, *, source: FeatureSource, data: list) -> None:
-    """One job of extract_on_cluster in a task: `source(images, transform, key)`, nothing sent back."""
+    """One job of extract_on_cluster in a task: `source(images, transform, key)` into the cache folder as this node
+    sees it, nothing sent back."""
     i, transform, key = item
     source.progress = False
+    source.cache = FeatureCache(cache_dir_here(str(source.cache.root)))
     source(data[i], transform=transform, transform_key=key)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from vfe.backbones import resolve_device
+from vfe.benchmark.adapted_bn import base_head
 from vfe.benchmark.augment import training_record
 from vfe.benchmark.clean import evaluate_clean
 from vfe.benchmark.config import RunSettings, check, check_run_dir, check_trainable, compared_results
@@ -29,13 +30,14 @@ from vfe.benchmark.prepare import Prepared, load_shared, prepare_replicate, skip
 from vfe.benchmark.replicates import FIXED, NOISE, REDRAWN, Replicate, replicates
 from vfe.benchmark.stages import STAGES
 from vfe.benchmark.summary import by_head, summarise
-from vfe.benchmark.test_time_bn import base_head
 from vfe.benchmark.timer import StageTimer, peak_rss_mb
 from vfe.heads.registry import expand_heads, is_augmented, is_augmix
 from vfe.io import write_json
 from vfe.report import write_report
 from vfe.report.inputs import report_inputs
 from vfe.report.protocols import comparable
+from vfe.report.results_check import check_written
+from vfe.report.schema import SCHEMA_VERSION
 from vfe.rundir import claimed, staged_folder
 
 
@@ -62,7 +64,7 @@ def write_run(settings: RunSettings, out: Path, log) -> None:
     # --engine ray: connected before the data is prepared (a wrong --address costs nothing) and kept for every
     # stage (heads x seeds, corruption shards and attacked heads go to the cluster); local: connects to nothing
     with cluster_session(settings.cluster):
-        results = measure(settings, heads, device, out, timer, log)
+        results = {"schema_version": SCHEMA_VERSION, **measure(settings, heads, device, out, timer, log)}
     results["summary"] = summarise(results)
     results["leaderboard"] = leaderboard(results, {h: base_head(h) in heads and is_augmented(base_head(h))
                                                    for h in results["clean"]})  # "vfe-aug+bn" saw what vfe-aug saw
@@ -73,6 +75,7 @@ def write_run(settings: RunSettings, out: Path, log) -> None:
     results["peak_rss_mb"] = peak_rss_mb()
     results["peak_rss_mb_after_stage"] = timer.peak_rss_mb
     results["cpu_percent_per_stage"] = timer.cpu_percent  # 200 = both cores of a 2-core machine busy all along
+    results = check_written(results)  # vfe.report.schema's shape, or a bug naming the field
     write_json(out / "results.json", results)
     with timer.timed("report"):
         write_report(out, results)

@@ -1,14 +1,21 @@
 """Feature extraction on a Ray cluster: the feature cache's shards computed by a pool of backbone actors.
 
 `vfe extract ... --engine ray` (`extract_features(..., engine="ray")`) fills the very cache entry a local
-extraction fills: same key, same content-addressed shard files, same manifest. Each actor builds the
-backbone once from a `BackboneSpec` (create_backbone's arguments) and computes whole shards with
-`FeatureCache.extract(..., shard_ids=[i])` on the shared cache folder; the cache's per-shard locks,
-atomic writes and checksums do the coordination. So a rerun computes only the missing shards, a killed
-actor costs only its shard in flight (Ray restarts it and retries the task), and a local run and a Ray
-run can fill one entry together. The features are the local ones (byte-equal with fp32 and eager
-settings, tests/features/test_ray_engine.py); only `images_this_run` in the manifest counts the last
-shard's task rather than the whole run.
+extraction fills: same key, same content-addressed shard files, same manifest. The backbone is built once
+on the driver (from a `BackboneSpec`, create_backbone's arguments, or given built) and shipped to every
+actor by the one shipping rule (vfe.backbones.shipping: weights on the CPU, precision and runtime named),
+so no node needs the weights file. Each actor computes whole shards with `FeatureCache.extract(...,
+shard_ids=[i])`:
+  * shared cache (every node sees the cache folder): the actors write the shards there; the cache's
+    per-shard locks, atomic writes and checksums do the coordination;
+  * no shared cache (e.g. Kubernetes pods with their own disks): each shard's features come back through
+    Ray's object store and the driver writes them into its cache, through the same FeatureCache.extract.
+    Chosen by `shared_cache` ("yes" / "no" / "auto": a probe file the driver writes in the cache folder,
+    which one actor per node looks for).
+Either way a rerun computes only the missing shards, a killed actor costs only its shard in flight (Ray
+restarts it and retries the task), and a local run and a Ray run can fill one entry together. The features
+are the local ones (byte-equal with fp32 and eager settings, tests/features/test_ray_engine.py); only
+`images_this_run` in the manifest counts the last shard's task rather than the whole run.
 
 Data movement. The images go into Ray's object store once per extraction (`ray.put`, with the content
 hash already memoised in them so no actor re-hashes); actors on the driver's node read the NumPy
@@ -42,17 +49,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from vfe import defaults
+from vfe.backbones.shipping import ShippedBackbone, rebuild, shippable
 from vfe.data.images import LazyImages
 from vfe.data.types import ImageSet
 from vfe.errors import SettingsError, VfeError
@@ -62,6 +72,9 @@ log = logging.getLogger(__name__)
 INSTALL = "pip install 'vfe[ray]'"
 CONNECT_TIMEOUT_S = 5.0  # a head that does not accept a TCP connection in this time is reported as down
 MAX_RESTARTS = 3  # per actor; a task lost with its actor is retried as often
+SHARED_CACHE_CHOICES = ("auto", "yes", "no")
+# on a worker node that mounts the shared cache folder at another path than the driver's: that path
+CACHE_DIR_ENV = "VFE_RAY_CACHE_DIR"
 
 
 class RayNotInstalledError(VfeError):
@@ -133,10 +146,10 @@ def _check_reachable(address: str | None) -> None:
 
 @dataclass
 class BackboneSpec:
-    """create_backbone's arguments, so that every actor builds the same backbone once.
+    """create_backbone's arguments: RayExtractor builds the backbone from them once, on the driver, and ships
+    it to its actors (vfe.backbones.shipping), so a weights file needs to be on the driver only.
 
-    `settings` are ExtractionSettings overrides (precision, jit, threads, batch_size, ...). A weights
-    file must be at the same path on every node (give an absolute path on the shared filesystem).
+    `settings` are ExtractionSettings overrides (precision, jit, threads, batch_size, runtime, ...).
     """
 
     name: str = defaults.BACKBONE
@@ -146,13 +159,9 @@ class BackboneSpec:
     crop_pct: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def portable(self) -> BackboneSpec:
-        """The same spec with a relative weights path made absolute (actors do not share the driver's cwd)."""
-        path = Path(os.path.expanduser(str(self.weights)))
-        return replace(self, weights=str(path.resolve())) if path.is_file() else self
-
     def build(self):
-        from vfe.backbones import create_backbone  # torch and timm load in the actor, not at import
+        # torch and timm load when a backbone is built, not at import
+        from vfe.backbones import create_backbone
 
         return create_backbone(self.name, weights=self.weights, image_size=self.image_size, device=self.device,
                                crop_pct=self.crop_pct, **self.settings)
@@ -170,20 +179,22 @@ class ExtractionJob:
 @dataclass
 class _Job:
     """One extraction, put in the object store once and fetched once per actor. `data` is the images, or
-    [ObjectRef] to them when several jobs share one image set (extract_many puts each set once)."""
+    [ObjectRef] to them when several jobs share one image set (extract_many puts each set once). `root`: the
+    shared cache folder as the driver sees it; None when the workers do not see it (features sent back)."""
 
     data: ImageSet | list
-    root: str
+    root: str | None
     transform: ImageTransform | None
     transform_key: str | None
     shard_size: int
 
 
 class _Counting:
-    """The backbone as FeatureCache.extract sees it, counting the images it computes."""
+    """The backbone as FeatureCache.extract sees it, counting the images it computes (and keeping their
+    features, with `keep`)."""
 
-    def __init__(self, backbone):
-        self.backbone, self.images = backbone, 0
+    def __init__(self, backbone, keep: bool = False):
+        self.backbone, self.images, self.keep, self.batches = backbone, 0, keep, []
         self.name = backbone.name
 
     def fingerprint(self) -> str:
@@ -192,20 +203,34 @@ class _Counting:
     def iter_features(self, images):
         for batch in self.backbone.iter_features(images):
             self.images += len(batch)
+            if self.keep:
+                self.batches.append(batch)
             yield batch
+
+
+class _Computed:
+    """Features computed elsewhere, as FeatureCache.extract sees a backbone: it writes them as the shard asked
+    for, through the same checks and names as features computed here (the images are never read)."""
+
+    def __init__(self, fingerprint: str, name: str, features: np.ndarray):
+        self._fingerprint, self.name, self.features = fingerprint, name, features
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def iter_features(self, images):
+        yield self.features
 
 
 class ShardWorker:
     """A Ray actor (made with ray.remote by RayExtractor): one backbone, built once, computing cache shards."""
 
-    def __init__(self, spec: BackboneSpec):
+    def __init__(self, shipped: ShippedBackbone, device: str = "cpu"):
         started = time.perf_counter()
-        self.backbone = spec.build()
+        self.backbone = rebuild(shipped, device)
         if self.backbone.settings.jit and self.backbone.device.type == "cpu":
             # Trace at the configured batch size now: a trace is made on the first batch of an input shape
             # and runs only batches of that size, and the first shard an actor gets may be the short last one.
-            import numpy as np
-
             size = self.backbone.image_size
             self.backbone.extract(np.zeros((self.backbone.settings.batch_size, size, size, 3), np.uint8),
                                   progress=False)
@@ -214,15 +239,22 @@ class ShardWorker:
 
     def describe(self) -> dict[str, Any]:
         import ray
+        import timm
         import torch
 
         return {"fingerprint": self.backbone.fingerprint(), "pid": os.getpid(), "host": socket.gethostname(),
                 "node": ray.get_runtime_context().get_node_id(), "device": str(self.backbone.device),
-                "precision": self.backbone.precision, "threads": torch.get_num_threads(),
-                "build_s": round(self.build_s, 3)}
+                "precision": self.backbone.precision, "runtime": self.backbone.runtime, "timm": timm.__version__,
+                "threads": torch.get_num_threads(), "build_s": round(self.build_s, 3)}
+
+    def sees(self, root: str, name: str) -> bool:
+        """Whether the probe file `name` the driver wrote in its cache folder `root` is visible here."""
+        return _sees(root, name)
 
     def extract(self, job_ref: list, job_id: str, shard: int | None) -> dict[str, Any]:
         """Compute shard `shard` of the job's entry unless it is there (None: every shard, then the manifest).
+        Without a shared cache (the job's root is None) the shard is computed into a private cache here and
+        its features are returned (through the object store) for the driver to write.
 
         `job_ref` is [ObjectRef]: nested in a list so that Ray passes the reference and the job is fetched
         here once per job, not resolved again for every task.
@@ -236,18 +268,38 @@ class ShardWorker:
                 job = replace(job, data=ray.get(job.data[0]))
             self._job = (job_id, job)
         job = self._job[1]
-        counting = _Counting(self.backbone)
+        shared = job.root is not None
+        counting = _Counting(self.backbone, keep=not shared)
         started = time.perf_counter()
-        fs = FeatureCache(job.root).extract(counting, job.data, transform=job.transform,
+        # no shared cache: a private one here, for this shard only
+        folder = nullcontext(cache_dir_here(job.root)) if shared else tempfile.TemporaryDirectory(prefix="vfe-shard-")
+        with folder as root:
+            fs = FeatureCache(root).extract(counting, job.data, transform=job.transform,
                                             transform_key=job.transform_key, shard_size=job.shard_size,
                                             shard_ids=None if shard is None else [shard], progress=False)
         return {"job": job_id, "shard": shard, "images": counting.images, "seconds": time.perf_counter() - started,
-                "pid": os.getpid(), "complete": None if fs is None else (str(fs.path), fs.manifest)}
+                "pid": os.getpid(), "complete": fs.manifest if shared and fs is not None else None,
+                "features": None if shared else np.concatenate(counting.batches)}
 
     def release(self, job_ids: str | list[str]) -> None:
         """Drop the images of the job held, if it is one of `job_ids` (so the object store can free them)."""
         if self._job is not None and self._job[0] in ([job_ids] if isinstance(job_ids, str) else job_ids):
             self._job = None
+
+
+def every_node_sees(root: Path) -> bool:
+    """Whether a task on each live node with a CPU sees a probe file written in the cache folder `root` now (for
+    work done by tasks, where no actor is at hand to ask)."""
+    ray = import_ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) >= 1]
+    check = ray.remote(_sees)
+    with _probe_file(root) as name:
+        seen = _unwrap(ray, lambda: ray.get([
+            check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(str(root), name)
+            for node in nodes]))
+    return _all_see(root, seen)
 
 
 def cluster_cpus() -> float:
@@ -264,6 +316,7 @@ class RunStats:
     shards: int = 0  # in the entry
     shards_sent: int = 0  # tasks dispatched (the shards with no file at the start)
     images_computed: int = 0
+    shared_cache: bool | None = None  # whether the actors wrote the cache (else the driver wrote what they sent)
     wall_s: float = 0.0  # the whole call, on the driver
     plan_s: float = 0.0  # waiting for the actors' backbones, hashing, ray.put, listing the entry
     busy_s: dict[int, float] = field(default_factory=dict)  # seconds inside FeatureCache.extract, by actor pid
@@ -275,6 +328,17 @@ class RunStats:
         return sum(self.busy_s.values())
 
 
+@dataclass
+class _Plan:
+    """One job of extract_many as the driver tracks it."""
+
+    id: str
+    ref: list  # [ObjectRef] to its _Job
+    data: ImageSet  # the portable copy, its content hash memoised
+    transform: ImageTransform | None
+    transform_key: str | None
+
+
 class RayExtractor:
     """A pool of backbone actors on the connected Ray cluster that fill FeatureCache entries shard by shard.
 
@@ -282,20 +346,26 @@ class RayExtractor:
             train = ex.extract(train_set, FeatureCache("/shared/vfe-cache"))
             test = ex.extract(test_set, FeatureCache("/shared/vfe-cache"))
 
-    actors: how many (default: the cluster's CPUs // cpus_per_actor, at least 1). Each reserves
-    `cpus_per_actor` CPUs (Ray then sets its OMP_NUM_THREADS, hence torch's threads) and `gpus_per_actor`
-    GPUs (device "auto" then picks the GPU Ray assigns). The actors start at once, in parallel; the first
-    `extract` waits for their backbones.
+    backbone: a built Backbone, or a BackboneSpec built here once; either is shipped to the actors
+    (vfe.backbones.shipping). actors: how many (default: the cluster's CPUs // cpus_per_actor, at least 1).
+    Each reserves `cpus_per_actor` CPUs (Ray then sets its OMP_NUM_THREADS, hence torch's threads) and
+    `gpus_per_actor` GPUs (the actors then build the backbone on the GPU Ray assigns, else on the CPU). The
+    actors start at once, in parallel; the first `extract` waits for their backbones. shared_cache: "yes"
+    (every node sees the cache folder: the actors write it), "no" (their features come back through the
+    object store and this process writes them) or "auto" (a probe file decides, once per cache folder).
     """
 
-    def __init__(self, spec: BackboneSpec, actors: int | None = None, cpus_per_actor: float = 1.0,
-                 gpus_per_actor: float = 0.0, max_restarts: int = MAX_RESTARTS):
+    def __init__(self, backbone: Any, actors: int | None = None, cpus_per_actor: float = 1.0,
+                 gpus_per_actor: float = 0.0, max_restarts: int = MAX_RESTARTS, shared_cache: str = "auto"):
         ray = import_ray()
         if not ray.is_initialized():
             raise RayEngineError("RayExtractor needs a Ray connection: use it inside `with ray_session(...)`")
         if cpus_per_actor <= 0 or gpus_per_actor < 0:
             raise SettingsError(f"--cpus-per-actor must be > 0 and --gpus-per-actor >= 0, got {cpus_per_actor}, "
                                 f"{gpus_per_actor}")
+        if shared_cache not in SHARED_CACHE_CHOICES:
+            raise SettingsError(f"--ray-shared-cache must be one of {', '.join(SHARED_CACHE_CHOICES)}, got "
+                                f"{shared_cache!r}")
         if actors is None:
             actors = max(1, int(cluster_cpus() // cpus_per_actor))
         if actors < 1:
@@ -306,11 +376,16 @@ class RayExtractor:
                 raise RayEngineError(f"{actors} actors x {each:g} {name}s need {actors * each:g} {name}s, and the "
                                      f"cluster has {have.get(name, 0):g}: the extra actors would never start; "
                                      "pass fewer --actors (or add nodes)")
-        self.spec = spec.portable()
+        self.backbone = backbone.build() if isinstance(backbone, BackboneSpec) else backbone
+        self.shared_cache = shared_cache
+        # once, for every actor; held for as long as the actors, which Ray restarts with it
+        self._shipped = ray.put(shippable(self.backbone))
         remote = ray.remote(ShardWorker).options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
                                                  max_restarts=max_restarts, max_task_retries=max_restarts)
-        self.actors = [remote.remote(self.spec) for _ in range(actors)]
+        device = "cuda" if gpus_per_actor > 0 else "cpu"
+        self.actors = [remote.remote(self._shipped, device) for _ in range(actors)]
         self._info: list[dict] | None = None
+        self._shared: dict[Path, bool] = {}  # cache folder -> whether every actor's node sees it
         self.last_run = RunStats()
 
     def __enter__(self) -> Self:
@@ -324,33 +399,49 @@ class RayExtractor:
         ray = import_ray()
         for actor in self.actors:
             ray.kill(actor)
-        self.actors = []
+        self.actors, self._shipped = [], None
 
     def describe(self) -> list[dict]:
-        """Each actor's fingerprint, pid, host, node, device, precision, threads and build time (waits for them)."""
+        """Each actor's fingerprint, pid, host, node, device, precision, runtime, timm version, threads and build
+        time (waits for them)."""
         if self._info is None:
             ray = import_ray()
             self._info = _unwrap(ray, lambda: ray.get([a.describe.remote() for a in self.actors]))
         return self._info
 
     def fingerprint(self) -> str:
-        """The backbone's fingerprint, the same on every actor (else RayEngineError: their features would differ)."""
+        """The backbone's fingerprint, the same on every actor and here (else RayEngineError: their features would
+        go into cache entries this process never reads)."""
         info = self.describe()
-        prints = {i["fingerprint"] for i in info}
-        if len(prints) > 1:
-            where = ", ".join(f"{i['host']} {i['device']} {i['precision']}" for i in info)
-            raise RayEngineError(f"the actors built different backbones ({where}): their features would go into "
-                                 "different cache entries; give every actor the same device, and an explicit "
-                                 "precision (e.g. precision='fp32')")
-        return prints.pop()
+        here = self.backbone.fingerprint()
+        if any(i["fingerprint"] != here for i in info):
+            import timm
+
+            where = ", ".join(sorted({f"{i['host']}: timm {i['timm']}" for i in info}))
+            raise RayEngineError(f"the actors rebuilt the backbone with another fingerprint than this machine's "
+                                 f"(timm {timm.__version__} here; {where}): install the same vfe, torch and timm "
+                                 "versions on every node")
+        return here
+
+    def cache_is_shared(self, root: Path) -> bool:
+        """Whether the actors write the cache folder `root` themselves: `shared_cache`, or under "auto" whether
+        one actor on each node sees a probe file with a random name written there now (asked once per folder)."""
+        if self.shared_cache != "auto":
+            return self.shared_cache == "yes"
+        if root not in self._shared:
+            ray = import_ray()
+            per_node = {info["node"]: actor for info, actor in zip(self.describe(), self.actors, strict=True)}
+            with _probe_file(root) as name:
+                seen = _unwrap(ray, lambda: ray.get([a.sees.remote(str(root), name) for a in per_node.values()]))
+            self._shared[root] = _all_see(root, seen)
+        return self._shared[root]
 
     def extract(self, data: ImageSet, cache: FeatureCache | None = None, transform: ImageTransform | None = None,
                 transform_key: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True,
                 desc: str | None = None, on_shard: Callable[[dict], None] | None = None) -> FeatureSet:
         """FeatureCache.extract(backbone, data, ...) computed by the actors; the same entry, the same features.
 
-        `cache`'s folder must be the same path on every node (a shared filesystem). `on_shard` is called
-        on the driver with each finished task's record (shard, images, seconds, pid).
+        `on_shard` is called on the driver with each finished task's record (shard, images, seconds, pid).
         """
         return self.extract_many([ExtractionJob(data, transform, transform_key)], cache, shard_size, progress,
                                  desc or f"extract {data.source} (ray)", on_shard)[0]
@@ -373,41 +464,49 @@ class RayExtractor:
                 raise ValueError("a transform needs a transform_key naming it (it is part of the cache key)")
             if len(job.data) == 0:
                 raise ValueError(f"{job.data.source}: no images to extract features from")
-        root = (cache or FeatureCache()).root.expanduser().resolve()
+        here = FeatureCache((cache or FeatureCache()).root.expanduser().resolve())
         fingerprint = self.fingerprint()
+        shared_cache = self.cache_is_shared(here.root)
         shared: dict[int, tuple[ImageSet, Any]] = {}  # id(ImageSet) -> (portable copy, [ObjectRef])
         for job in jobs:
             if id(job.data) not in shared:
                 data = _portable(job.data)
                 cache_key(fingerprint, data, None, shard_size)  # memoises the content hash before it travels
                 shared[id(job.data)] = (data, [ray.put(data)])
-        plans = []  # (job id, [ObjectRef to its _Job], shards to send, images)
+        plans: list[_Plan] = []
         tasks: list[tuple[int, int]] = []
         for j, job in enumerate(jobs):
             data, data_ref = shared[id(job.data)]
             key = cache_key(fingerprint, data, job.transform_key, shard_size)
-            on_disk = _shards_on_disk(root / key)
+            on_disk = _shards_on_disk(here.root / key)
             count = -(-len(data) // shard_size)
             todo = [i for i in reversed(range(count)) if i not in on_disk]  # highest first: see the module docstring
-            plans.append((uuid.uuid4().hex, [ray.put(_Job(data_ref, str(root), job.transform, job.transform_key,
-                                                           shard_size))], len(data)))
+            root = str(here.root) if shared_cache else None
+            plans.append(_Plan(uuid.uuid4().hex, [ray.put(_Job(data_ref, root, job.transform, job.transform_key,
+                                                                shard_size))], data, job.transform, job.transform_key))
             tasks += [(j, i) for i in todo]
-        stats = self.last_run = RunStats(shards=sum(-(-n // shard_size) for *_, n in plans), shards_sent=len(tasks))
+        stats = self.last_run = RunStats(shards=sum(-(-len(p.data) // shard_size) for p in plans),
+                                         shards_sent=len(tasks), shared_cache=shared_cache)
         stats.plan_s = time.perf_counter() - started
-        index = {job_id: j for j, (job_id, _, _) in enumerate(plans)}
-        complete: list = [None] * len(jobs)
+        index = {plan.id: j for j, plan in enumerate(plans)}
+        complete: list[dict | None] = [None] * len(jobs)  # each entry's manifest, once complete
 
         def images_in(j: int, shard: int) -> int:
-            return min(plans[j][2], (shard + 1) * shard_size) - shard * shard_size
+            return min(len(plans[j].data), (shard + 1) * shard_size) - shard * shard_size
 
         try:
             pool = ActorPool(list(self.actors))
             with tqdm(total=sum(images_in(j, i) for j, i in tasks), unit="img", desc=desc or "extract (ray)",
                       disable=not progress, dynamic_ncols=True) as bar:
                 results = pool.map_unordered(
-                    lambda actor, t: actor.extract.remote(plans[t[0]][1], plans[t[0]][0], t[1]), tasks)
+                    lambda actor, t: actor.extract.remote(plans[t[0]].ref, plans[t[0]].id, t[1]), tasks)
                 for record in _unwrap_iter(ray, results):
                     j = index[record["job"]]
+                    if record["features"] is not None:  # no shared cache: the features are written here
+                        written = here.extract(_Computed(fingerprint, self.backbone.name, record.pop("features")),
+                                               plans[j].data, transform_key=plans[j].transform_key,
+                                               shard_size=shard_size, shard_ids=[record["shard"]], progress=False)
+                        record["complete"] = None if written is None else written.manifest
                     stats.images_computed += record["images"]
                     stats.busy_s[record["pid"]] = stats.busy_s.get(record["pid"], 0.0) + record["seconds"]
                     stats.images[record["pid"]] = stats.images.get(record["pid"], 0) + record["images"]
@@ -416,36 +515,77 @@ class RayExtractor:
                     if on_shard is not None:
                         on_shard(record)
             finishing = time.perf_counter()
-            for j, (job_id, job_ref, _) in enumerate(plans):
+            for j, plan in enumerate(plans):
                 if complete[j] is None:  # nothing was missing, or a writer's last check raced another's: verify
-                    call = self.actors[0].extract.remote(job_ref, job_id, None)
-                    record = _unwrap(ray, lambda call=call: ray.get(call))
-                    stats.images_computed += record["images"]
-                    complete[j] = record["complete"]
+                    complete[j] = self._finish(ray, plan, here, shared_cache, shard_size, stats)
             stats.finish_s = time.perf_counter() - finishing
         finally:  # the actors drop the jobs' images; bounded, so an actor that is down cannot hold us here
-            ids = [job_id for job_id, _, _ in plans]
+            ids = [plan.id for plan in plans]
             ray.wait([actor.release.remote(ids) for actor in self.actors], num_returns=len(self.actors), timeout=10)
         stats.wall_s = time.perf_counter() - started
-        return [FeatureSet(Path(path), manifest) for path, manifest in complete]
+        return [FeatureSet(here.root / manifest["key"], manifest) for manifest in complete]
+
+    def _finish(self, ray, plan: _Plan, here: FeatureCache, shared_cache: bool, shard_size: int,
+                stats: RunStats) -> dict:
+        """The manifest of `plan`'s entry, verified whole; a shard found missing or damaged is computed again by
+        an actor (shared cache) or by this process's own backbone (no shared cache)."""
+        if not shared_cache:
+            counting = _Counting(self.backbone)
+            fs = here.extract(counting, plan.data, plan.transform, plan.transform_key, shard_size, progress=False)
+            stats.images_computed += counting.images
+            return fs.manifest
+        call = self.actors[0].extract.remote(plan.ref, plan.id, None)
+        record = _unwrap(ray, lambda: ray.get(call))
+        stats.images_computed += record["images"]
+        return record["complete"]
 
 
 def extract_with_ray(spec: BackboneSpec, data: ImageSet, cache_dir: str | os.PathLike | None = None,
                      transform: ImageTransform | None = None, transform_key: str | None = None,
                      shard_size: int = DEFAULT_SHARD_SIZE, address: str | None = None, actors: int | None = None,
                      cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, progress: bool = True,
-                     desc: str | None = None) -> FeatureSet:
+                     desc: str | None = None, shared_cache: str = "auto") -> FeatureSet:
     """One extraction on Ray: connect (see ray_session), start the actors (at most one per shard), extract."""
     with ray_session(address):
         if actors is None:
             actors = max(1, int(cluster_cpus() // cpus_per_actor))
         actors = max(1, min(actors, -(-len(data) // shard_size)))
-        with RayExtractor(spec, actors, cpus_per_actor, gpus_per_actor) as extractor:
+        with RayExtractor(spec, actors, cpus_per_actor, gpus_per_actor, shared_cache=shared_cache) as extractor:
             return extractor.extract(data, FeatureCache(cache_dir), transform, transform_key, shard_size, progress,
                                      desc)
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+@contextmanager
+def _probe_file(root: Path) -> Iterator[str]:
+    """The name of a file with a random name written in `root` for the block: a worker that sees it sees the
+    driver's cache folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    probe = root / f".vfe-probe-{uuid.uuid4().hex}"
+    probe.write_bytes(b"")
+    try:
+        yield probe.name
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _sees(root: str, name: str) -> bool:
+    """On a worker: whether the probe file `name` in the driver's cache folder `root` is visible here."""
+    return (Path(cache_dir_here(root)) / name).is_file()
+
+
+def _all_see(root: Path, seen: list[bool]) -> bool:
+    if not all(seen):
+        log.info("vfe: %d of %d Ray nodes do not see %s: their features come back through the object store and "
+                 "this process writes the cache", seen.count(False), len(seen), root)
+    return all(seen)
+
+
+def cache_dir_here(root: str) -> str:
+    """The driver's cache folder `root` as this node sees it: where $VFE_RAY_CACHE_DIR says it is mounted, if set."""
+    return os.environ.get(CACHE_DIR_ENV) or root
+
 
 def _portable(data: ImageSet) -> ImageSet:
     """`data` with a lazy image folder's relative paths made absolute (the content hash does not change)."""
@@ -494,5 +634,5 @@ def _unwrap_iter(ray, results: Iterator) -> Iterator:
         yield item
 
 
-__all__ = ["BackboneSpec", "ExtractionJob", "RayConnectionError", "RayEngineError", "RayExtractor", "RayNotInstalledError",
-           "RunStats", "ShardWorker", "extract_with_ray", "import_ray", "ray_session"]
+__all__ = ["CACHE_DIR_ENV", "SHARED_CACHE_CHOICES", "BackboneSpec", "ExtractionJob", "RayConnectionError", "RayEngineError", "RayExtractor", "RayNotInstalledError",
+           "RunStats", "ShardWorker", "cache_dir_here", "every_node_sees", "extract_with_ray", "import_ray", "ray_session"]

@@ -1,7 +1,7 @@
 """Heads: estimators fitted on backbone features (or, for `finetune`, on images), addressable by name.
 
 Which heads exist, and what each is, is said once, in `vfe.heads.registry`; this package re-exports
-its functions. The head classes load on first access (PEP 562), so listing heads does not load torch.
+its functions, among them `register_head`, the decorator that adds a head of your own. The head classes load on first access (PEP 562), so listing heads does not load torch.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from vfe.heads.registry import (
     is_augmented,
     make_head,
     params_for,
+    register_head,
+    resolve_head,
     spec,
 )
 
@@ -44,4 +46,5 @@ def __dir__() -> list[str]:
 __all__ = ["REGISTRY", "AutoencoderHead", "FinetuneHead", "Head", "HeadSpec", "LinearHead", "PCAHead",
            "PriorCorrected", "RestandardisedHead", "SVMHead", "SeedEnsemble", "T3AHead", "VFEHead", "VIBHead",
            "adjust_priors", "benchmark_heads", "check_params", "expand_heads", "feature_heads", "head_class",
-           "head_class_of", "head_names", "is_augmented", "make_head", "params_for", "spec"]
+           "head_class_of", "head_names", "is_augmented", "make_head", "params_for", "register_head", "resolve_head",
+           "spec"]

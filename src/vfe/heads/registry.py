@@ -3,6 +3,11 @@
 The CLI's choices, the benchmark's `--heads all`, the sweep's input check, the fit stage's parameters
 and the classes a saved pipeline may name all derive from `REGISTRY`. Head classes are named as
 "module:Class" strings and imported on first use, so listing or validating heads does not load torch.
+
+Heads from outside vfe join the same registry, for this process: `@register_head("name", ...)` on the class,
+or a "package.module:Class" reference in `--heads` / `--head` (`resolve_head`), which imports the module the
+user named and registers the class under its name. Either way the class is checked once, at registration,
+for what the benchmark calls on it (`_lacking`).
 """
 from __future__ import annotations
 
@@ -11,15 +16,16 @@ import difflib
 import importlib
 import inspect
 import numbers
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vfe.errors import PipelineFileError, SettingsError
+from vfe.errors import PipelineFileError, SettingsError, VfeError
 
 if TYPE_CHECKING:
     from vfe.heads.base import Head
@@ -117,10 +123,116 @@ REGISTRY: dict[str, HeadSpec] = _registry(
 # Classes a saved pipeline may name besides the registered ones (wrappers around a head).
 _WRAPPERS = ("vfe.heads.priors:PriorCorrected",)
 
+_BUILT_IN = frozenset(REGISTRY)
+_CLASSES: dict[str, type] = {}  # target -> class registered from outside vfe (its module may not be importable)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # no "." (--head-param NAME.KEY), ":" (a reference) or "+" (a twin)
+
 
 def _import(target: str) -> type:
+    if target in _CLASSES:
+        return _CLASSES[target]
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def register_head(name: str, *, about: str = "", params: Mapping[str, Any] | None = None, adapts: bool = False,
+                  augmented: bool = False, augmix: bool = False, benchmark: bool = True,
+                  excluded_because: str = "") -> Callable[[type], type]:
+    """Class decorator: the class becomes head `name` for `make_head`, `vfe run --heads`, `--head-param` and the
+    report, as a built-in head is. The options are HeadSpec's (`params`: defaults this entry sets).
+
+    The class is a scikit-learn classifier on feature vectors (a `vfe.heads.base.Head` subclass, or any class
+    with `fit(X, y)`, `predict`, `predict_proba`, `get_params` and an `__init__` taking `random_state`); what it
+    lacks is one SettingsError naming it. Registered for this process only: Ray workers do not know the name.
+    """
+    def register(cls: type) -> type:
+        _add(HeadSpec(name, _target_of(cls), params=params or {}, adapts=adapts, augmented=augmented,
+                      augmix=augmix, benchmark=benchmark, excluded_because=excluded_because,
+                      about=about or _first_line(cls.__doc__)), cls)
+        return cls
+    return register
+
+
+def resolve_head(head: str, flag: str) -> str:
+    """The registered name of `head`: a name as it is; a "package.module:Class" reference (given by `flag`)
+    imported now, its class registered under its class name unless it is registered already. A module that
+    fails to import, a missing attribute or a class the benchmark cannot use is one SettingsError naming the flag."""
+    if ":" not in head:
+        return head
+    module, _, attr = head.partition(":")
+    if not module or not attr:
+        raise SettingsError(f"{flag} {head}: a head of your own is given as package.module:Class")
+    try:
+        found = getattr(importlib.import_module(module), attr, None)
+    except VfeError as err:
+        raise SettingsError(f"{flag} {head}: {err}") from err
+    except Exception as err:  # the user's module: whatever its import raised, in one line
+        said = " ".join(str(err).split())  # one line, whatever the module's exception says
+        raise SettingsError(f"{flag} {head}: cannot import {module!r} ({type(err).__name__}: {said})") from err
+    if found is None:
+        raise SettingsError(f"{flag} {head}: module {module!r} has no attribute {attr!r}")
+    if not isinstance(found, type):
+        raise SettingsError(f"{flag} {head}: {attr} is a {type(found).__name__}, not a class")
+    known = registered_name(found)
+    if known is not None:
+        return known
+    try:
+        register_head(attr)(found)
+    except SettingsError as err:
+        raise SettingsError(f"{flag} {head}: {err}") from None
+    return attr
+
+
+def registered_name(cls: type) -> str | None:
+    """The first name `cls` is registered under (its own entry before presets of it), or None."""
+    target = _target_of(cls)
+    return next((name for name, entry in REGISTRY.items() if entry.target == target), None)
+
+
+def is_external(name: str) -> bool:
+    """Whether `name` was registered in this process from outside vfe (unknown to a fresh process, e.g. a Ray worker)."""
+    return name in REGISTRY and name not in _BUILT_IN
+
+
+def _add(entry: HeadSpec, cls: type) -> None:
+    """Register `cls` as `entry`; the same class again replaces its entry, another class under a taken name is refused."""
+    if not _NAME.fullmatch(entry.name) or entry.name == "all":
+        raise SettingsError(f"head name {entry.name!r}: use letters, digits, '-' and '_' (not 'all')")
+    taken = REGISTRY.get(entry.name)
+    if taken is not None and taken.target != entry.target:
+        raise SettingsError(f"head name {entry.name!r} is taken by {taken.target}; register {entry.target} "
+                            "under another name")
+    lacking = _lacking(cls, entry)
+    if lacking:
+        raise SettingsError(f"head {entry.name!r}: {getattr(cls, '__name__', cls)} lacks what the benchmark calls: "
+                            f"{'; '.join(lacking)}")
+    _CLASSES[entry.target] = cls
+    REGISTRY[entry.name] = entry
+    _parameter_types.cache_clear()  # the same target may now be another class (a module imported again)
+
+
+def _lacking(cls: type, entry: HeadSpec) -> list[str]:
+    """What a head class must have for every stage of the benchmark and does not."""
+    if not isinstance(cls, type):
+        return [f"a class (got a {type(cls).__name__})"]
+    out = [f"{method}()" for method in ("fit", "predict", "predict_proba", "get_params")
+           if not callable(getattr(cls, method, None))]
+    if "random_state" not in inspect.signature(cls.__init__).parameters:
+        out.append("a random_state parameter of __init__ (each replicate seeds every head)")
+    fit = getattr(cls, "_fit", None) or getattr(cls, "fit", None)  # a Head's fit passes X_aug to its _fit
+    if (entry.augmented or entry.augmix) and fit is not None and "X_aug" not in inspect.signature(fit).parameters:
+        out.append("fit(X, y, X_aug=...) (augmented / augmix heads train on extra views)")
+    if entry.adapts and not callable(getattr(cls, "base_probability_module", None)):
+        out.append("base_probability_module() (adapts=True: its non-adapting path, for the transfer and BPDA attacks)")
+    return out
+
+
+def _target_of(cls: type) -> str:
+    return f"{getattr(cls, '__module__', '?')}:{getattr(cls, '__qualname__', type(cls).__name__)}"
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n")[0]
 
 
 def head_names() -> list[str]:
@@ -151,9 +263,10 @@ def benchmark_heads() -> list[str]:
 def expand_heads(heads: list[str]) -> list[str]:
     """`heads` with "all" replaced by benchmark_heads(), in order, without repeats.
 
+    A "package.module:Class" reference is imported and registered now (`resolve_head`), and stands for its name.
     A head the benchmark does not compare (or an unknown name) is a SettingsError saying why.
     """
-    names = [n for h in heads for n in (benchmark_heads() if h == "all" else [h])]
+    names = [n for h in heads for n in (benchmark_heads() if h == "all" else [resolve_head(h, "--heads")])]
     for name in names:
         entry = spec(name)
         if not entry.benchmark:
@@ -272,4 +385,5 @@ def head_class(class_name: str) -> type:
         if target.partition(":")[2] == class_name:
             return _import(target)
     raise PipelineFileError(f"unknown head class {class_name!r} in saved pipeline; known: "
-                            f"{', '.join(t.partition(':')[2] for t in targets)}")
+                            f"{', '.join(t.partition(':')[2] for t in targets)} (a head of your own: import the "
+                            "module that registers it first)")

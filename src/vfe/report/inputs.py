@@ -1,17 +1,38 @@
 """What the report needs from a run's live objects, as JSON values stored in results.json.
 
 The run calls `report_inputs` once and merges its keys into the results, so the report can be written
-(and rewritten) from results.json alone. The report reads these keys back with the decoders below.
+(and rewritten) from results.json alone. A reader gets a run's results.json with `read_results`, checked
+against its schema, and reads these keys back with the decoders below.
 """
 from __future__ import annotations
 
 import base64
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from vfe.robustness.calibration import reliability_curve
+
+
+def read_results(path: str | Path) -> dict:
+    """A run's results.json, of this vfe's schema version and following it; anything else is one line
+    (ResultsFileError) naming the file and what to do, so no reader meets a missing key."""
+    # imported here, not with the package (vfe.report imports this module): `python -m vfe.report.schema` runs
+    # the schema as a script, which the package must not have imported first
+    from vfe.report.results_check import ResultsFileError, check_readable
+
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsFileError(f"{path}: no such file; give the results.json of a finished `vfe run`") from None
+    except (OSError, ValueError) as e:
+        raise ResultsFileError(f"{path}: cannot read it ({e}); rerun that run") from None
+    check_readable(results, str(path))
+    return results
 
 
 def report_inputs(models: dict, test, clean_probs: dict) -> dict:
