@@ -110,7 +110,15 @@ def test_runnable_elsewhere_sees_a_busy_process():
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.5)
-        assert hardware.runnable_elsewhere() >= 1
+        # an instant's count: this process's own threads still spinning after an earlier test's parallel region
+        # can hide the busy one for a moment, so it must show within 2 s of samples, not in the first one
+        seen = []
+        for _ in range(20):
+            seen.append(hardware.runnable_elsewhere())
+            if seen[-1] >= 1:
+                break
+            time.sleep(0.1)
+        assert max(seen) >= 1, seen
     finally:
         busy.kill()
         busy.wait()
