@@ -165,10 +165,12 @@ class AdaptedFeatures:
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         bb = self.backbone
         with autocast_for(bb.device, bb.precision):
-            f = self._bits(self._adapted, x)
+            f = self._bits(self.adapted_forward, x)
         return f.float().cpu().numpy()
 
-    def _adapted(self, x: torch.Tensor) -> torch.Tensor:
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features of one batch of network input, its BatchNorm adapted to that batch (no batching rule,
+        no precision, no cache: `extract` and `AdaptedNetwork` add those)."""
         with adapted_batchnorm(self.backbone.model, self.prior):
             return self.backbone.model.forward_head(self.backbone.model.forward_features(x), pre_logits=True)
 
@@ -188,8 +190,6 @@ class AdaptedNetwork(nn.Module):
         bb, parts = self.extractor.backbone, []
         rows = batch_rows(len(x01), self.extractor.batch_size)
         for batch in rows:
-            x = bb.normalise(x01[torch.from_numpy(batch).to(x01.device)])
-            with adapted_batchnorm(bb.model, self.extractor.prior):
-                parts.append(bb.model.forward_head(bb.model.forward_features(x), pre_logits=True))
+            parts.append(self.extractor.adapted_forward(bb.normalise(x01[torch.from_numpy(batch).to(x01.device)])))
         inverse = torch.from_numpy(np.argsort(np.concatenate(rows))).to(x01.device)
         return torch.cat(parts)[inverse]

@@ -223,8 +223,8 @@ def _paths(backbone, model, head: torch.nn.Module, settings: AttackSettings, dev
                              StraightThroughLogProbabilities(backbone, head, base, n_samples=eot), head, BATCH_SIZE)
         return paths
     whole = None  # the whole attacked set in one batch: filled in by _attack_path
-    base = _on_device(_base_module(model) if model_adapts(model) else head, device).eval()
-    source = _on_device(_base_module(twin) if model_adapts(twin) else twin.probability_module(), device).eval()
+    base = _on_device(_non_adapting(model), device).eval()
+    source = _on_device(_non_adapting(twin), device).eval()
     return {"direct": (LogProbabilities(adapted, head), LogProbabilities(adapted, head, n_samples=eot), head, whole),
             "transfer": (LogProbabilities(backbone, source), LogProbabilities(backbone, source, n_samples=eot),
                          source, BATCH_SIZE),
@@ -303,6 +303,11 @@ def _base_module(model) -> torch.nn.Module:
         raise TypeError(f"{type(model).__name__} adapts at test time (its registry entry says adapts=True) but has "
                         "no base_probability_module(), the non-adapting path that transfer and BPDA attacks need")
     return model.base_probability_module()
+
+
+def _non_adapting(model) -> torch.nn.Module:
+    """A head's probability module without its own adaptation: its base if it adapts, else the module itself."""
+    return _base_module(model) if model_adapts(model) else model.probability_module()
 
 
 def model_adapts(model) -> bool:

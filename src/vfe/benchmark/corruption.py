@@ -40,8 +40,9 @@ def corruption_names(settings: CorruptionSettings) -> list[str]:
 def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
     """results.json's "corruptions" (per head and replicate, and mCE against the baseline of the same replicate)
     and "corruption_seconds" (per corruption, summed over severities and replicates: a worker's seconds computing
-    its sets, `fill_cache`, and the seconds reading them and running the heads); with `test_time_bn` also "test_time_bn" and "clean" with the "+bn" heads' clean
-    metrics added (so the summary, the report and the leaderboard list them as heads).
+    its sets, `fill_cache`, and the seconds reading them and running the heads); with `test_time_bn` also
+    "test_time_bn" and "clean" with the "+bn" heads' clean metrics added (so the summary, the report and the
+    leaderboard list them as heads).
 
     By default the corrupted test sets are the same for every replicate (one noise draw, seeded by the run's base
     seed), so their images (frozen protocol: their features; reference protocol: their activations at the cut)

@@ -151,22 +151,21 @@ def attack_intervals(per_replicate: dict, n_resamples: int = N_RESAMPLES, seed: 
         c = _correct_matrix(rows, key)
         if c is None:
             continue
-        low, high = exact_bound_at_the_edge(c, *hierarchical_bootstrap(c, n_resamples, seed, level), level)
+        low, high = exact_bound_at_the_edge(int(c.sum()), c.size, *hierarchical_bootstrap(c, n_resamples, seed, level),
+                                            level)
         out[key] = {"mean": float(c.mean()), "low": low, "high": high, "n_images": int(c.shape[1]),
                     "n_replicates": int(c.shape[0]), "level": level}
     return out
 
 
-def exact_bound_at_the_edge(correct: np.ndarray, low: float, high: float, level: float = LEVEL
-                            ) -> tuple[float, float]:
-    """(low, high) with its open side widened to the exact binomial (Clopper-Pearson) bound over all the images
-    pooled when every image fell or every image stood.
+def exact_bound_at_the_edge(k: int, n: int, low: float, high: float, level: float = LEVEL) -> tuple[float, float]:
+    """(low, high) with its open side widened to the exact binomial (Clopper-Pearson) bound when k of the n pooled
+    images stood and k is 0 (every image fell) or n (every image stood).
 
     A percentile bootstrap never leaves the range it observed: 0 of 300 attacked images standing gives [0, 0],
     as if the next run could not keep one, and it did (benchmarks/README.md, "A second run"). With k = 0 of N the
     upper bound is 1 - ((1 - level) / 2)^(1/N) (0.012 for N = 300); with k = N the lower bound mirrors it. A
     mixed outcome keeps the bootstrap interval."""
-    n, k = correct.size, int(correct.sum())
     tail = (1 - level) / 2
     if k == 0:
         high = max(high, float(stats.beta.ppf(1 - tail, 1, n)))
