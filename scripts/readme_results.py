@@ -1,13 +1,17 @@
-"""The README's result tables and verdicts, generated from committed results files; none is typed by hand.
+"""The result tables and verdicts of the README and the docs site, generated from committed results files.
 
     python scripts/readme_results.py import runs/reference reference --run-args='--protocol reference'
                                               # trims a run's results.json into benchmarks/results/readme/
-    python scripts/readme_results.py render                           # rewrite README.md's generated blocks
-    python scripts/readme_results.py check                            # exit 1 if README.md disagrees
+    python scripts/readme_results.py render   # rewrite the generated blocks of README.md and docs/findings.md
+    python scripts/readme_results.py check    # exit 1 if a generated block of either page disagrees
 
-README.md holds generated blocks between `<!-- results:BLOCK begin ... -->` and `<!-- results:BLOCK end -->`:
+Each page in PAGES holds generated blocks between `<!-- results:BLOCK begin ... -->` and
+`<!-- results:BLOCK end -->`; none of their numbers is typed by hand:
+  answer               the main job's answer in one line per protocol: each head's paired difference from the
+                       linear head on the robustness measures (corruption accuracy, relative mCE, attack)
   main                 the main job under both protocols (files reference.json, frozen.json): mean ± std over
                        replicates per head, and each head's paired difference from the linear head of its run
+  reproduce            a second full-size run against the first (benchmarks/results/reproduce.json)
   leaderboard-<name>   a leaderboard run (file leaderboard-<name>.json): every head ranked by its headline
                        corruption measure, with paired verdicts
 Every "better" / "worse" printed is the run's own paired verdict (a paired t-interval over replicates, or for
@@ -27,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "readme"
 REPRODUCE = ROOT / "benchmarks" / "results" / "reproduce.json"  # benchmarks/bench_reproduce.py's comparisons
 README = ROOT / "README.md"
+FINDINGS = ROOT / "docs" / "findings.md"
+PAGES = (README, FINDINGS)  # every page with generated blocks; `check` fails when any of them disagrees
 BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9-]+) begin[^>]*-->\n)(?P<body>.*?)(<!-- results:(?P=name) end -->)",
                    re.DOTALL)
 PROTOCOLS = ("reference", "frozen")  # the main block's columns: the reference's protocol first
@@ -83,6 +89,12 @@ def paired(c: dict | None, percent: bool = True) -> str:
     if low is None or not math.isfinite(low):  # no interval, so no verdict (an old run's unpaired one included)
         return f"{f(c['mean_diff'])}, no difference shown"
     return f"{f(c['mean_diff'])} [{f(low)}, {f(high)}], {VERDICT_WORDS.get(c.get('verdict'), 'no difference shown')}"
+
+
+def shown(c: dict | None) -> bool:
+    """Whether a paired comparison excludes no difference: a "better" / "worse" verdict with a finite interval."""
+    low = (c or {}).get("low")
+    return (c or {}).get("verdict") in VERDICT_WORDS and low is not None and math.isfinite(low)
 
 
 def with_paired(cell: str, c: dict | None, percent: bool = True) -> str:
@@ -157,8 +169,56 @@ def main_block(folder: Path) -> list[str]:
              "replicates and images):"), ""]
     said = [f"- {p}: {h} − linear, {metric}: {paired(c, not metric.endswith('nll'))}"
             for p, r in runs.items() for h, per in r["summary"].get("vs_baseline", {}).items()
-            for metric, c in per.items() if c.get("verdict") in VERDICT_WORDS]
+            for metric, c in per.items() if shown(c)]
     return lines + (said or ["- none"])
+
+
+# the measures the headline question ("is the classifier more robust?") is answered on, besides the attack
+ROBUSTNESS = (("corruption_accuracy", "mean corruption accuracy"), ("summed_relative_mCE", "summed relative mCE"),
+              ("relative_mCE", "relative mCE"))
+
+
+def answer_block(folder: Path) -> list[str]:
+    """One line per protocol and head: its paired differences from the linear head on the robustness measures,
+    each with its interval, and the verdicts they give."""
+    runs = {p: r for p in PROTOCOLS if (r := load(p, folder)) is not None}
+    if not runs:
+        return ["_No committed results files for this block._"]
+    lines = []
+    for p, r in runs.items():
+        attack = ranked_attack(r)
+        measures = [*ROBUSTNESS, *([(f"adv:{attack}", f"{attack_label(attack)} accuracy")] if attack else [])]
+        for head, per in r["summary"].get("vs_baseline", {}).items():
+            parts, verdicts = [], set()
+            for key, label in measures:
+                c = per.get(key)
+                if not c or c.get("mean_diff") is None:
+                    continue
+                text = paired(c)
+                interval, _, verdict = text.rpartition(", ")
+                parts.append((label, interval, verdict))
+                verdicts.add(verdict)
+            if not parts:
+                continue
+            if verdicts == {"no difference shown"}:
+                said = "; ".join(f"{label} {interval}" for label, interval, _ in parts) + ": no difference shown on any"
+            else:
+                said = "; ".join(f"{label} {interval}, {verdict}" for label, interval, verdict in parts)
+            lines.append(f"- **{p} protocol**, {head} − linear (paired 95 % intervals): {said}.")
+    return lines or ["- no paired comparison in the results files"]
+
+
+def leaderboard_verdicts(results: dict) -> list[str]:
+    """Every paired verdict of a leaderboard that excludes no difference, with its interval."""
+    board = results["leaderboard"]
+    kind = board[0]["headline_metric"] if board else "summed_relative_mCE"
+    attack = ranked_attack(results)
+    columns = (("clean_vs_linear", "clean accuracy"), ("headline_vs_linear", HEADLINE_LABELS.get(kind, kind)),
+               ("attack_vs_linear", f"{attack_label(attack) if attack else 'attack'} accuracy"))
+    said = [f"- `{row['head']}` − `linear`, {label}: {paired(row[key])}"
+            for row in board for key, label in columns
+            if shown(row.get(key))]
+    return ["Verdicts that exclude no difference:", "", *(said or ["- none"])]
 
 
 def leaderboard_block(results: dict) -> list[str]:
@@ -184,7 +244,8 @@ def leaderboard_block(results: dict) -> list[str]:
                     "OOD AUROC (%)", "fit time per replicate"], rows), "",
             ("Each cell: mean ± std over replicates; in brackets the paired difference from the linear head with its "
             "95 % interval and verdict (paired t over replicates; the attack column: paired bootstrap over "
-            "replicates and images). Ranked by the headline measure (docs/leaderboard.md).")]
+            "replicates and images). Ranked by the headline measure (docs/leaderboard.md)."), "",
+            *leaderboard_verdicts(results)]
 
 
 def reproduce_block(path: Path = REPRODUCE) -> list[str]:
@@ -203,26 +264,35 @@ def reproduce_block(path: Path = REPRODUCE) -> list[str]:
                "changes the fine-tuning's sums)")
             + (f"; at the same thread count a third run gave the first run's numbers bit for bit ("
                f"{', '.join(same['bitwise_sections'])} per replicate, and every summary number)"
-               if same and same["bitwise_equal_per_replicate"] and same["summary_tables_equal"] else "")
+               if same and same["bitwise_equal_per_replicate"] and same["summary_tables_equal"] else
+               f"; a third run at the same thread count, of the current code: {same['inside']} of {same['total']} "
+               "inside, not bit for bit (its attacks run at one thread, the first run's at two)"
+               if same else "")
             + " (`benchmarks/bench_reproduce.py`; benchmarks/README.md, \"A second run\")."]
 
 
 def render_block(name: str, folder: Path = RESULTS) -> list[str]:
     if name == "main":
         return main_block(folder)
+    if name == "answer":
+        return answer_block(folder)
     if name == "reproduce":
         return reproduce_block()
     if name.startswith("leaderboard-"):
         results = load(name, folder)
         return leaderboard_block(results) if results else ["_No committed results file for this block._"]
-    raise SystemExit(f"{README}: unknown generated block {name!r} (known: main, reproduce, leaderboard-<name>)")
+    raise SystemExit(f"unknown generated block {name!r} (known: answer, main, reproduce, leaderboard-<name>)")
 
 
-def rendered_readme(readme: str, folder: Path = RESULTS) -> str:
-    if not BLOCK.search(readme):
-        raise SystemExit(f"{README}: no generated block (<!-- results:NAME begin --> ... <!-- results:NAME end -->)")
+def rendered_page(text: str, folder: Path = RESULTS, page: Path = README) -> str:
+    """The page's text with every generated block rewritten from the results files in `folder`."""
+    if not BLOCK.search(text):
+        raise SystemExit(f"{page}: no generated block (<!-- results:NAME begin --> ... <!-- results:NAME end -->)")
     return BLOCK.sub(lambda m: m.group(1) + "\n".join(["", *render_block(m["name"], folder), ""]) + "\n" + m.group(4),
-                     readme)
+                     text)
+
+
+rendered_readme = rendered_page  # the README's name for it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("run_dir")
     imp.add_argument("name", help="reference | frozen | leaderboard-<name>")
     imp.add_argument("--run-args", default="", help="the `vfe run` arguments that made the run, for the README")
-    sub.add_parser("render", help="rewrite README.md's generated blocks from the results files")
-    sub.add_parser("check", help="exit 1 when a generated block of README.md is not what render would write")
+    sub.add_parser("render", help="rewrite the generated blocks of README.md and docs/findings.md")
+    sub.add_parser("check", help="exit 1 when a generated block of README.md or docs/findings.md is not what "
+                                 "render would write")
     args = ap.parse_args(argv)
     if args.command == "import":
         source = Path(args.run_dir) / "results.json"
@@ -251,22 +322,25 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(target)
         print(f"wrote {target}")
         return 0
-    readme = README.read_text()
-    new = rendered_readme(readme)
-    if args.command == "render":
-        if new != readme:
-            tmp = README.with_suffix(".tmp")
-            tmp.write_text(new)
-            tmp.replace(README)
-        print(f"{README}: generated blocks {'rewritten' if new != readme else 'already up to date'}")
-        return 0
-    if new != readme:
-        print(f"{README} disagrees with benchmarks/results/readme/*.json: run `python scripts/readme_results.py "
-              "render`", file=sys.stderr)
+    wrong = []
+    for page in PAGES:
+        text = page.read_text()
+        new = rendered_page(text, page=page)
+        if args.command == "render":
+            if new != text:
+                tmp = page.with_suffix(".tmp")
+                tmp.write_text(new)
+                tmp.replace(page)
+            print(f"{page}: generated blocks {'rewritten' if new != text else 'already up to date'}")
+        elif new != text:
+            wrong.append(page)
+            print(f"{page} disagrees with benchmarks/results/readme/*.json: run `python scripts/readme_results.py "
+                  "render`", file=sys.stderr)
+    if wrong:
         return 1
-    print("README.md agrees with the results files")
+    if args.command == "check":
+        print(f"{', '.join(str(p) for p in PAGES)} agree with the results files")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,6 @@
-"""The README's result blocks are what scripts/readme_results.py makes of the committed results files, and the
-numbers in them are right: one row recomputed here by hand from the per-replicate values."""
+"""The result blocks of the README and of docs/findings.md are what scripts/readme_results.py makes of the
+committed results files, and the numbers in them are right: one row recomputed here by hand from the
+per-replicate values; a number changed by hand in either page fails the check."""
 from __future__ import annotations
 
 import json
@@ -16,15 +17,28 @@ from script_modules import load_script
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "readme_results.py"
 RUNS = ROOT / "benchmarks" / "results" / "readme"
+README = ROOT / "README.md"
+FINDINGS = ROOT / "docs" / "findings.md"
+PAGES = (README, FINDINGS)
 
 
 def _script():
     return load_script("readme_results")
 
 
-def test_the_readme_agrees_with_the_committed_results_files():
+def test_the_readme_and_the_findings_page_agree_with_the_committed_results_files():
     done = subprocess.run([sys.executable, str(SCRIPT), "check"], check=False, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert _script().PAGES == PAGES
+
+
+def test_each_page_keeps_its_generated_blocks():
+    """The README answers with the answer and main blocks; the findings page holds those, the second run and the
+    leaderboard (a block deleted from a page would otherwise leave nothing to check)."""
+    module = _script()
+    blocks = {page: {m["name"] for m in module.BLOCK.finditer(page.read_text())} for page in PAGES}
+    assert {"answer", "main"} <= blocks[README]
+    assert {"answer", "main", "reproduce", "leaderboard-frozen-quick"} <= blocks[FINDINGS]
 
 
 @pytest.mark.parametrize("protocol", ["reference", "frozen"])
@@ -33,7 +47,6 @@ def test_the_clean_accuracy_row_is_the_mean_std_and_paired_t_interval_of_the_rep
     if not path.exists():
         pytest.skip(f"{path} is not committed")  # the README then says so (test above)
     results = json.loads(path.read_text())
-    readme = (ROOT / "README.md").read_text()
     linear = [results["clean"]["linear"][r]["accuracy"] for r in sorted(results["clean"]["linear"])]
     for head, per_replicate in results["clean"].items():
         values = [per_replicate[r]["accuracy"] for r in sorted(per_replicate)]
@@ -49,18 +62,15 @@ def test_the_clean_accuracy_row_is_the_mean_std_and_paired_t_interval_of_the_rep
                 return f"{100 * v:+.1f}".replace("-", "−")
 
             cell += f" ({f(mean)} [{f(low)}, {f(high)}], {verdict})"
-        row = next(line for line in readme.splitlines() if line.startswith("| clean accuracy (%) |"))
-        assert cell in row, (head, cell, row)
+        for page in PAGES:
+            row = next(line for line in page.read_text().splitlines() if line.startswith("| clean accuracy (%) |"))
+            assert cell in row, (page.name, head, cell, row)
 
 
-def test_a_changed_number_makes_the_check_fail(tmp_path):
+@pytest.mark.parametrize("name", sorted(p.stem for p in RUNS.glob("*.json")))
+def test_a_changed_number_in_a_results_file_makes_the_check_fail(tmp_path, name):
     module = _script()
-    readme = (ROOT / "README.md").read_text()
-    name = next((p.stem for p in sorted(RUNS.glob("*.json"))), None)
-    if name is None:
-        pytest.skip("no committed results file")
     results = json.loads((RUNS / f"{name}.json").read_text())
-    assert module.rendered_readme(readme, RUNS) == readme
     if name.startswith("leaderboard-"):
         results["leaderboard"][0]["clean_accuracy"]["mean"] += 0.01
     else:
@@ -70,7 +80,72 @@ def test_a_changed_number_makes_the_check_fail(tmp_path):
     for other in RUNS.glob("*.json"):
         if other.stem != name:
             (tmp_path / other.name).write_text(other.read_text())
-    assert module.rendered_readme(readme, tmp_path) != readme
+    changed = []
+    for page in PAGES:
+        text = page.read_text()
+        assert module.rendered_page(text, RUNS, page) == text
+        changed += [page] if module.rendered_page(text, tmp_path, page) != text else []
+    assert FINDINGS in changed  # the findings page shows every committed run
+    if not name.startswith("leaderboard-"):
+        assert README in changed
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_a_number_edited_by_hand_in_a_page_makes_the_check_fail(tmp_path, monkeypatch, page):
+    """`check` (what CI runs) compares every page: a copy of the page with one generated number typed differently
+    exits 1, the unchanged copy exits 0."""
+    module = _script()
+    text = page.read_text()
+    block = next(m for m in module.BLOCK.finditer(text) if m["name"] == "main")
+    row = next(line for line in block["body"].splitlines() if line.startswith("| clean accuracy (%) |"))
+    cell = row.split(" | ")[1]  # the first head's "mean ± std"
+    edited_row = row.replace(cell, cell.replace(cell[0], str((int(cell[0]) + 1) % 10), 1), 1)
+    assert edited_row != row
+    copies = {p: tmp_path / p.name for p in PAGES}
+    for p, copy in copies.items():
+        copy.write_text(p.read_text())
+    monkeypatch.setattr(module, "PAGES", tuple(copies.values()))
+    assert module.main(["check"]) == 0
+    copies[page].write_text(text.replace(row, edited_row, 1))
+    assert module.main(["check"]) == 1
+
+
+def test_the_answer_says_no_difference_only_when_every_interval_contains_0(tmp_path):
+    """The answer line is generated from the paired comparisons: each robustness measure with its interval, and
+    "better" / "worse" printed next to the interval of each measure whose interval excludes 0."""
+    module = _script()
+    for name in ("reference", "frozen"):
+        (tmp_path / f"{name}.json").write_text((RUNS / f"{name}.json").read_text())
+    results = json.loads((RUNS / "reference.json").read_text())
+    lines = module.answer_block(RUNS)
+    for line in lines:
+        for label in ("mean corruption accuracy", "summed relative mCE", "relative mCE", "PGD"):
+            assert label in line
+    c = results["summary"]["vs_baseline"]["vfe"]["summed_relative_mCE"]
+    says = module.paired(c).rpartition(", ")
+    assert f"summed relative mCE {says[0]}" in lines[0]
+    keys = ("corruption_accuracy", "summed_relative_mCE", "relative_mCE", f"adv:{module.ranked_attack(results)}")
+    any_shown = any(module.shown(results["summary"]["vs_baseline"]["vfe"].get(k)) for k in keys)
+    assert lines[0].endswith("no difference shown on any.") is not any_shown
+    results["summary"]["vs_baseline"]["vfe"]["summed_relative_mCE"] = {
+        **c, "mean_diff": -0.2, "low": -0.3, "high": -0.1, "verdict": "better than baseline"}
+    (tmp_path / "reference.json").write_text(json.dumps(results))
+    changed = module.answer_block(tmp_path)[0]
+    assert "summed relative mCE −20.0 [−30.0, −10.0], better" in changed
+    assert "no difference shown on any" not in changed
+
+
+def test_the_leaderboard_lists_every_verdict_with_its_interval():
+    module = _script()
+    results = json.loads((RUNS / "leaderboard-frozen-quick.json").read_text())
+    block = module.leaderboard_block(results)
+    listed = [line for line in block[block.index("Verdicts that exclude no difference:") + 1:] if line.startswith("- ")]
+    expected = sum(module.shown(row.get(key)) for row in results["leaderboard"]
+                   for key in ("clean_vs_linear", "headline_vs_linear", "attack_vs_linear"))
+    assert len(listed) == expected > 0
+    assert all(line.endswith((", better", ", worse")) and "[" in line for line in listed)
+    findings = FINDINGS.read_text()
+    assert all(line in findings for line in listed)
 
 
 def test_verdicts_are_printed_only_with_their_interval():
@@ -93,7 +168,11 @@ def test_the_second_run_line_counts_the_rows_inside(tmp_path):
     inside = sum(row["low"] - 1e-12 <= row["run2_mean"] <= row["high"] + 1e-12 for row in run["rows"])
     line = module.reproduce_block(path)[0]
     assert f"{inside} of {len(run['rows'])} headline numbers inside" in line
-    assert inside == run["inside"] and line in (ROOT / "README.md").read_text()
+    assert inside == run["inside"] and line in FINDINGS.read_text()
+    same = json.loads(path.read_text())["main-same-threads"]
+    same_inside = sum(row["low"] - 1e-12 <= row["run2_mean"] <= row["high"] + 1e-12 for row in same["rows"])
+    if not same["bitwise_equal_per_replicate"]:
+        assert f"same thread count, of the current code: {same_inside} of {len(same['rows'])} inside" in line
     moved = {**run, "inside": inside - 1, "rows": [{**run["rows"][0], "inside": False}, *run["rows"][1:]]}
     (tmp_path / "reproduce.json").write_text(json.dumps({"main": moved}))
     assert module.reproduce_block(tmp_path / "reproduce.json")[0] != line

@@ -44,7 +44,7 @@ from vfe.benchmark.run import run
 from vfe.benchmark.sweep import run_sweep_job
 from vfe.data import IMAGE_SUFFIXES, load_train_test, read_image
 from vfe.data.errors import MissingDataError
-from vfe.data.split import balanced_subset
+from vfe.data.split import balanced_index, balanced_subset
 from vfe.errors import DataError, SettingsError
 from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
 from vfe.features.source import BackboneFeatures
@@ -62,6 +62,15 @@ from vfe.heads.registry import (
 from vfe.pipeline import Pipeline
 from vfe.robustness.augmix import DEFAULT_VIEWS
 from vfe.robustness.calibration import probability_metrics
+from vfe.robustness.detectors import (
+    DEFAULT_VALIDATION,
+    Abstained,
+    Detector,
+    check_detector,
+    fit_detector,
+    validation_size_needed,
+)
+from vfe.robustness.selective import check_coverage
 
 ENGINES = ("local", "ray")
 
@@ -132,7 +141,8 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
                  data_dir: str | None = None, cache_dir: str | None = None, device: str = "auto",
                  progress: bool = True, skip_bad: bool = False, download: bool = False,
                  skipped_list: str | os.PathLike | None = None,
-                 augmix_views: int = DEFAULT_VIEWS) -> tuple[Pipeline, float]:
+                 augmix_views: int = DEFAULT_VIEWS, detector: str | None = None, coverage: float = 0.9,
+                 n_val: int | None = None) -> tuple[Pipeline, float]:
     """Fit a head on the training split and return the pipeline and its training accuracy.
 
     With `skip_bad`, the unreadable files left out are listed in `skipped_list` (when given).
@@ -140,6 +150,10 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
     A feature head is fitted on (cached) backbone features; an AugMix head (`linear-augmix`, ...) also on
     those of `augmix_views` AugMix views of each training image (cached too). An image head (`finetune`) trains the top of
     the backbone itself; its pipeline holds the fine-tuned backbone and its Dropout -> Dense layer.
+
+    `detector` (vfe.robustness.detectors.DETECTORS: msp, mahalanobis, vfe-recon, vfe-elbo): the pipeline also
+    carries a detector whose threshold gives `coverage` on `n_val` validation images outside the training
+    subset (`detection_split` says which), so it can abstain (docs/abstention.md).
     """
     head = resolve_head(head, "--head")  # "package.module:Class": imported and registered now
     head_params = dict(head_params or {})
@@ -148,9 +162,16 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
         raise SettingsError(f"--head {head}: a pipeline file holds the head's state as tensors (export_state / "
                             "from_state); subclass vfe.heads.base.Head to save it")
     _check_count(n_train, "--n-train")
+    if detector is not None:  # a wrong name, a VFE detector without a VFE head, a bad coverage: before any work
+        check_detector(detector, head_class_of(head))
+        check_coverage(coverage)
+        _check_count(n_val, "--n-val")
     pool = _load_split(dataset, "train", data_dir, skip_bad, download)
     check_trainable(pool, dataset, n_train)  # one class, or fewer images than classes: before any extraction
-    data = balanced_subset(pool, n_train, seed, "train")
+    if detector is None:
+        data, validation = balanced_subset(pool, n_train, seed, "train"), None
+    else:
+        data, validation = detection_split(pool, n_train, seed, coverage, n_val)
     if spec(head).inputs == "images":
         params = {"backbone": backbone, "weights": weights, "image_size": image_size, "device": device,
                   "random_state": seed, **head_params}
@@ -170,9 +191,52 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
         if "device" in model.get_params():
             model.set_params(device="cpu")  # the saved pipeline predicts wherever it is loaded
         pipe, score = Pipeline(bb, model, data.class_names), float(model.score(X, data.labels))
+    if detector is not None:
+        pipe.detector = _fitted_detector(pipe, detector, data, validation, coverage, FeatureCache(cache_dir),
+                                         progress)
     if skipped_list is not None:  # once the fit succeeded; an earlier fit's list never outlives it
         _record_skipped(Path(skipped_list), skipped_files(data))
     return pipe, score
+
+
+def detection_split(pool, n_train: int | None, seed: int, coverage: float, n_val: int | None = None):
+    """(training subset, validation subset) of a training split `pool` for a fit with a detector.
+
+    With `n_train`, the training subset is the one a fit without a detector uses (balanced_index, `seed`),
+    and the validation images are a class-balanced draw (balanced_index, same seed) of `n_val` of the rest.
+    Without it, the validation images are drawn first from the whole split and the head trains on the rest.
+    `n_val` defaults to DEFAULT_VALIDATION images, or all that are left when fewer (without `n_train`: at
+    most a fifth of the split). Too few for `coverage` (validation_size_needed) is refused in one line.
+    """
+    everything = np.arange(len(pool))
+    if n_train is not None:
+        train = balanced_index(pool.labels, n_train, seed)
+        rest = np.setdiff1d(everything, train)
+        room, default = len(rest), min(DEFAULT_VALIDATION, len(rest))
+    else:  # at most half the split, so that the head still trains on the other half
+        rest, room, default = everything, len(pool) // 2, min(DEFAULT_VALIDATION, len(pool) // 5)
+    wanted, needed = n_val if n_val is not None else default, validation_size_needed(coverage)
+    if not needed <= wanted <= room:
+        given = f"--n-val {n_val} was asked for" if n_val is not None else f"{wanted} would be drawn"
+        raise SettingsError(f"--detector at --coverage {coverage} needs {needed} to {room} validation images outside "
+                            f"the training subset of the training split's {len(pool)}, and {given}: "
+                            f"{'lower --n-train, ' if n_train is not None else ''}give --n-val in that range, use "
+                            "more images, or a lower --coverage")
+    validation = rest[balanced_index(pool.labels[rest], wanted, seed)]
+    if n_train is None:
+        train = np.setdiff1d(everything, validation)
+    tag = f"n={n_train}:seed={seed}"
+    return (pool.subset(train, tag=f"train:{tag}:detector-validation-excluded"),
+            pool.subset(validation, tag=f"detector-validation:{tag}:n_val={wanted}"))
+
+
+def _fitted_detector(pipe: Pipeline, name: str, data, validation, coverage: float, cache: FeatureCache,
+                     progress: bool) -> Detector:
+    """The detector `name` for the fitted pipeline: Mahalanobis on its training features, the threshold
+    on the validation images' features (both from the feature cache)."""
+    X_train = cache.extract(pipe.backbone, data, progress=progress, desc="extract train").array()
+    X_val = cache.extract(pipe.backbone, validation, progress=progress, desc="extract validation").array()
+    return fit_detector(name, pipe.head, X_train, data.labels, X_val, coverage)
 
 
 def _record_skipped(path: Path, lines: list[str]) -> None:
@@ -207,13 +271,21 @@ def finetuned_pipeline(model, class_names: list[str]) -> Pipeline:
 
 def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, split: str = "test",
                       n_test: int | None = None, data_dir: str | None = None, cache_dir: str | None = None,
-                      progress: bool = True, skip_bad: bool = False, allow_class_mismatch: bool = False) -> dict:
+                      progress: bool = True, skip_bad: bool = False, allow_class_mismatch: bool = False,
+                      corruptions: bool | list[str] = False, severities: list[int] | None = None,
+                      corruption_seed: int = 0, corruption_params: str = "auto") -> dict:
     """Accuracy, negative log-likelihood and expected calibration error on a data set split.
 
     Labels are indices into class names, so a data set whose class names differ from the model's would
     be scored against the wrong classes: that is refused unless `allow_class_mismatch`.
+
+    `corruptions` (True: all 19; or a list of names): also every corruption x severity of those images, as
+    `vfe run`'s corruption stage makes them (`corruption_seed`: the run's --data-seed, the seed of replicate
+    0's noise; `corruption_params` as the run's), under "corruptions": accuracy per corruption x severity, per
+    family (vfe.card.family_accuracy) and the means results.json reports (docs/cards.md).
     """
     _check_count(n_test, "--n-test")  # before the pipeline loads
+    names, severities = _corruption_choice(corruptions, severities, corruption_params)
     pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline)
     data = _load(dataset, split, data_dir, n_test, seed=0, skip_bad=skip_bad)
     if list(data.class_names) != list(pipe.class_names) and not allow_class_mismatch:
@@ -226,7 +298,54 @@ def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, spli
         raise ValueError(f"{dataset} {split}: {int((~known).sum())} images have labels the pipeline never saw")
     probs = pipe.head.predict_proba(X)
     index = np.searchsorted(pipe.head.classes_, labels)  # labels -> columns of predict_proba
-    return {"n": len(labels), **probability_metrics(probs, index)}
+    out = {"n": len(labels), **probability_metrics(probs, index)}
+    if names:
+        out["corruptions"] = _corruption_metrics(pipe, data, index, names, severities, corruption_seed,
+                                                 corruption_params, FeatureCache(cache_dir), progress)
+    return out
+
+
+def _corruption_choice(corruptions: bool | list[str], severities: list[int] | None, params: str
+                       ) -> tuple[list[str], list[int]]:
+    """(corruption names, severities) to evaluate, checked before anything loads; ([], []) for none."""
+    if corruptions is False or corruptions is None:
+        return [], []
+    from vfe.benchmark.config import CorruptionSettings, check_corruption_params
+    from vfe.benchmark.corruption import corruption_names
+    from vfe.robustness.corruptions.registry import REGISTRY
+
+    names = corruption_names(CorruptionSettings(corruptions=None if corruptions is True or not corruptions
+                                                else list(corruptions)))
+    unknown = [c for c in names if c not in REGISTRY]
+    if unknown:
+        raise SettingsError(f"--corruptions: unknown {', '.join(unknown)}; known: {', '.join(REGISTRY)}")
+    severities = list(severities) if severities else [1, 2, 3, 4, 5]
+    if any(s not in (1, 2, 3, 4, 5) for s in severities):
+        raise SettingsError(f"--severities must be among 1 2 3 4 5, got {severities}")
+    check_corruption_params(params)
+    return names, severities
+
+
+def _corruption_metrics(pipe: Pipeline, data, index: np.ndarray, names: list[str], severities: list[int],
+                        seed: int, params: str, cache: FeatureCache, progress: bool) -> dict:
+    """The pipeline on every corruption x severity of `data`, the corrupted images made and cached exactly as
+    `vfe run` makes them (vfe.benchmark.corruption.corrupted_features), so a frozen-protocol pipeline saved by
+    a run scores what the run measured."""
+    from vfe.benchmark.corruption import corrupted_features, error_table
+    from vfe.card import family_accuracy
+    from vfe.robustness import metrics as cm
+    from vfe.robustness.corruptions.registry import BENCHMARK_CORRUPTIONS
+
+    source = BackboneFeatures(cache, pipe.backbone, progress)
+    table = {c: {s: probability_metrics(pipe.head.predict_proba(corrupted_features(source, data, c, s, seed, params)),
+                                        index) for s in severities} for c in names}
+    accuracy = {c: {str(s): m["accuracy"] for s, m in sev.items()} for c, sev in table.items()}
+    errors = error_table(table)
+    bench = [c for c in names if c in BENCHMARK_CORRUPTIONS]
+    return {"accuracy": accuracy, "per_family": family_accuracy(accuracy),
+            "mean_accuracy": 1.0 - cm.mean_corruption_error(errors, bench) if bench else None,
+            "mean_accuracy_all": 1.0 - cm.mean_corruption_error(errors, names),
+            "severities": severities, "seed": seed, "corruption_params": params}
 
 
 def _short(names, first: int = 6) -> str:
@@ -329,17 +448,27 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.PathLike], top: int = 1,
-                  skip_bad: bool = False) -> Iterator[tuple[str, list[tuple[str, float]] | str]]:
+                  skip_bad: bool = False, coverage: float | None = None,
+                  ) -> Iterator[tuple[str, list[tuple[str, float]] | str | Abstained]]:
     """(file, [(class name, probability), ...top]) for each image file, or every image in the folders
     named, one at a time as they are predicted.
 
     An unreadable file stops the run with an error naming it, unless `skip_bad`: then it is yielded as
-    (file, reason) and the rest go on.
+    (file, reason) and the rest go on. With `coverage` (the pipeline needs a detector: fit_pipeline's
+    `detector`), a file scoring past the detector's threshold for that coverage is yielded as
+    (file, Abstained(detector, score, threshold)) instead of its classes; the threshold is re-derived from the
+    validation scores saved in the pipeline when `coverage` is not the one it was fitted for.
     """
     if top < 1:
         raise SettingsError(f"--top must be at least 1, got {top}")
+    if coverage is not None:
+        check_coverage(coverage)
     files = image_files(images)  # a missing file or an empty folder is reported before the model loads
     pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline)
+    if coverage is not None and pipe.detector is None:
+        raise SettingsError(f"{pipeline if not isinstance(pipeline, Pipeline) else 'the pipeline'} has no detector "
+                            "to abstain with: fit one with vfe fit DATA --detector mahalanobis --coverage 0.9 --out "
+                            "... (docs/abstention.md)")
     for path in files:
         try:
             image = read_image(path)
@@ -348,10 +477,16 @@ def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.
                 raise DataError(f"{err}; pass --skip-bad to skip unreadable files") from None
             yield str(path), str(err)
             continue
-        probs = pipe.predict_proba(image[None])[0]
+        if coverage is None:
+            probs = pipe.predict_proba(image[None])[0]
+        else:
+            probs, scores, abstain = (v[0] for v in pipe.predict_or_abstain(image[None], coverage))
+            if abstain:
+                yield str(path), Abstained(pipe.detector.name, float(scores), pipe.detector.threshold_at(coverage))
+                continue
         order = np.argsort(-probs)[:top]
         yield str(path), [(pipe.class_name(pipe.head.classes_[i]), float(probs[i])) for i in order]
 
 
-__all__ = ["FinetuneSettings", "RunSettings", "benchmark", "evaluate_pipeline", "extract_features",
+__all__ = ["Abstained", "FinetuneSettings", "RunSettings", "benchmark", "evaluate_pipeline", "extract_features",
            "finetuned_pipeline", "fit_pipeline", "image_files", "predict_files", "quick_settings", "replace", "run", "sweep", "with_overrides"]

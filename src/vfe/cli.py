@@ -17,6 +17,7 @@ from vfe.errors import SettingsError, VfeError
 from vfe.heads.registry import head_names
 from vfe.lab import cli as lab_cli
 from vfe.paths import check_output_file
+from vfe.robustness.detectors import DEFAULT_VALIDATION, DETECTORS
 from vfe.viz import cli as viz_cli
 
 EXAMPLES = {
@@ -27,9 +28,13 @@ EXAMPLES = {
     "extract": f"vfe extract fashion-mnist --split test --backbone {defaults.BACKBONE} --image-size 112\n"
                "vfe extract fashion-mnist --engine ray --address auto --cache-dir /shared/vfe-cache   # docs/ray.md",
     "fit": "vfe fit fashion-mnist --head vfe --n-train 5000 --out runs/models/fmnist-vfe.safetensors\n"
-           "vfe fit fashion-mnist --head finetune --param epochs=2 --out runs/models/fmnist-ft.safetensors",
-    "evaluate": "vfe evaluate runs/models/fmnist-vfe.safetensors fashion-mnist --n-test 2000",
-    "predict": "vfe predict runs/models/fmnist-vfe.safetensors photo1.png photo2.jpg some_folder/",
+           "vfe fit fashion-mnist --head finetune --param epochs=2 --out runs/models/fmnist-ft.safetensors\n"
+           "vfe fit digits --head vfe --detector vfe-recon --coverage 0.9 --out digits-vfe.safetensors   # abstains",
+    "evaluate": "vfe evaluate runs/models/fmnist-vfe.safetensors fashion-mnist --n-test 2000\n"
+                "vfe evaluate runs/quick/best.safetensors fashion-mnist --n-test 500 --corruptions   # 19 x 5",
+    "predict": "vfe predict runs/models/fmnist-vfe.safetensors photo1.png photo2.jpg some_folder/\n"
+               "vfe predict runs/quick/best.safetensors --card   # the robustness card of a --save-best pipeline\n"
+               "vfe predict digits-vfe.safetensors photos/ --coverage 0.9   # 'abstain' past the detector's threshold",
     "sweep": "vfe sweep --name beta --grid '{\"heads\": {\"vfe\": {\"beta\": [0.1, 1, 10]}, \"linear\": {}}, "
              "\"seeds\": [0, 1, 2]}'\n"
              "vfe sweep --name sizes --grid grid.json --compare-pixels   # transfer vs raw pixels per train size\n"
@@ -138,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="pipeline file to write (.safetensors)")
     p.add_argument("--overwrite", action="store_true")
     _add_wait_arg(p, "--out file")
+    p.add_argument("--detector", default=None, metavar="NAME",
+                   help="also fit a detector to abstain with (vfe predict --coverage): "
+                        + "; ".join(f"{k}: {v}" for k, v in DETECTORS.items()) + " (docs/abstention.md)")
+    p.add_argument("--coverage", default=None, metavar="C",
+                   help="with --detector: share of validation images answered, strictly between 0 and 1; the "
+                        "threshold is chosen for it (default: 0.9)")
+    p.add_argument("--n-val", type=int, default=None,
+                   help=f"with --detector: validation images outside the training subset, a class-balanced draw "
+                        f"seeded by --seed (default: {DEFAULT_VALIDATION}, or all left; without --n-train at most "
+                        "a fifth of the split, and the head trains on the rest)")
     p.set_defaults(func=cmd_fit)
 
     p = _add(sub, "evaluate", "Clean accuracy, NLL and ECE of a saved pipeline on a data set's test split.")
@@ -151,14 +166,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folders: skip unreadable files (listed in a warning) instead of stopping")
     p.add_argument("--allow-class-mismatch", action="store_true",
                    help="evaluate although the data set's class names differ from the model's (compared by index)")
+    p.add_argument("--corruptions", nargs="*", metavar="NAME", default=None,
+                   help="also under every corruption x severity of the images, made as vfe run makes them: all 19 "
+                        "when no name is given (docs/cards.md)")
+    p.add_argument("--severities", type=int, nargs="+", default=None, metavar="S",
+                   help="with --corruptions: severities, 1-5 (default: all five)")
+    p.add_argument("--corruption-seed", type=int, default=0,
+                   help="with --corruptions: the run's --data-seed, which seeds its corruption noise "
+                        "(default: %(default)s, the run's default)")
+    p.add_argument("--corruption-params", default="auto", choices=["auto", "imagenet", "cifar"],
+                   help="with --corruptions: severity parameters, as the run's (default: %(default)s)")
     p.set_defaults(func=cmd_evaluate)
 
     p = _add(sub, "predict", "Class and probability for image files, or every image in a folder.")
     p.add_argument("pipeline")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="*", help="image files or folders (none with --card)")
+    p.add_argument("--card", action="store_true",
+                   help="print the pipeline's robustness card (vfe run --save-best) instead of predicting")
     p.add_argument("--top", type=int, default=1, help="how many classes to print per image")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable files (each reported on stderr, then counted) instead of stopping")
+    p.add_argument("--coverage", default=None, metavar="C",
+                   help="abstain: print 'abstain' and the detector's score for images past its threshold for this "
+                        "coverage (0 < C < 1), re-derived from the validation scores the pipeline holds when it "
+                        "was fitted for another (needs vfe fit --detector)")
     p.set_defaults(func=cmd_predict)
 
     p = _add(sub, "sweep", "Run a grid of heads x hyperparameters x training sizes x seeds (resumable).")
@@ -226,10 +257,27 @@ def _parse_params(pairs: list[str]) -> dict:
     return merge_head_params({}, [f"head.{pair}" for pair in pairs]).get("head", {})  # --head may hold "."
 
 
+def _coverage(text: str | None, default: float | None = None) -> float | None:
+    """--coverage as a number strictly between 0 and 1 (`default` when not given); one line otherwise."""
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < 1:
+        raise SettingsError(f"--coverage must be a number strictly between 0 and 1 (e.g. 0.9), got {text!r}")
+    return value
+
+
 def cmd_fit(args) -> int:
     from vfe.api import fit_pipeline
     from vfe.rundir import claimed
 
+    if args.detector is None and (args.coverage is not None or args.n_val is not None):
+        raise SettingsError("--coverage and --n-val choose a detector's threshold: give --detector too (one of "
+                            f"{', '.join(DETECTORS)})")
+    coverage = _coverage(args.coverage, default=0.9)
     check_output_file(args.out, args.overwrite, suffix=".safetensors")  # before minutes of extraction
     params = _parse_params(args.param)
     with claimed(args.out, "--out", wait=args.wait):  # one fit writes --out at a time
@@ -238,18 +286,28 @@ def cmd_fit(args) -> int:
                                    weights=args.weights, image_size=args.image_size, n_train=args.n_train,
                                    seed=args.seed, data_dir=args.data_dir, cache_dir=args.cache_dir,
                                    skip_bad=args.skip_bad, download=args.download,
-                                   skipped_list=args.out + ".skipped.txt")
+                                   skipped_list=args.out + ".skipped.txt", detector=args.detector,
+                                   coverage=coverage, n_val=args.n_val)
         pipe.save(args.out, overwrite=args.overwrite)
     print(f"saved {args.out} (training accuracy {score:.4f})")
+    if pipe.detector is not None:
+        d = pipe.detector
+        print(f"detector {d.name}: abstains above {d.threshold:.6g}, answering {d.validation_coverage:.4f} of "
+              f"{len(d.validation_scores)} validation images (target coverage {d.coverage})")
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from vfe.api import evaluate_pipeline
 
+    if args.corruptions is None and (args.severities or args.corruption_seed or args.corruption_params != "auto"):
+        raise SettingsError("--severities, --corruption-seed and --corruption-params apply with --corruptions only")
     metrics = evaluate_pipeline(args.pipeline, args.dataset, split=args.split, n_test=args.n_test,
                                 data_dir=args.data_dir, cache_dir=args.cache_dir, skip_bad=args.skip_bad,
-                                allow_class_mismatch=args.allow_class_mismatch)
+                                allow_class_mismatch=args.allow_class_mismatch,
+                                corruptions=False if args.corruptions is None else args.corruptions or True,
+                                severities=args.severities, corruption_seed=args.corruption_seed,
+                                corruption_params=args.corruption_params)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -258,15 +316,41 @@ def cmd_predict(args) -> int:
     from vfe.api import predict_files
     from vfe.io import printable
 
+    if args.card:
+        return _print_card(args)
+    if not args.images:
+        raise SettingsError("give image files or folders to predict (or --card to print the pipeline's card)")
+
+    coverage = _coverage(args.coverage)  # before the pipeline loads or any image is read
     skipped = []
-    for path, ranked in predict_files(args.pipeline, args.images, top=args.top, skip_bad=args.skip_bad):
+    for path, ranked in predict_files(args.pipeline, args.images, top=args.top, skip_bad=args.skip_bad,
+                                      coverage=coverage):
         if isinstance(ranked, str):  # an unreadable file, skipped
             skipped.append(path)
             print(f"skipped {ranked}", file=sys.stderr, flush=True)
             continue
+        if not isinstance(ranked, list):  # past the detector's threshold: abstain, with the score
+            print(f"{printable(path)}\tabstain\t{ranked.detector} {ranked.score:.6g} > {ranked.threshold:.6g}",
+                  flush=True)
+            continue
         print(printable(path) + "\t" + "\t".join(f"{name} {p:.4f}" for name, p in ranked), flush=True)
     if skipped:
         print(f"vfe predict: skipped {len(skipped)} unreadable file(s) (--skip-bad)", file=sys.stderr)
+    return 0
+
+
+def _print_card(args) -> int:
+    """The card of a pipeline file, from its header alone (no tensor is loaded)."""
+    from vfe.card import card_markdown
+    from vfe.pipeline import card_of, read_metadata
+
+    if args.images:
+        raise SettingsError("--card prints the pipeline's card: give no images with it")
+    card = card_of(read_metadata(args.pipeline))
+    if card is None:
+        print(f"{args.pipeline}: no robustness card (only pipelines saved by vfe run --save-best carry one)")
+    else:
+        print(card_markdown(card))
     return 0
 
 

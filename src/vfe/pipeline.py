@@ -32,6 +32,7 @@ from vfe.backbones.weights import WeightsInfo
 from vfe.errors import PipelineFileError, VfeError
 from vfe.heads import Head, head_class
 from vfe.io import load_tensors, save_tensors
+from vfe.robustness.detectors import Detector, expected_layout
 
 FORMAT = "vfe-pipeline"
 FORMAT_VERSION = 2  # 2: checksums of the header and of every tensor
@@ -39,12 +40,16 @@ CHECKSUMS = "vfe_checksums"  # the metadata key of the checksum table
 
 
 class Pipeline:
-    """uint8 images -> backbone features -> head -> class probabilities."""
+    """uint8 images -> backbone features -> head -> class probabilities; optionally a `detector` that
+    says which inputs to abstain on (vfe.robustness.detectors, docs/abstention.md)."""
 
-    def __init__(self, backbone: Backbone, head: Head, class_names: list[str] | None = None):
+    def __init__(self, backbone: Backbone, head: Head, class_names: list[str] | None = None,
+                 detector: Detector | None = None, card: dict | None = None):
         self.backbone = backbone
         self.head = head
         self.class_names = list(class_names) if class_names is not None else [str(c) for c in head.classes_]
+        self.detector = detector
+        self.card = card  # the robustness card of the run it came from (vfe run --save-best; docs/cards.md)
 
     def features(self, images, progress: bool = False) -> np.ndarray:
         return self.backbone.extract(images, progress=progress)
@@ -54,6 +59,19 @@ class Pipeline:
 
     def predict(self, images, progress: bool = False) -> np.ndarray:
         return self.head.classes_[self.predict_proba(images, progress).argmax(1)]
+
+    def predict_or_abstain(self, images, coverage: float | None = None,
+                           progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(class probabilities, detector scores, abstain mask): abstain where the score is above the
+        detector's threshold for `coverage` (None: the coverage it was fitted for)."""
+        if self.detector is None:
+            raise VfeError("this pipeline has no detector to abstain with; fit one with vfe fit ... --detector "
+                           "mahalanobis --coverage 0.9 (docs/abstention.md)")
+        threshold = self.detector.threshold_at(coverage)
+        X = self.features(images, progress)
+        probs = self.head.predict_proba(X)
+        scores = self.detector.score(self.head, X, probs)
+        return probs, scores, scores > threshold
 
     def class_name(self, label) -> str:
         """Name of a label the head predicts (labels index the data set's class names)."""
@@ -73,6 +91,8 @@ class Pipeline:
         head_tensors, head_meta = self.head.export_state()
         tensors = {f"backbone.{k}": v for k, v in self.backbone.model.state_dict().items()}
         tensors.update({f"head.{k}": v for k, v in head_tensors.items()})
+        detector_tensors, detector_meta = self.detector.export_state() if self.detector else ({}, None)
+        tensors.update({f"detector.{k}": torch.from_numpy(v) for k, v in detector_tensors.items()})
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         w = self.backbone.weights
         meta = {"format": FORMAT, "version": FORMAT_VERSION,
@@ -81,6 +101,10 @@ class Pipeline:
                              "has_classifier": w.has_classifier,
                              "data_config": _jsonable(self.backbone.data_config)},
                 "head": head_meta, "class_names": self.class_names}
+        if detector_meta is not None:  # no key at all without one: such a file reads as before
+            meta["detector"] = detector_meta
+        if self.card is not None:  # likewise: a file without a card has no "card" key
+            meta["card"] = self.card
         save_tensors(path, tensors, metadata=sealed_metadata(json.dumps(meta, default=_json_default), tensors))
         return path
 
@@ -105,7 +129,14 @@ class Pipeline:
         except Exception as err:  # the dry run passed, so this is unexpected: still the file's problem
             raise PipelineFileError(f"{path}: the head cannot be rebuilt ({type(err).__name__}: {err})"
                                     f"{_REMAKE}") from err
-        return cls(backbone, head, meta["class_names"])
+        detector = Detector.from_state(_strip(tensors, "detector."), meta["detector"]) if "detector" in meta else None
+        return cls(backbone, head, meta["class_names"], detector, card=card_of(meta))
+
+
+def card_of(meta: dict) -> dict | None:
+    """The robustness card in a pipeline's JSON document (vfe.card), or None when it has none."""
+    card = meta.get("card")
+    return card if isinstance(card, dict) else None
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -195,6 +226,7 @@ def _checked_header(path: Path) -> tuple[dict, dict[str, Layout], dict[str, str]
     _check_document(path, meta)
     model_kwargs, feature_dim = _check_backbone(path, meta["backbone"], _strip(layout, "backbone."))
     _check_head(path, meta, _strip(layout, "head."), feature_dim)
+    _check_detector(path, meta, _strip(layout, "detector."), feature_dim)
     return meta, layout, sums, model_kwargs
 
 
@@ -343,6 +375,21 @@ def _check_head(path: Path, meta: dict, layout: dict[str, Layout], feature_dim: 
         raise _problem(path, f"the head does not fit its saved tensors or parameters ({type(err).__name__}: "
                              f"{said[:400]}{'...' * (len(said) > 400)})") from err
     _compare(path, "head", _state_layout(state), layout)
+
+
+def _check_detector(path: Path, meta: dict, layout: dict[str, Layout], feature_dim: int) -> None:
+    """The detector's JSON (if any) and the `detector.` tensors it needs, exactly; none without one."""
+    spec = meta.get("detector")
+    if spec is None:
+        expected = {}
+    elif not isinstance(spec, dict):
+        raise _problem(path, "the header's detector is not an object")
+    else:
+        try:
+            expected = expected_layout(spec, feature_dim, len(meta["head"]["classes"]))
+        except ValueError as err:
+            raise _problem(path, str(err)) from None
+    _compare(path, "detector", expected, layout)
 
 
 def _head_parts(spec: dict) -> list[dict]:

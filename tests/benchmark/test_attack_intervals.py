@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from threads import one_thread
 from torch import nn
 
 from vfe.benchmark import adversarial
@@ -66,7 +67,9 @@ def attacked():
         perturbations.append((attacks[-1][0], images.clone(), out.clone()))
         return out
 
-    with pytest.MonkeyPatch.context() as mp:
+    # one thread: the attacks run here, one after another, where the recording spies see them (with two threads
+    # the stage would send them to worker processes, which cannot hold this stand-in backbone)
+    with one_thread(), pytest.MonkeyPatch.context() as mp:
         mp.setattr(adversarial, "make_attack", make_attack)
         mp.setattr(adversarial, "perturb", perturb)
         out = adversarial.run_stage(SETTINGS, ctx)

@@ -32,7 +32,7 @@ NEW_VALUES = {
     "heads": ["pca", "vib"], "replicates": 4, "augment_family": "blur", "augmix_views": 3,
     "corruptions": ["snow", "fog"], "severities": [2, 4], "corruption_params": "cifar", "noise_per_replicate": True,
     "n_attack": 9, "attack_eps_linf": [0.5], "attack_eps_l2": [2.0], "attack_steps": 3, "n_eot": 4,
-    "ood": False, "compare_with": "runs/frozen", "protocol": "reference", "cut_point": "blocks.4.0",
+    "ood": False, "compare_with": "runs/frozen", "save_best": True, "protocol": "reference", "cut_point": "blocks.4.0",
     "finetune_epochs": 7, "finetune_batch_size": 50, "finetune_lr": 0.01, "finetune_augment": True,
     "finetune_lp_epochs": 2, "test_time_bn": True, "bn_batch_size": 32, "bn_prior": 4.0, "bn_heads": ["linear"],
     "engine": "ray", "address": "ray://head:10001", "ray_shared_cache": "no",

@@ -178,7 +178,7 @@ def test_the_fit_stage_on_ray_returns_the_heads_a_local_fit_returns(cluster, fea
     with sent_to_ray(fit) as sent:
         remote, remote_seconds = fit_heads(settings, settings.heads, X, y, replicate=1, seed=7, progress=False,
                                            cluster=RAY)
-    assert sent == ["linear", "vfe"]  # every head was a task
+    assert sent == [("linear", 0), ("vfe", 0)]  # every head of the (one) draw was a task
     assert list(remote) == list(local) == [("linear", 1), ("vfe", 1)]  # the same order
     assert {h: len(s) for h, s in remote_seconds.items()} == {h: len(s) for h, s in local_seconds.items()}
     for key, model in local.items():
@@ -194,7 +194,7 @@ def test_vfe_run_fits_its_heads_on_ray(cluster, features, world):
             "--head-param", "linear.epochs=8", "--corruptions", "--n-attack", "0", "--no-ood", "--engine", "ray"]
     with sent_to_ray(fit) as sent:
         assert main(args) == 0
-    assert sent == ["linear"]
+    assert sent == [("linear", 0)]
     results = json.loads((world["runs"] / "run-ray" / "results.json").read_text())
     assert (results["config"]["engine"], results["config"]["address"]) == ("ray", None)
     seed = results["setting"]["replicate_seeds"][0]  # replicate 0 draws its own training subset
@@ -251,7 +251,7 @@ def test_vfe_run_on_ray_sends_corruptions_and_attacks_and_gets_the_local_numbers
                 only_reads_corrupted_features(patch)
             with sent_to_ray(adversarial) as attacked:
                 assert main(args) == 0, engine
-        assert attacked == ([("linear", 0), ("vfe", 0)] if engine == "ray" else [])
+        assert [key for key, _ in attacked] == ([("linear", 0), ("vfe", 0)] if engine == "ray" else [])
         results[engine] = json.loads((world["runs"] / f"robust-{name}-{protocol}-{engine}" / "results.json")
                                      .read_text())
     local, remote = results["local"], results["ray"]

@@ -33,30 +33,34 @@ they are attacked the same three ways, on the attacked images as one batch (`_at
 
 Replicate r attacks its own class-balanced draw of the test images, with its own random starts.
 
-With `--engine ray` each head x replicate is attacked in a Ray task of its own (vfe.benchmark.fanout), on a copy of
-the backbone rebuilt there; each attack runs under its own seeded random state, so the numbers are the same
-wherever and in whichever order the heads are attacked.
-"""
+Each head x replicate is attacked in a worker process of its own, two (one per core) at a time
+(vfe.benchmark.processes), or with `--engine ray` in a Ray task (vfe.benchmark.fanout), on a copy of the backbone
+rebuilt there; each attack runs under its own seeded random state, so the numbers are the same wherever and in
+whichever order the heads are attacked."""
 from __future__ import annotations
 
 import copy
 import functools
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from vfe.backbones.adapt_bn import AdaptedNetwork
-from vfe.backbones.shipping import ShippedBackbone, rebuild, shippable
+from vfe.backbones.shipping import rebuild, shippable
 from vfe.benchmark.adapted_bn import base_head
 from vfe.benchmark.config import AttackSettings, EngineSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fanout import TASK_DEVICE, fan_out
+from vfe.benchmark.processes import local_workers, map_local
 from vfe.benchmark.summary import by_head
 from vfe.data.split import balanced_index
 from vfe.data.types import ImageSet
-from vfe.heads.registry import REGISTRY
+from vfe.hardware import torch_threads
+from vfe.heads.registry import REGISTRY, is_external
 from vfe.robustness.attacks import (
     AttackSpec,
     LogProbabilities,
@@ -75,14 +79,25 @@ from vfe.robustness.stats import attack_intervals
 BATCH_SIZE = 16
 
 
+@dataclass
+class AttackDraw:
+    """One replicate's attack: its backbone, its fitted heads {(head, replicate): head}, its test set and seed."""
+
+    backbone: object
+    models: dict
+    test: ImageSet
+    seed: int  # which test images are attacked (a class-balanced draw) and the attacks' random starts
+
+
 def run_stage(settings: AttackSettings, ctx: RunContext) -> dict:
     """results.json's "adversarial" section, {head: {replicate: result}}, and "adversarial_intervals",
     {head: {attack key: {mean, low, high, ...}}} (`vfe.robustness.stats.attack_intervals`). Replicate r attacks
-    its own images (drawn with its seed) through its own backbone; every head of a replicate, the same images."""
-    attacked = {}
+    its own images (drawn with its seed) through its own backbone; every head of a replicate, the same images.
+    Every replicate's heads are attacked side by side in worker processes (`attack_draws`); "+bn" heads after
+    them, here."""
+    draws = [AttackDraw(p.backbone, ctx.models_of(r), p.test, p.seed) for r, p in enumerate(ctx.replicates)]
+    attacked = attack_draws(settings, draws, ctx.device, ctx.progress, ctx.cluster, local_workers(ctx.device))
     for r, p in enumerate(ctx.replicates):
-        attacked.update(run_attacks(settings, p.backbone, ctx.models_of(r), p.test, p.seed, ctx.device,
-                                    ctx.progress, ctx.cluster))
         if r in ctx.adapted:
             extractor, models = ctx.adapted[r]
             attacked.update(run_attacks(settings, p.backbone, models, p.test, p.seed, ctx.device, ctx.progress,
@@ -99,34 +114,70 @@ def run_attacks(settings: AttackSettings, backbone, models: dict, test: ImageSet
     test images chosen with `seed` (the replicate's), the same images for every head; "images" in each result
     lists their rows in the test set. With `cluster.engine == "ray"` each head is attacked in a Ray task of its
     own (one CPU, one thread), with the same numbers as here. "+bn" heads (`adapted`: the backbone with adapted
-    BatchNorm; `twins`: {(head, replicate): the plain head each was refitted from}) are attacked here, locally."""
-    rows = balanced_index(test.labels, settings.n_attack, seed)
-    images_u8, labels = np.asarray(test.images)[rows], np.asarray(test.labels)[rows]
+    BatchNorm; `twins`: {(head, replicate): the plain head each was refitted from}) are attacked here."""
+    if adapted is None:
+        return attack_draws(settings, [AttackDraw(backbone, models, test, seed)], device, progress, cluster)
+    rows, images_u8, labels = _attacked_images(settings, test, seed)
     specs = attack_specs(settings.attack_eps_linf, settings.attack_eps_l2, eot=True)
-    if cluster is not None and cluster.engine == "ray" and adapted is None:
-        shared = {"shipped": shippable(backbone), "models": models, "images": images_u8, "labels": labels,
-                  "specs": specs, "settings": settings, "data_seed": seed}
-        done = dict(fan_out(attack_task, list(models), shared, progress=progress, desc="attacks (ray)",
-                            unit="head"))
-        return {key: {**done[i], "images": rows.tolist()} for i, key in enumerate(models)}
     images = to_unit_float(images_u8).to(device)
     results = {}
     with tqdm(total=len(models) * len(specs), desc="attacks", unit="attack", disable=not progress,
               dynamic_ncols=True) as bar:
         for (head, replicate), model in models.items():
-            twin = twins[(base_head(head), replicate)] if adapted is not None else None
             result = attack_one(backbone, model, images, labels, specs, settings, seed, device, bar,
-                                f"{head}/replicate{replicate}", adapted=adapted, twin=twin)
+                                f"{head}/replicate{replicate}", adapted=adapted, twin=twins[(base_head(head), replicate)])
             results[(head, replicate)] = {**result, "images": rows.tolist()}
     return results
 
 
-def attack_task(key: tuple[str, int], *, shipped: ShippedBackbone, models: dict, images: np.ndarray,
-                labels: np.ndarray, specs: list[AttackSpec], settings: AttackSettings, data_seed: int) -> dict:
-    """One head attacked in a Ray task, through the backbone rebuilt on the task's CPU by the one shipping rule
-    (vfe.backbones.shipping): attacks differentiate `forward`, torch in fp32, so no fast path is built."""
+def attack_draws(settings: AttackSettings, draws: list[AttackDraw], device: str | torch.device,
+                 progress: bool = True, cluster: EngineSettings | None = None, workers: int = 1) -> dict:
+    """{(head, replicate): result} for every head of every draw (`run_attacks`, without "+bn" heads), attacked
+    here, in `workers` worker processes (vfe.benchmark.processes; heads registered in this process only stay
+    here), or in Ray tasks when `cluster.engine == "ray"`. On the CPU each attack runs at one thread wherever it
+    runs, so its numbers do not depend on where (tests/robustness/test_attack_workers.py)."""
+    chosen = [_attacked_images(settings, d.test, d.seed) for d in draws]
+    specs = attack_specs(settings.attack_eps_linf, settings.attack_eps_l2, eot=True)
+    items = [(key, k) for k, d in enumerate(draws) for key in d.models]
+    ray = cluster is not None and cluster.engine == "ray"
+    if any(is_external(head) for (head, _), _k in items):
+        workers = 1
+    if ray or (workers > 1 and len(items) > 1):
+        shared = {"draws": [(shippable(d.backbone), images, labels, d.seed)
+                            for d, (_, images, labels) in zip(draws, chosen, strict=True)],
+                  "models": {key: draws[k].models[key] for key, k in items}, "specs": specs, "settings": settings}
+        send = fan_out if ray else functools.partial(map_local, workers=workers)
+        done = dict(send(attack_task, items, shared, progress=progress, unit="head",
+                         desc="attacks (ray)" if ray else f"attacks ({min(workers, len(items))} heads at a time)"))
+    else:
+        done = {}
+        # on the CPU at one thread, as in a worker: a backward pass's sums follow the thread count, and one image in
+        # 100 of a PGD attack can land on the other side at two threads (benchmarks/README.md, "make run")
+        threads = 1 if torch.device(device).type == "cpu" else torch.get_num_threads()
+        with tqdm(total=len(items) * len(specs), desc="attacks", unit="attack", disable=not progress,
+                  dynamic_ncols=True) as bar, torch_threads(threads), threadpool_limits(limits=threads):
+            for i, ((head, replicate), k) in enumerate(items):
+                images = to_unit_float(chosen[k][1]).to(device)
+                done[i] = attack_one(draws[k].backbone, draws[k].models[(head, replicate)], images, chosen[k][2],
+                                     specs, settings, draws[k].seed, device, bar, f"{head}/replicate{replicate}")
+    return {key: {**done[i], "images": chosen[k][0].tolist()} for i, (key, k) in enumerate(items)}
+
+
+def _attacked_images(settings: AttackSettings, test: ImageSet, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, uint8 images, labels) of the class-balanced `settings.n_attack` test images drawn with `seed`."""
+    rows = balanced_index(test.labels, settings.n_attack, seed)
+    return rows, np.asarray(test.images)[rows], np.asarray(test.labels)[rows]
+
+
+def attack_task(item: tuple[tuple[str, int], int], *, draws: list[tuple], models: dict, specs: list[AttackSpec],
+                settings: AttackSettings) -> dict:
+    """One head attacked in a worker process or a Ray task, through its draw's backbone rebuilt on the CPU by the
+    one shipping rule (vfe.backbones.shipping): attacks differentiate `forward`, torch in fp32, so no fast path is
+    built."""
+    key, k = item
+    shipped, images, labels, seed = draws[k]
     backbone = rebuild(shipped, TASK_DEVICE, fast_path=False)
-    return attack_one(backbone, models[key], to_unit_float(images), labels, specs, settings, data_seed, TASK_DEVICE)
+    return attack_one(backbone, models[key], to_unit_float(images), labels, specs, settings, seed, TASK_DEVICE)
 
 
 def attack_one(backbone, model, images: torch.Tensor, labels: np.ndarray, specs: list[AttackSpec],

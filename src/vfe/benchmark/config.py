@@ -183,6 +183,10 @@ class RunSettings:
     progress: bool = field(default=True, **_help("progress bars"))
     compare_with: str | None = field(default=None, **_help(
         "a finished run folder (e.g. the other protocol's) whose heads the report shows beside this run's"))
+    save_best: bool = field(default=False, **_help(
+        "also save the best head that needs nothing at test time (clean accuracy within 0.5 points of the linear "
+        "head's, paired; best held-out headline) as a pipeline, RUN/best.safetensors, with its robustness card "
+        "RUN/card.md (docs/cards.md)"))
     data: DataSettings = field(default_factory=DataSettings)
     backbone: BackboneSettings = field(default_factory=BackboneSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
@@ -323,6 +327,7 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
     if settings.compare_with is not None:
         compared_results(settings.compare_with)
     check_engine(settings.cluster)
+    check_save_best(settings, names)
     check_run_dir(settings.run_dir, overwrite)
 
 
@@ -338,6 +343,19 @@ def check_external_heads(heads: list[str], cluster: EngineSettings, attacks: Att
         raise SettingsError(f"--n-attack: {', '.join(blind)} has no probability_module() (features -> class "
                             "probabilities as a torch module), which the attacks differentiate; define it, or give "
                             "--n-attack 0")
+
+
+def check_save_best(settings: RunSettings, heads: list[str]) -> None:
+    """--save-best compares clean accuracy with the linear head's and ranks by held-out corruptions: both must
+    be measured (vfe.benchmark.best)."""
+    if not settings.save_best:
+        return
+    if "linear" not in heads:
+        raise SettingsError("--save-best keeps heads within 0.5 points of the linear head's clean accuracy: add "
+                            "linear to --heads")
+    if settings.corruptions.corruptions == []:
+        raise SettingsError("--save-best ranks heads by their held-out corruption robustness: it needs the "
+                            "corruption stage (leave --corruptions out for all 19, or name some)")
 
 
 def check_run_dir(out: Path, overwrite: bool) -> None:

@@ -83,7 +83,7 @@ def fan_out(function: Callable[..., Any], items: Sequence, shared: dict[str, Any
     if not ray.is_initialized():
         raise RayEngineError("fan_out needs a Ray connection: use it inside `with ray_session(...)`")
     shared_ref = ray.put(shared)  # once; a top-level ObjectRef argument reaches each task as the value
-    remote = ray.remote(_task).options(num_cpus=1, max_retries=MAX_RETRIES)
+    remote = ray.remote(run_task).options(num_cpus=1, max_retries=MAX_RETRIES)
     pending = {remote.remote(function, shared_ref, item): i for i, item in enumerate(items)}
     try:
         with tqdm(total=len(items) if total is None else total, initial=initial, desc=desc, unit=unit,
@@ -149,8 +149,9 @@ def _fill_entry(item: tuple, *, source: FeatureSource, data: list) -> None:
     source(data[i], transform=transform, transform_key=key)
 
 
-def _task(function: Callable[..., Any], shared: dict[str, Any], item: Any) -> Any:
-    """One task on a worker: `function(item, **shared)` at one torch and one BLAS thread."""
+def run_task(function: Callable[..., Any], shared: dict[str, Any], item: Any) -> Any:
+    """One task on a worker (a Ray task, or a local worker process: vfe.benchmark.processes): `function(item,
+    **shared)` at one torch and one BLAS thread."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -176,4 +177,4 @@ def _result(ray, ref) -> Any:
                              "written is kept: run the command again to compute the rest") from None
 
 
-__all__ = ["MAX_RETRIES", "TASK_DEVICE", "TASK_THREADS", "cluster_session", "extract_on_cluster", "fan_out"]
+__all__ = ["MAX_RETRIES", "TASK_DEVICE", "TASK_THREADS", "cluster_session", "extract_on_cluster", "fan_out", "run_task"]

@@ -24,9 +24,10 @@ from vfe.benchmark.clean import evaluate_clean
 from vfe.benchmark.config import RunSettings, check, check_run_dir, check_trainable, compared_results
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fanout import cluster_session
-from vfe.benchmark.fit import fit_heads
+from vfe.benchmark.fit import TrainingDraw, fit_replicates
 from vfe.benchmark.leaderboard import leaderboard
 from vfe.benchmark.prepare import Prepared, load_shared, prepare_replicate, skipped_files, write_skipped
+from vfe.benchmark.processes import local_workers, start_early
 from vfe.benchmark.replicates import FIXED, NOISE, REDRAWN, Replicate, replicates
 from vfe.benchmark.stages import STAGES
 from vfe.benchmark.summary import by_head, summarise
@@ -64,13 +65,19 @@ def write_run(settings: RunSettings, out: Path, log) -> None:
     # --engine ray: connected before the data is prepared (a wrong --address costs nothing) and kept for every
     # stage (heads x seeds, corruption shards and attacked heads go to the cluster); local: connects to nothing
     with cluster_session(settings.cluster):
-        results = {"schema_version": SCHEMA_VERSION, **measure(settings, heads, device, out, timer, log)}
+        measured, models, prepared = measure(settings, heads, device, out, timer, log)
+        results = {"schema_version": SCHEMA_VERSION, **measured}
     results["summary"] = summarise(results)
     results["leaderboard"] = leaderboard(results, {h: base_head(h) in heads and is_augmented(base_head(h))
                                                    for h in results["clean"]})  # "vfe-aug+bn" saw what vfe-aug saw
     if settings.compare_with is not None:
         results["compared_run"] = {"path": settings.compare_with,
                                    **comparable(compared_results(settings.compare_with))}
+    if settings.save_best:  # the best head that needs nothing at test time, as a pipeline + its card
+        from vfe.benchmark.best import save_best
+
+        with timer.timed("save best pipeline"):
+            save_best(results, models, prepared, out, log, shown=settings.run_dir)
     results["timings"] = {**timer.seconds, "total": round(time.perf_counter() - started, 3)}
     results["peak_rss_mb"] = peak_rss_mb()
     results["peak_rss_mb_after_stage"] = timer.peak_rss_mb
@@ -81,14 +88,18 @@ def write_run(settings: RunSettings, out: Path, log) -> None:
         write_report(out, results)
 
 
-def measure(settings: RunSettings, heads: list[str], device: str, out: Path, timer: StageTimer, log) -> dict:
+def measure(settings: RunSettings, heads: list[str], device: str, out: Path, timer: StageTimer, log
+            ) -> tuple[dict, dict, list[Prepared]]:
     """Prepare and fit every replicate, evaluate clean, run every enabled robustness stage: results.json's
-    measurements (the summary, leaderboard and timings are added from them)."""
+    measurements (the summary, leaderboard and timings are added from them), the fitted heads {(head, replicate):
+    model} and each replicate's prepared draw (--save-best saves one of them)."""
     augmented = any(is_augmented(h) for h in heads)
     draws = replicates(settings.data.data_seed, settings.heads.replicates)
     shared = load_shared(settings.data, settings.backbone, settings.cache_dir, timer, log)
     check_trainable(shared.pool, shared.dataset, settings.data.n_train)  # before any feature is extracted
-    prepared, models, fit_seconds = [], {}, {}
+    if settings.cluster.engine == "local":
+        start_early(local_workers(device))  # the fitting and attacking worker processes' imports, meanwhile
+    prepared, training = [], []
     for rep in draws:
         p = prepare_replicate(shared, settings.data.n_train, rep.seed, finetune=settings.finetune,
                               augment_family=settings.heads.augment_family if augmented else None,
@@ -96,15 +107,15 @@ def measure(settings: RunSettings, heads: list[str], device: str, out: Path, tim
                               augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
                               progress=settings.progress, timer=timer, log=log,
                               label=rep.label if len(draws) > 1 else "")
-        with timer.timed(f"{rep.label}: fit heads" if len(draws) > 1 else "fit heads"):
-            fitted, seconds = fit_heads(settings.heads, heads, p.X_train, p.train.labels, rep.index, rep.seed,
-                                        device=device, progress=settings.progress, X_aug=p.X_aug,
-                                        X_views=p.X_views, cluster=settings.cluster)
-        p.X_aug = p.X_views = None  # fitted: the views' features are not needed again (hundreds of MB)
+        training.append(TrainingDraw(rep.index, rep.seed, p.X_train, p.train.labels, p.X_aug, p.X_views))
+        p.X_aug = p.X_views = None  # the draw holds the views' features (hundreds of MB) until the heads are fitted
         prepared.append(p)
-        models.update(fitted)
-        for head, s in seconds.items():
-            fit_seconds.setdefault(head, []).extend(s)
+    # every replicate's heads at once: two fits side by side keep both cores busy (vfe.benchmark.processes)
+    with timer.timed("fit heads"):
+        models, fit_seconds = fit_replicates(settings.heads, heads, training, device=device,
+                                             progress=settings.progress, cluster=settings.cluster,
+                                             workers=local_workers(device))
+    del training
     skipped = skipped_files(shared.pool, shared.test)
     write_skipped(out / "skipped_files.txt", skipped, log=lambda _: None)  # `out` is staged: logged with its place
     if skipped:
@@ -136,7 +147,7 @@ def measure(settings: RunSettings, heads: list[str], device: str, out: Path, tim
             with timer.timed(stage.label(own)):
                 results.update(stage.function()(own, ctx))
     results.update(report_inputs(models, shared.test, clean_probs))  # the report reads results.json only
-    return results
+    return results, models, prepared
 
 
 def setting_of(settings: RunSettings, heads: list[str], prepared: list[Prepared], draws: list[Replicate],

@@ -7,11 +7,20 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+_worker_cpu = [0.0]  # CPU seconds of the jobs this process ran in worker processes (vfe.benchmark.processes)
+
+
+def add_worker_cpu(seconds: float) -> None:
+    """Count a finished job's CPU seconds in a worker process: the fork server's children are not this process's,
+    so getrusage(RUSAGE_CHILDREN) never sees them."""
+    _worker_cpu[0] += seconds
+
 
 def cpu_seconds() -> float:
-    """CPU seconds this process has used so far, every thread, user and system (worker processes not included)."""
+    """CPU seconds this process has used so far, every thread, user and system, and the jobs it ran in worker
+    processes."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime + _worker_cpu[0]
 
 
 def peak_rss_mb() -> float:
