@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from vfe.errors import VfeError
+
 CARD_VERSION = 1
 
 # where each number of the card comes from in results.json (r: the replicate, h: the head)
@@ -28,8 +30,8 @@ SOURCES = {
 }
 
 
-class CardError(ValueError):
-    """The results hold no such head or replicate (a ValueError: the CLI prints it as one line)."""
+class CardError(VfeError):
+    """The results hold no such head or replicate (a user error: the CLI prints it as one line)."""
 
 
 def family_accuracy(accuracy: dict[str, dict]) -> dict[str, float]:

@@ -154,11 +154,11 @@ def attack_draws(settings: AttackSettings, draws: list[AttackDraw], device: str 
         # on the CPU at one thread, as in a worker: a backward pass's sums follow the thread count, and one image in
         # 100 of a PGD attack can land on the other side at two threads (benchmarks/README.md, "make run")
         threads = 1 if torch.device(device).type == "cpu" else torch.get_num_threads()
+        images = [to_unit_float(images_u8).to(device) for _, images_u8, _ in chosen]  # once per draw, not per head
         with tqdm(total=len(items) * len(specs), desc="attacks", unit="attack", disable=not progress,
                   dynamic_ncols=True) as bar, torch_threads(threads), threadpool_limits(limits=threads):
             for i, ((head, replicate), k) in enumerate(items):
-                images = to_unit_float(chosen[k][1]).to(device)
-                done[i] = attack_one(draws[k].backbone, draws[k].models[(head, replicate)], images, chosen[k][2],
+                done[i] = attack_one(draws[k].backbone, draws[k].models[(head, replicate)], images[k], chosen[k][2],
                                      specs, settings, draws[k].seed, device, bar, f"{head}/replicate{replicate}")
     return {key: {**done[i], "images": chosen[k][0].tolist()} for i, (key, k) in enumerate(items)}
 

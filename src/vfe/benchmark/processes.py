@@ -50,8 +50,7 @@ def _context() -> multiprocessing.context.BaseContext:
 def start_early(workers: int) -> None:
     """Start the fork server now, when jobs will run in worker processes later: it imports the job modules while
     this process does other work, so the first pool starts at once."""
-    if workers > 1 and "forkserver" in multiprocessing.get_all_start_methods():
-        _context()
+    if workers > 1 and _context().get_start_method() == "forkserver":  # the context names the modules to import
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
