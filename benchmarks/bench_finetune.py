@@ -24,10 +24,10 @@ import torch
 
 from vfe.backbones import create_backbone
 from vfe.backbones.cut import CutActivations, CutModel, clone_for_finetuning, faithful_storage, reference_cut
-from vfe.benchmark.reference import CompareModel, _FromImages
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset
 from vfe.heads.base import fit_classifier
+from vfe.heads.finetune import CompareModel, FromImages
 from vfe.io import write_json
 from vfe.training import TrainConfig
 
@@ -74,7 +74,7 @@ def main() -> None:
         m, params = model()
         cached.append(one_epoch(m, A, y, params, args.batch_size))
         m, params = model()
-        whole.append(one_epoch(_FromImages(m, base.normalise, None), images, y, params, args.batch_size))
+        whole.append(one_epoch(FromImages(m, base.normalise, None), images, y, params, args.batch_size))
     row = {"backbone": args.backbone, "image_size": args.image_size, "cut_point": point, "storage": storage,
            "images": args.n, "activation_pass_seconds": round(activation_seconds, 2),
            "epoch_seconds_cached": round(min(cached), 2), "epoch_seconds_whole_backbone": round(min(whole), 2),

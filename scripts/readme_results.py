@@ -2,6 +2,7 @@
 
     python scripts/readme_results.py import runs/reference reference --run-args='--protocol reference'
                                               # trims a run's results.json into benchmarks/results/readme/
+                                              # (or a `vfe leaderboard --out` file, as leaderboard-<name>)
     python scripts/readme_results.py render   # rewrite the generated blocks of README.md and docs/findings.md
     python scripts/readme_results.py check    # exit 1 if a generated block of either page disagrees
 
@@ -12,6 +13,11 @@ Each page in PAGES holds generated blocks between `<!-- results:BLOCK begin ... 
   main                 the main job under both protocols (files reference.json, frozen.json): mean ± std over
                        replicates per head, and each head's paired difference from the linear head of its run
   reproduce            a second full-size run against the first (benchmarks/results/reproduce.json)
+  selective-answer     the same block's answer lines alone (the README)
+  selective            selective classification under corruption (selective.json: the main job under the
+                       reference protocol, the same command and seeds as reference.json, with the stage that
+                       measures it): each detector's risk at 90 % coverage on the held-out corruptions, paired
+                       with max softmax
   leaderboard-<name>   a leaderboard run (file leaderboard-<name>.json): every head ranked by its headline
                        corruption measure, with paired verdicts
 Every "better" / "worse" printed is the run's own paired verdict (a paired t-interval over replicates, or for
@@ -38,7 +44,7 @@ BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9-]+) begin[^>]*-->\n)(?P<body
 PROTOCOLS = ("reference", "frozen")  # the main block's columns: the reference's protocol first
 # what a trimmed results file keeps: everything the README and bench_reproduce read, none of the bulk
 KEEP = ("setting", "config", "clean", "summary", "leaderboard", "finetune", "timings", "peak_rss_mb",
-        "adversarial_intervals", "corruption_seconds")
+        "adversarial_intervals", "corruption_seconds", "selective", "runs")
 # rows of the main table: (summary metric, label, in percent)
 ROWS = (("clean_accuracy", "clean accuracy (%)", True),
         ("corruption_accuracy", "mean corruption accuracy, 15 benchmark corruptions x 5 severities (%)", True),
@@ -124,7 +130,8 @@ def setting_line(name: str, r: dict) -> str:
         compare = f"; compare model (fine-tuned top + its Dense layer) {acc} % test accuracy per replicate"
     total = (r.get("timings") or {}).get("total")
     wall = f"; wall time {total / 60:.1f} min" if total else ""
-    command = f"`vfe run {' '.join(r['command'])}`: " if r.get("command") else ""
+    program = "vfe leaderboard" if "runs" in r else "vfe run"  # a `vfe leaderboard --out` file, or a run's results
+    command = f"`{program} {' '.join(r['command'])}`: " if r.get("command") else ""
     return (f"- {name}: {command}{s['backbone']} ({s['weights']} weights) at {s['image_size']} px on {s['dataset']}, "
             f"{s['n_train']} training and {s['n_test']} test images, {s['replicates']} replicates (seeds "
             f"{', '.join(map(str, s['replicate_seeds']))}){compare}{wall}")
@@ -208,6 +215,47 @@ def answer_block(folder: Path) -> list[str]:
     return lines or ["- no paired comparison in the results files"]
 
 
+DETECTOR_LABELS = {"msp": "max softmax", "mahalanobis": "Mahalanobis", "vfe-recon": "VFE reconstruction error",
+                   "vfe-elbo": "VFE negative ELBO"}
+VFE_DETECTORS = ("vfe-recon", "vfe-elbo")
+
+
+def selective_block(folder: Path, answer_only: bool = False) -> list[str]:
+    """Each classifier head and detector on the held-out corruptions: risk at 90 % coverage and AURC, mean ± std
+    over replicates, each detector paired with the same head's max softmax; then the answer for the VFE's
+    detectors (alone with `answer_only`: the README's block)."""
+    r = load("selective", folder)
+    sel = (r or {}).get("selective")
+    if not sel:
+        return ["_No committed results file for this block._"]
+    rows, answers = [], []
+    for head, groups in sel["summary"].items():
+        held = groups.get("held_out")
+        if not held:
+            continue
+        for detector in sel["detectors"]:
+            versus = sel["vs_msp"][head]["held_out"].get(detector, {})
+            rows.append([f"`{head}`", DETECTOR_LABELS.get(detector, detector),
+                         with_paired(mean_std(held[detector]["risk_90"]), versus.get("risk_90")),
+                         with_paired(mean_std(held[detector]["aurc"]), versus.get("aurc"))])
+            if detector in VFE_DETECTORS:
+                c = versus.get("risk_90") or {}
+                word = {"better than baseline": "lower", "worse than baseline": "higher"}.get(c.get("verdict"))
+                verdict = f"{word} risk than max softmax" if word and shown(c) else "no difference shown"
+                answers.append(f"- `{head}` head, {DETECTOR_LABELS[detector]}: {paired(c).rpartition(', ')[0]}, "
+                               f"{verdict}")
+    n = next(iter(sel["n_images"].values()), {}).get("held_out")
+    if answer_only:
+        return answers
+    return [setting_line("run", r) + (f"; held-out corruptions: every benchmark corruption x severity pooled into "
+                                      f"one stream of {n} images per replicate"), "",
+            *table(["classifier", "detector", "risk at 90 % coverage (%)", "AURC (%)"], rows), "",
+            ("Each cell: mean ± std over replicates; in brackets the paired difference from the same head's max "
+             "softmax with its 95 % interval (paired t over replicates); lower is better."), "",
+            "Lower risk at 90 % coverage than max softmax, VFE detectors (difference, paired 95 % interval):", "",
+            *answers]
+
+
 def leaderboard_verdicts(results: dict) -> list[str]:
     """Every paired verdict of a leaderboard that excludes no difference, with its interval."""
     board = results["leaderboard"]
@@ -238,7 +286,13 @@ def leaderboard_block(results: dict) -> list[str]:
                      + (f"; strongest: {', '.join(strongest)}" if strongest and strongest != ["direct"] else ""),
                      mean_std(row.get("clean_ece")), ood,
                      f"{fit['mean']:.1f} s" if fit.get("mean") is not None else "–"])
-    return [setting_line("run", results), "",
+    defaults = {"finetune_lp_epochs": 0, "finetune_augmix": False, "finetune_augment": False}
+    runs = [f"- `{label}`: {run.get('path', label)}, fine-tuning "
+            + (", ".join(f"{k.removeprefix('finetune_')} {v}" for k, v in run["finetune"].items()
+                         if k in defaults and v != defaults[k] or k == "finetune_js_weight" and
+                         run["finetune"].get("finetune_augmix")) or "plain")
+            for label, run in (results.get("runs") or {}).items()]
+    return [setting_line("runs" if runs else "run", results), *runs, "",
             *table(["head", "clean accuracy (%)", "held-out corruption accuracy (%)", HEADLINE_LABELS.get(kind, kind),
                     f"{attack_label(attack) if attack else 'attack'} accuracy (%)", "clean ECE (%)",
                     "OOD AUROC (%)", "fit time per replicate"], rows), "",
@@ -278,10 +332,13 @@ def render_block(name: str, folder: Path = RESULTS) -> list[str]:
         return answer_block(folder)
     if name == "reproduce":
         return reproduce_block()
+    if name in ("selective", "selective-answer"):
+        return selective_block(folder, answer_only=name == "selective-answer")
     if name.startswith("leaderboard-"):
         results = load(name, folder)
         return leaderboard_block(results) if results else ["_No committed results file for this block._"]
-    raise SystemExit(f"unknown generated block {name!r} (known: answer, main, reproduce, leaderboard-<name>)")
+    raise SystemExit(f"unknown generated block {name!r} (known: answer, main, reproduce, selective, "
+                     "selective-answer, leaderboard-<name>)")
 
 
 def rendered_page(text: str, folder: Path = RESULTS, page: Path = README) -> str:
@@ -298,21 +355,24 @@ rendered_readme = rendered_page  # the README's name for it
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="trim RUN_DIR/results.json into benchmarks/results/readme/NAME.json")
-    imp.add_argument("run_dir")
-    imp.add_argument("name", help="reference | frozen | leaderboard-<name>")
+    imp = sub.add_parser("import", help="trim RUN_DIR/results.json (or a `vfe leaderboard --out` file) into "
+                                        "benchmarks/results/readme/NAME.json")
+    imp.add_argument("run_dir", help="a finished run's folder, or the JSON file `vfe leaderboard --out` wrote")
+    imp.add_argument("name", help="reference | frozen | selective | leaderboard-<name>")
     imp.add_argument("--run-args", default="", help="the `vfe run` arguments that made the run, for the README")
     sub.add_parser("render", help="rewrite the generated blocks of README.md and docs/findings.md")
     sub.add_parser("check", help="exit 1 when a generated block of README.md or docs/findings.md is not what "
                                  "render would write")
     args = ap.parse_args(argv)
     if args.command == "import":
-        source = Path(args.run_dir) / "results.json"
+        given = Path(args.run_dir)
+        source = given if given.suffix == ".json" else given / "results.json"
         if not source.exists():
-            print(f"{source}: no results.json; give the folder of a finished `vfe run`", file=sys.stderr)
+            print(f"{source}: no results.json; give the folder of a finished `vfe run`, or the file `vfe leaderboard "
+                  "--out` wrote", file=sys.stderr)
             return 2
-        if args.name not in PROTOCOLS and not args.name.startswith("leaderboard-"):
-            print(f"{args.name}: name the file reference, frozen or leaderboard-<name>", file=sys.stderr)
+        if args.name not in (*PROTOCOLS, "selective") and not args.name.startswith("leaderboard-"):
+            print(f"{args.name}: name the file reference, frozen, selective or leaderboard-<name>", file=sys.stderr)
             return 2
         RESULTS.mkdir(parents=True, exist_ok=True)
         target = RESULTS / f"{args.name}.json"

@@ -37,8 +37,9 @@ def test_each_page_keeps_its_generated_blocks():
     leaderboard (a block deleted from a page would otherwise leave nothing to check)."""
     module = _script()
     blocks = {page: {m["name"] for m in module.BLOCK.finditer(page.read_text())} for page in PAGES}
-    assert {"answer", "main"} <= blocks[README]
-    assert {"answer", "main", "reproduce", "leaderboard-frozen-quick"} <= blocks[FINDINGS]
+    assert {"answer", "main", "selective-answer"} <= blocks[README]
+    assert {"answer", "main", "reproduce", "selective", "leaderboard-frozen-quick",
+            "leaderboard-reference-finetuning-quick"} <= blocks[FINDINGS]
 
 
 @pytest.mark.parametrize("protocol", ["reference", "frozen"])
@@ -73,6 +74,9 @@ def test_a_changed_number_in_a_results_file_makes_the_check_fail(tmp_path, name)
     results = json.loads((RUNS / f"{name}.json").read_text())
     if name.startswith("leaderboard-"):
         results["leaderboard"][0]["clean_accuracy"]["mean"] += 0.01
+    elif name == "selective":
+        head = next(iter(results["selective"]["summary"]))
+        results["selective"]["summary"][head]["held_out"]["msp"]["risk_90"]["mean"] += 0.01
     else:
         head = next(iter(results["summary"]["table"]))
         results["summary"]["table"][head]["clean_accuracy"]["mean"] += 0.01
@@ -176,3 +180,67 @@ def test_the_second_run_line_counts_the_rows_inside(tmp_path):
     moved = {**run, "inside": inside - 1, "rows": [{**run["rows"][0], "inside": False}, *run["rows"][1:]]}
     (tmp_path / "reproduce.json").write_text(json.dumps({"main": moved}))
     assert module.reproduce_block(tmp_path / "reproduce.json")[0] != line
+
+
+def test_the_selective_answer_is_the_paired_t_interval_of_the_replicates_risks():
+    """The README's selective-classification answer, recomputed from the per-replicate risks of the committed
+    reference run: each VFE detector's risk at 90 % coverage on the held-out corruptions minus max softmax's."""
+    module = _script()
+    selective = json.loads((RUNS / "selective.json").read_text())["selective"]
+    lines = module.selective_block(RUNS, answer_only=True)
+    for head, per_replicate in selective["per_head"].items():
+        for detector, label in (("vfe-recon", "VFE reconstruction error"), ("vfe-elbo", "VFE negative ELBO")):
+            reps = sorted(per_replicate)
+            diffs = [per_replicate[r]["held_out"][detector]["risk_90"] - per_replicate[r]["held_out"]["msp"]["risk_90"]
+                     for r in reps]
+            mean = statistics.mean(diffs)
+            half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+            low, high = mean - half, mean + half
+            reading = ("no difference shown" if low <= 0 <= high else "lower risk than max softmax" if high < 0
+                       else "higher risk than max softmax")
+
+            def f(v):
+                return f"{100 * v:+.1f}".replace("-", "−")
+
+            expected = f"- `{head}` head, {label}: {f(mean)} [{f(low)}, {f(high)}], {reading}"
+            assert expected in lines, (expected, lines)
+    readme = README.read_text()
+    assert all(line in readme for line in lines)
+
+
+def test_the_selective_run_is_the_readme_reference_run_again():
+    """selective.json is the main job under the reference protocol rerun with the selective-classification stage:
+    the same command, settings and seeds as reference.json, so the same fine-tuned backbones and heads (their
+    clean accuracies, replicate by replicate, equal)."""
+    again = json.loads((RUNS / "selective.json").read_text())
+    first = json.loads((RUNS / "reference.json").read_text())
+    assert again["command"] == first["command"]
+    assert again["setting"]["replicate_seeds"] == first["setting"]["replicate_seeds"]
+    assert {k: v for k, v in again["config"].items() if not k.startswith(("selective", "finetune_augmix",
+                                                                            "finetune_js"))} == first["config"]
+    assert again["clean"] == first["clean"]
+
+
+def test_the_fine_tuning_leaderboard_headline_is_each_runs_paired_t_against_the_plain_linear_head():
+    """The robust fine-tuning block of docs/findings.md (runs that differ in stage 0, `vfe leaderboard`): each
+    head's summed relative mCE cell recomputed from its per-replicate values, paired with the plain run's linear
+    head, whose own headline is 1 in every replicate."""
+    results = json.loads((RUNS / "leaderboard-reference-finetuning-quick.json").read_text())
+    section = FINDINGS.read_text().split("## Robust fine-tuning", 1)[1]
+    assert next(iter(results["runs"])) == "plain" and len(results["runs"]) >= 3
+    for row in results["leaderboard"]:
+        values = [row["headline_by_replicate"][r] for r in sorted(row["headline_by_replicate"])]
+        cell = f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+        if row["head"] != "linear":
+            diffs = [v - 1.0 for v in values]
+            half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+            mean = statistics.mean(diffs)
+            verdict = ("no difference shown" if mean - half <= 0 <= mean + half
+                       else "better" if mean + half < 0 else "worse")
+
+            def f(v):
+                return f"{100 * v:+.1f}".replace("-", "−")
+
+            cell += f" ({f(mean)} [{f(mean - half)}, {f(mean + half)}], {verdict})"
+        line = next(x for x in section.splitlines() if x.startswith(f"| `{row['head']}` |"))
+        assert cell in line, (row["head"], cell, line)

@@ -21,7 +21,7 @@ import inspect
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +32,17 @@ from vfe.backbones import Backbone, create_backbone
 from vfe.backbones.weights import WeightsInfo
 from vfe.benchmark.augment import augmix_features
 from vfe.benchmark.config import (
+    PROTOCOLS,
     FinetuneSettings,
     RunSettings,
     SweepSettings,
+    check_finetune,
     check_trainable,
     quick_settings,
     with_overrides,
 )
 from vfe.benchmark.prepare import skipped_files, write_skipped
+from vfe.benchmark.replicates import replicate_seed
 from vfe.benchmark.run import run
 from vfe.benchmark.sweep import run_sweep_job
 from vfe.data import IMAGE_SUFFIXES, load_train_test, read_image
@@ -81,10 +84,11 @@ def _check_count(n: int | None, flag: str) -> None:
         raise SettingsError(f"{flag} must be at least 1 (or left out for all images), got {n}")
 
 
-def _load_split(dataset: str, split: str, data_dir: str | None, skip_bad: bool = False, download: bool = False):
-    """Every image of a split (a class folder's test split: 20 % of it)."""
+def _load_split(dataset: str, split: str, data_dir: str | None, skip_bad: bool = False, download: bool = False,
+                split_seed: int = 0):
+    """Every image of a split (a class folder's test split: 20 % of it, drawn with `split_seed`)."""
     options = {k: v for k, v in (("skip_bad", skip_bad), ("download", download)) if v}
-    train, test = load_train_test(dataset, data_dir=data_dir, **options)
+    train, test = load_train_test(dataset, data_dir=data_dir, seed=split_seed, **options)
     return train if split == "train" else test
 
 
@@ -142,7 +146,9 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
                  progress: bool = True, skip_bad: bool = False, download: bool = False,
                  skipped_list: str | os.PathLike | None = None,
                  augmix_views: int = DEFAULT_VIEWS, detector: str | None = None, coverage: float = 0.9,
-                 n_val: int | None = None) -> tuple[Pipeline, float]:
+                 n_val: int | None = None, protocol: str = "frozen",
+                 finetune: FinetuneSettings | dict | None = None, replicate: int | None = None,
+                 log=print) -> tuple[Pipeline, float]:
     """Fit a head on the training split and return the pipeline and its training accuracy.
 
     With `skip_bad`, the unreadable files left out are listed in `skipped_list` (when given).
@@ -154,8 +160,28 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
     `detector` (vfe.robustness.detectors.DETECTORS: msp, mahalanobis, vfe-recon, vfe-elbo): the pipeline also
     carries a detector whose threshold gives `coverage` on `n_val` validation images outside the training
     subset (`detection_split` says which), so it can abstain (docs/abstention.md).
+
+    `protocol` "reference": first stage 0 of `vfe run --protocol reference` (vfe.benchmark.reference.fine_tune:
+    the top of the backbone fine-tuned with Dropout -> Dense on the training subset), then the head on the
+    fine-tuned backbone's features; the pipeline holds the fine-tuned backbone. `finetune`: FinetuneSettings
+    fields other than protocol (a dict such as {"finetune_epochs": 1}, or a FinetuneSettings), their defaults
+    the run's. The same settings, data, backbone, n_train and seed as a run's replicate reuse its cached
+    fine-tuned weights and features: nothing is trained or extracted again.
+
+    `replicate` r: fit replicate r of a `vfe run` whose --data-seed is `seed` (its training subset, fine-tuning,
+    AugMix views and head initialisation are seeded by vfe.benchmark.replicates.replicate_seed(seed, r), the
+    run's results.json setting.replicate_seeds[r]; an image folder's train/test split by `seed`, as the run's).
+    Without it, `seed` itself seeds all that, so `seed=replicate_seed(0, r)` is replicate r of a run with the
+    default --data-seed 0. The run's head parameters (its --head-param) must be given as `head_params`.
     """
+    settings = finetune_settings(protocol, finetune)
+    if replicate is not None and replicate < 0:
+        raise SettingsError(f"--replicate must be >= 0 (0 is a run's first replicate), got {replicate}")
     head = resolve_head(head, "--head")  # "package.module:Class": imported and registered now
+    reference = settings.protocol == "reference"
+    if reference and spec(head).inputs == "images":
+        raise SettingsError(f"--head {head} fine-tunes the backbone itself; --protocol reference fine-tunes its top "
+                            "first for a head on features: use one or the other")
     head_params = dict(head_params or {})
     check_params(head, head_params)  # unknown names, wrong types and values out of range: before any work
     if not callable(getattr(head_class_of(head), "export_state", None)):
@@ -166,13 +192,19 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
         check_detector(detector, head_class_of(head))
         check_coverage(coverage)
         _check_count(n_val, "--n-val")
-    pool = _load_split(dataset, "train", data_dir, skip_bad, download)
+    split_seed = seed if replicate is not None else 0  # an image folder's split: a run's is seeded by --data-seed
+    if replicate is not None:
+        seed = replicate_seed(seed, replicate)
+    pool = _load_split(dataset, "train", data_dir, skip_bad, download, split_seed)
     check_trainable(pool, dataset, n_train)  # one class, or fewer images than classes: before any extraction
     if detector is None:
         data, validation = balanced_subset(pool, n_train, seed, "train"), None
     else:
         data, validation = detection_split(pool, n_train, seed, coverage, n_val)
-    if spec(head).inputs == "images":
+    if reference:
+        pipe, score = _fit_on_finetuned(head, head_params, data, settings, backbone, weights, image_size, device,
+                                        seed, cache_dir, progress, augmix_views, log)
+    elif spec(head).inputs == "images":
         params = {"backbone": backbone, "weights": weights, "image_size": image_size, "device": device,
                   "random_state": seed, **head_params}
         model = make_head(head, **params).fit(data.images, data.labels)
@@ -184,12 +216,7 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
         X = cache.extract(bb, data, progress=progress, desc="extract train").array()
         views = {"X_aug": augmix_features(BackboneFeatures(cache, bb, progress), data, augmix_views, seed)[0]} \
             if is_augmix(head) else {}
-        model = make_head(head, **{"random_state": seed, **head_params})
-        if "device" in model.get_params():
-            model.set_params(device=str(bb.device))
-        model.fit(X, data.labels, **views)
-        if "device" in model.get_params():
-            model.set_params(device="cpu")  # the saved pipeline predicts wherever it is loaded
+        model = _fitted_head(head, head_params, seed, X, data.labels, views, str(bb.device))
         pipe, score = Pipeline(bb, model, data.class_names), float(model.score(X, data.labels))
     if detector is not None:
         pipe.detector = _fitted_detector(pipe, detector, data, validation, coverage, FeatureCache(cache_dir),
@@ -197,6 +224,58 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
     if skipped_list is not None:  # once the fit succeeded; an earlier fit's list never outlives it
         _record_skipped(Path(skipped_list), skipped_files(data))
     return pipe, score
+
+
+def finetune_settings(protocol: str, finetune: FinetuneSettings | dict | None = None) -> FinetuneSettings:
+    """The stage-0 settings of a fit: `protocol` with FinetuneSettings fields from `finetune` (a dict of field
+    values, or a FinetuneSettings whose protocol is ignored), checked as `vfe run` checks them."""
+    if isinstance(finetune, FinetuneSettings):
+        values = {k: v for k, v in asdict(finetune).items() if k != "protocol"}
+    else:
+        values = dict(finetune or {})
+        if "protocol" in values:
+            raise SettingsError("finetune: give the protocol as protocol=, not among the fine-tuning settings")
+    if protocol not in PROTOCOLS:
+        raise SettingsError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    settings = with_overrides(FinetuneSettings(protocol=protocol), values)
+    changed = [f"--{k.replace('_', '-')}" for k, v in asdict(settings).items()
+               if k != "protocol" and v != getattr(FinetuneSettings(), k)]
+    if protocol != "reference" and changed:
+        raise SettingsError(f"{', '.join(changed)}: fine-tuning settings apply to --protocol reference only")
+    check_finetune(settings)
+    return settings
+
+
+def _fit_on_finetuned(head: str, head_params: dict, data, settings: FinetuneSettings, backbone: str, weights: str,
+                      image_size: int | None, device: str, seed: int, cache_dir: str | None, progress: bool,
+                      augmix_views: int, log) -> tuple[Pipeline, float]:
+    """`head` on the features of the backbone fine-tuned by the reference protocol's stage 0, run as `vfe run`
+    runs it (vfe.benchmark.reference.fine_tune: the same settings, seed and cache keys, so a run's replicate
+    with the same draw is loaded from the cache, not trained again): (pipeline, training accuracy)."""
+    from vfe.benchmark.reference import fine_tune  # torchvision: loaded only when fine-tuning
+
+    cache = FeatureCache(cache_dir)
+    base = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
+    # `test` only reports the compare model's accuracy: the training images' cut activations, cached already,
+    # stand in for it (a fit has no test subset), so the line says what was measured
+    tuned = fine_tune(cache, base, data, data, settings, seed, progress,
+                      lambda line: log(line.replace("compare model test accuracy", "compare model training accuracy")))
+    X = tuned.features(data, desc="extract train")
+    views = {"X_aug": augmix_features(tuned.features, data, augmix_views, seed)[0]} if is_augmix(head) else {}
+    model = _fitted_head(head, head_params, seed, X, data.labels, views, str(tuned.backbone.device))
+    return Pipeline(tuned.backbone, model, data.class_names), float(model.score(X, data.labels))
+
+
+def _fitted_head(head: str, head_params: dict, seed: int, X: np.ndarray, y: np.ndarray, views: dict, device: str):
+    """A feature head built with `head_params` and `seed`, fitted on `device`, then set to predict on the CPU
+    (the saved pipeline predicts wherever it is loaded)."""
+    model = make_head(head, **{"random_state": seed, **head_params})
+    if "device" in model.get_params():
+        model.set_params(device=device)
+    model.fit(X, y, **views)
+    if "device" in model.get_params():
+        model.set_params(device="cpu")
+    return model
 
 
 def detection_split(pool, n_train: int | None, seed: int, coverage: float, n_val: int | None = None):
@@ -257,9 +336,10 @@ def finetuned_pipeline(model, class_names: list[str]) -> Pipeline:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     old = bb.weights
+    top = (f"from {model.cut_point or 'the reference cut'}" if model.recipe == "reference"
+           else f"top {model.unfreeze_blocks} blocks")
     bb.weights = WeightsInfo("finetuned", f"finetuned:{digest.hexdigest()[:32]}",
-                             f"{old.source}, fine-tuned (top {model.unfreeze_blocks} blocks)", old.arch,
-                             old.has_classifier)
+                             f"{old.source}, fine-tuned ({model.recipe} recipe, {top})", old.arch, old.has_classifier)
     for p in bb.model.parameters():
         p.requires_grad_(False)
     linear = LinearHead(dropout=model.dropout, random_state=model.random_state)

@@ -9,9 +9,10 @@ import argparse
 import json
 import sys
 import traceback
+from pathlib import Path
 
 from vfe import defaults
-from vfe.benchmark.config import RunSettings, SweepSettings
+from vfe.benchmark.config import FinetuneSettings, RunSettings, SweepSettings
 from vfe.benchmark.flags import ArgumentParser, add_flags, apply_flags, merge_head_params
 from vfe.errors import SettingsError, VfeError
 from vfe.heads.registry import head_names
@@ -29,7 +30,9 @@ EXAMPLES = {
                "vfe extract fashion-mnist --engine ray --address auto --cache-dir /shared/vfe-cache   # docs/ray.md",
     "fit": "vfe fit fashion-mnist --head vfe --n-train 5000 --out runs/models/fmnist-vfe.safetensors\n"
            "vfe fit fashion-mnist --head finetune --param epochs=2 --out runs/models/fmnist-ft.safetensors\n"
-           "vfe fit digits --head vfe --detector vfe-recon --coverage 0.9 --out digits-vfe.safetensors   # abstains",
+           "vfe fit digits --head vfe --detector vfe-recon --coverage 0.9 --out digits-vfe.safetensors   # abstains\n"
+           "vfe fit fashion-mnist --head linear --n-train 2000 --protocol reference --finetune-epochs 2 --replicate 1 "
+           "--out rep1.safetensors   # replicate 1 of vfe run --quick --protocol reference",
     "evaluate": "vfe evaluate runs/models/fmnist-vfe.safetensors fashion-mnist --n-test 2000\n"
                 "vfe evaluate runs/quick/best.safetensors fashion-mnist --n-test 500 --corruptions   # 19 x 5",
     "predict": "vfe predict runs/models/fmnist-vfe.safetensors photo1.png photo2.jpg some_folder/\n"
@@ -39,6 +42,8 @@ EXAMPLES = {
              "\"seeds\": [0, 1, 2]}'\n"
              "vfe sweep --name sizes --grid grid.json --compare-pixels   # transfer vs raw pixels per train size\n"
              "vfe sweep --name beta --grid grid.json --engine ray --address auto   # cells as Ray tasks: docs/ray.md",
+    "leaderboard": "vfe leaderboard runs/reference runs/reference-lpft runs/reference-augmix --labels plain lp-ft augmix-js "
+                   "--out board.json",
     "export": "vfe export runs/models/fmnist-vfe.safetensors --out fmnist-vfe.onnx --input-shape 28 28 1\n"
               "vfe export model.safetensors --out model-k8.onnx --samples 8   # a VFE averaging 8 draws",
     "cache": "vfe cache ls\nvfe cache rm 3fa9c1     # removes entries whose key starts with 3fa9c1\nvfe cache rm --all\n"
@@ -138,8 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="head hyperparameter, JSON value (repeatable), e.g. --param latent_dim=64")
-    p.add_argument("--n-train", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=None,
+                   help="training images, a class-balanced draw seeded as a run's (default: all)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the training subset, the fine-tuning (--protocol reference), the AugMix views and "
+                        "the head; with --replicate, the run's --data-seed instead (default: %(default)s)")
+    p.add_argument("--replicate", type=int, default=None, metavar="R",
+                   help="fit replicate R (0, 1, ...) of a vfe run whose --data-seed is --seed: everything is seeded "
+                        "by that replicate's seed (results.json setting.replicate_seeds[R]) and an image folder is "
+                        "split by --seed, as the run did. Give the run's --n-train, --image-size, --protocol, "
+                        "fine-tuning settings and head parameters (--param for its --head-param) too. Without it, "
+                        "--seed S is the replicate whose seed is S in a run with --data-seed 0")
     p.add_argument("--out", required=True, help="pipeline file to write (.safetensors)")
     p.add_argument("--overwrite", action="store_true")
     _add_wait_arg(p, "--out file")
@@ -153,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with --detector: validation images outside the training subset, a class-balanced draw "
                         f"seeded by --seed (default: {DEFAULT_VALIDATION}, or all left; without --n-train at most "
                         "a fifth of the split, and the head trains on the rest)")
+    add_flags(p.add_argument_group("protocol settings", "The backbone the head sits on (the defaults are vfe run's; "
+                                   "vfe run --quick fine-tunes for 2 epochs)"), FinetuneSettings())
     p.set_defaults(func=cmd_fit)
 
     p = _add(sub, "evaluate", "Clean accuracy, NLL and ECE of a saved pipeline on a data set's test split.")
@@ -208,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a head that samples (VFE, VIB): average this many draws instead of using z_mean")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    p = _add(sub, "leaderboard", "One leaderboard over runs that differ only in how the backbone was fine-tuned "
+                                 "(the first run is the base; docs/leaderboard.md).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders, the base run first")
+    p.add_argument("--labels", nargs="+", default=None,
+                   help="one name per run (default: the folder names); heads of the others show as HEAD@LABEL")
+    p.add_argument("--out", default=None, help="also write the combined results and leaderboard to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = _add(sub, "cache", "List, verify or remove feature-cache entries.")
     p.add_argument("action", choices=["ls", "rm", "verify"])
@@ -280,6 +305,7 @@ def cmd_fit(args) -> int:
     coverage = _coverage(args.coverage, default=0.9)
     check_output_file(args.out, args.overwrite, suffix=".safetensors")  # before minutes of extraction
     params = _parse_params(args.param)
+    finetune = apply_flags(FinetuneSettings(), args)
     with claimed(args.out, "--out", wait=args.wait):  # one fit writes --out at a time
         check_output_file(args.out, args.overwrite, suffix=".safetensors")  # again: the holder may have written it
         pipe, score = fit_pipeline(args.dataset, head=args.head, head_params=params, backbone=args.backbone,
@@ -287,7 +313,8 @@ def cmd_fit(args) -> int:
                                    seed=args.seed, data_dir=args.data_dir, cache_dir=args.cache_dir,
                                    skip_bad=args.skip_bad, download=args.download,
                                    skipped_list=args.out + ".skipped.txt", detector=args.detector,
-                                   coverage=coverage, n_val=args.n_val)
+                                   coverage=coverage, n_val=args.n_val, protocol=finetune.protocol,
+                                   finetune=finetune, replicate=args.replicate)
         pipe.save(args.out, overwrite=args.overwrite)
     print(f"saved {args.out} (training accuracy {score:.4f})")
     if pipe.detector is not None:
@@ -414,6 +441,26 @@ def cmd_cache(args) -> int:
         raise SettingsError("rm needs a key prefix (vfe cache ls lists the entries), or --all to remove every entry")
     removed = cache.remove(args.key, everything=args.all)
     print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from vfe.benchmark.combine import board_lines, combine
+    from vfe.benchmark.config import compared_results
+    from vfe.io import write_json
+
+    labels = args.labels or [Path(run).resolve().name for run in args.runs]
+    if len(labels) != len(args.runs):
+        raise SettingsError(f"--labels: {len(labels)} labels for {len(args.runs)} runs; give one per run, in order")
+    if args.out is not None:
+        check_output_file(args.out, overwrite=args.overwrite, suffix=".json")
+    combined = combine({label: compared_results(run) for label, run in zip(labels, args.runs, strict=True)})
+    combined["runs"] = {label: {"path": run, **combined["runs"][label]}
+                        for label, run in zip(labels, args.runs, strict=True)}
+    print("\n".join(board_lines(combined)))
+    if args.out is not None:
+        write_json(Path(args.out), combined)
+        print(f"wrote {args.out}")
     return 0
 
 

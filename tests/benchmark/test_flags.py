@@ -34,7 +34,9 @@ NEW_VALUES = {
     "n_attack": 9, "attack_eps_linf": [0.5], "attack_eps_l2": [2.0], "attack_steps": 3, "n_eot": 4,
     "ood": False, "compare_with": "runs/frozen", "save_best": True, "protocol": "reference", "cut_point": "blocks.4.0",
     "finetune_epochs": 7, "finetune_batch_size": 50, "finetune_lr": 0.01, "finetune_augment": True,
-    "finetune_lp_epochs": 2, "test_time_bn": True, "bn_batch_size": 32, "bn_prior": 4.0, "bn_heads": ["linear"],
+    "finetune_lp_epochs": 2, "finetune_augmix": True, "finetune_js_weight": 6.0,
+    "test_time_bn": True, "bn_batch_size": 32, "bn_prior": 4.0, "bn_heads": ["linear"],
+    "selective": False, "selective_heads": ["vfe"],
     "engine": "ray", "address": "ray://head:10001", "ray_shared_cache": "no",
 }
 
@@ -110,6 +112,8 @@ def settings_for(tmp_path, **flat) -> RunSettings:
     ({"augment_family": "sound"}, "noise"),
     ({"corruption_params": "mnist"}, "--corruption-params"),
     ({"replicates": 0}, "--replicates"),
+    ({"finetune_js_weight": -1.0}, "--finetune-js-weight must be >= 0"),
+    ({"finetune_augmix": True, "finetune_augment": True}, "--finetune-augmix and --finetune-augment: choose one"),
     ({"head_params": {"linear": {"random_state": 3}}}, "linear.random_state: each replicate seeds"),
     ({"head_params": {"vfe": {"predict_mode": "sampel"}}}, "'predict_mode' parameter of head 'vfe' must be a str among"),
     ({"head_params": {"linear": {"dropout": 1.5}}}, r"'dropout' parameter of head 'linear' .* range \[0.0, 1.0\)"),

@@ -12,13 +12,11 @@ import pytest
 import torch
 from colour_data import write_colour_folder
 from threadpoolctl import threadpool_limits
-from torch import nn
 
 from vfe.backbones import create_backbone
 from vfe.backbones.cut import CutModel
-from vfe.benchmark import reference
 from vfe.benchmark.config import FinetuneSettings
-from vfe.benchmark.reference import CompareModel, _key, fine_tune
+from vfe.benchmark.reference import _key, fine_tune
 from vfe.cli import main
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset
@@ -130,14 +128,6 @@ def test_fine_tuning_trains_the_top_with_batchnorm_in_training_mode_and_leaves_t
     assert other.record["weights_sha256"] != tuned.record["weights_sha256"]
 
 
-def test_the_compare_model_keeps_the_bottom_in_inference_mode_while_training():
-    model = CompareModel(CutModel(create_backbone("efficientnet_lite0", image_size=64, device="cpu", jit=False,
-                                                  precision="fp32").model, "blocks.5.1"), (192, 2, 2), 3, 1280)
-    model.train()
-    assert not any(m.training for m in model.cut.bottom.modules())
-    assert all(m.training for m in model.cut.top_units.modules())
-
-
 @pytest.mark.slow
 def test_lp_ft_trains_the_dense_layer_on_the_untuned_features_first(tmp_path):
     train, test = load_train_test("digits")
@@ -168,8 +158,9 @@ def test_the_fine_tuned_weights_key_changes_with_every_setting_and_input():
     assert _key(base, "blocks.5.1", "float16", FinetuneSettings(protocol="reference"), train, 0) == key
     assert _key(base, "blocks.5.1", "float16", replace(settings, protocol="frozen"), train, 0) == key
     changed = {"cut_point": "blocks.6.0", "finetune_epochs": 4, "finetune_batch_size": 50, "finetune_lr": 1e-4,
-               "finetune_augment": True, "finetune_lp_epochs": 2}
-    assert set(changed) == {f.name for f in fields(FinetuneSettings)} - {"protocol"}  # a new field is tested too
+               "finetune_augment": True, "finetune_lp_epochs": 2, "finetune_augmix": True}
+    # a new field is tested too; the Jensen-Shannon weight counts only with AugMix on (tests/heads/test_finetune.py)
+    assert set(changed) == {f.name for f in fields(FinetuneSettings)} - {"protocol", "finetune_js_weight"}
     for name, value in changed.items():
         assert _key(base, "blocks.5.1", "float16", replace(settings, **{name: value}), train, 0) != key, name
     other_base = SimpleNamespace(fingerprint=lambda: "efficientnet_lite0:imagenet:96")
@@ -180,43 +171,6 @@ def test_the_fine_tuned_weights_key_changes_with_every_setting_and_input():
                   _key(base, "blocks.5.1", "float16", settings, other_train, 0),
                   _key(base, "blocks.5.1", "float16", settings, train, 1)):
         assert other != key
-
-
-class _StubCompareModel(nn.Module):
-    """What `_train` touches of a CompareModel: a top with a BatchNorm, the Dense head, the cut's name."""
-
-    def __init__(self):
-        super().__init__()
-        self.cut = SimpleNamespace(top_units=nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), point="blocks.6.0")
-        self.head = nn.Linear(4, 3)
-
-
-@pytest.mark.parametrize("colour", [False, True])
-def test_the_fine_tuning_settings_reach_the_training_loop(monkeypatch, tmp_path, colour):
-    train = (load_train_test(write_colour_folder(tmp_path, n_train=3, n_test=1))[0] if colour
-             else balanced_subset(load_train_test("digits")[0], 20, 0, "train"))
-    seen = []
-
-    def recording_fit(net, X, y, val, config, parameters=None):
-        seen.append((net, X, config))
-        return SimpleNamespace(to_dict=lambda: {"records": []})
-
-    monkeypatch.setattr(reference, "fit_classifier", recording_fit)
-    base = SimpleNamespace(device=torch.device("cpu"), normalise=lambda x: x)
-    A = np.zeros((len(train), 4), np.float32)
-    model = _StubCompareModel()
-    reference._train(model, base, train, A, FinetuneSettings(), 5, False, print)
-    net, X, config = seen[-1]
-    assert net is model and X is A and model.cut.top_units[1].momentum == 0.01  # Keras's 0.99
-    assert (config.epochs, config.batch_size, config.lr, config.patience, config.seed) == (3, 100, 1e-3, None, 5)
-    custom = FinetuneSettings(finetune_epochs=7, finetune_batch_size=20, finetune_lr=1e-4, finetune_augment=True)
-    reference._train(_StubCompareModel(), base, train, A, custom, 5, False, print)
-    net, X, config = seen[-1]
-    assert (config.epochs, config.batch_size, config.lr) == (7, 20, 1e-4)
-    # augmented: the uint8 images themselves (N x C x H x W), flipped and turned in training, through the bottom
-    assert isinstance(net, reference._FromImages) and net.input.augment is not None
-    np.testing.assert_array_equal(X, np.moveaxis(train.images, -1, 1))
-    assert X.shape[1] == (3 if colour else 1) and X.dtype == np.uint8
 
 
 def test_a_given_cut_point_is_where_the_trainable_top_starts(tmp_path):

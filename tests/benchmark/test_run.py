@@ -41,7 +41,7 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_every_stage_fills_its_section(tiny_run):
     _, out, results = tiny_run
-    for section in ("setting", "clean", "corruptions", "adversarial", "ood", "summary", "timings"):
+    for section in ("setting", "clean", "corruptions", "selective", "adversarial", "ood", "summary", "timings"):
         assert section in results, section
     assert set(results["clean"]) == {"linear", "vfe"} and set(results["clean"]["vfe"]) == {"0", "1"}
     assert results["clean"]["linear"]["0"]["accuracy"] > 0.5  # 10 classes, chance 0.1

@@ -71,6 +71,12 @@ def test_the_finetune_section_shows_each_replicates_record():
     assert "test accuracy, mean ± std over 2 replicates | 82.2 ± 1.4 |" in text
     assert "| 0 | 11 | 0.8123 | 0.75, 0.8 | 30.0 s | read from the cache, sha256 abababababababab… |" in text
     assert "| 1 | 12 | 0.8323 | 0.75, 0.8 | 30.0 s | trained in this run, sha256 abababababababab… |" in text
+    assert "| input augmentation | none |" in text and "| linear probe first (LP-FT), epochs | no |" in text
+    for r in ft.values():
+        r["settings"].update(finetune_augmix=True, finetune_js_weight=12.0, finetune_lp_epochs=4)
+    text = to_markdown(Document("t", "s", [finetune_section({"finetune": ft})]))
+    assert "| input augmentation | AugMix, two views per image and epoch, Jensen-Shannon weight 12.0" in text
+    assert "| linear probe first (LP-FT), epochs | 4 |" in text
 
 
 def test_the_attack_row_drops_to_the_largest_budget_where_some_head_is_above_zero():

@@ -19,6 +19,7 @@ from vfe.heads.registry import (
     check_params,
     expand_heads,
     head_class_of,
+    head_names,
     is_augmented,
     is_augmix,
     is_external,
@@ -83,6 +84,16 @@ class FinetuneSettings:
     finetune_lp_epochs: int = field(default=0, **_help(
         "reference protocol: LP-FT (Kumar et al. 2022): first train only the Dense layer on the un-tuned "
         "top's features for this many epochs, then fine-tune; 0 = the reference's plain fine-tuning"))
+    finetune_augmix: bool = field(default=False, **_help(
+        "reference protocol: fine-tune on (clean, AugMix view, AugMix view) triples, cross-entropy on the clean "
+        "image + --finetune-js-weight x Jensen-Shannon consistency (Hendrycks et al. 2020); two new views per "
+        "epoch, their cut-point activations cached"))
+    finetune_js_weight: float = field(default=12.0, **_help(
+        "reference protocol with --finetune-augmix: weight of the Jensen-Shannon term (AugMix's: 12)"))
+
+
+# in the fine-tuned weights' cache key only when AugMix is on, so the plain reference key stays what it was
+AUGMIX_SETTINGS = ("finetune_augmix", "finetune_js_weight")
 
 
 @dataclass
@@ -131,6 +142,12 @@ class CorruptionSettings:
         "(0: the batch's own)"))
     bn_heads: list[str] | None = field(default=None, **_help(
         "test-time BatchNorm: the heads given a +bn twin; none = every head fitted on the training features alone"))
+    selective: bool = field(default=True, **_help(
+        "selective classification under corruption: risk at 80 and 90 percent coverage and the area under the "
+        "risk-coverage curve per detector (max softmax, Mahalanobis, the VFE's reconstruction error and ELBO), "
+        "clean and per corruption family (docs/abstention.md)"))
+    selective_heads: list[str] = field(default_factory=lambda: ["linear", "vfe"], **_help(
+        "the classifier heads the selective-classification stage measures (those the run fits)"))
 
 
 @dataclass
@@ -311,24 +328,33 @@ def check(settings: RunSettings, overwrite: bool = False) -> None:
         raise SettingsError(f"--severities must be among 1 2 3 4 5, got {corr.severities}")
     check_corruption_params(corr.corruption_params)
     check_test_time_bn(corr, expand_heads(heads.heads))
+    check_selective(corr)
     if att.n_attack < 0 or att.attack_steps < 1 or att.n_eot < 1:
         raise SettingsError(f"--n-attack must be >= 0, --attack-steps and --n-eot >= 1; got {att.n_attack}, "
                             f"{att.attack_steps}, {att.n_eot}")
     if any(e <= 0 for e in [*att.attack_eps_linf, *att.attack_eps_l2]):
         raise SettingsError("--attack-eps-linf and --attack-eps-l2 must be positive")
-    ft = settings.finetune
-    if ft.protocol not in PROTOCOLS:
-        raise SettingsError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {ft.protocol!r}")
-    if ft.finetune_lp_epochs < 0:
-        raise SettingsError(f"--finetune-lp-epochs must be >= 0 (0: plain fine-tuning); got {ft.finetune_lp_epochs}")
-    if ft.finetune_epochs < 1 or ft.finetune_batch_size < 1 or not ft.finetune_lr > 0:
-        raise SettingsError(f"--finetune-epochs and --finetune-batch-size must be >= 1 and --finetune-lr > 0; got "
-                            f"{ft.finetune_epochs}, {ft.finetune_batch_size}, {ft.finetune_lr}")
+    check_finetune(settings.finetune)
     if settings.compare_with is not None:
         compared_results(settings.compare_with)
     check_engine(settings.cluster)
     check_save_best(settings, names)
     check_run_dir(settings.run_dir, overwrite)
+
+
+def check_finetune(ft: FinetuneSettings) -> None:
+    """The protocol and stage 0's settings, as `vfe run` and `vfe fit` take them."""
+    if ft.protocol not in PROTOCOLS:
+        raise SettingsError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {ft.protocol!r}")
+    if ft.finetune_lp_epochs < 0:
+        raise SettingsError(f"--finetune-lp-epochs must be >= 0 (0: plain fine-tuning); got {ft.finetune_lp_epochs}")
+    if not ft.finetune_js_weight >= 0:
+        raise SettingsError(f"--finetune-js-weight must be >= 0, got {ft.finetune_js_weight}")
+    if ft.finetune_augmix and ft.finetune_augment:
+        raise SettingsError("--finetune-augmix and --finetune-augment: choose one way of augmenting the images")
+    if ft.finetune_epochs < 1 or ft.finetune_batch_size < 1 or not ft.finetune_lr > 0:
+        raise SettingsError(f"--finetune-epochs and --finetune-batch-size must be >= 1 and --finetune-lr > 0; got "
+                            f"{ft.finetune_epochs}, {ft.finetune_batch_size}, {ft.finetune_lr}")
 
 
 def check_external_heads(heads: list[str], cluster: EngineSettings, attacks: AttackSettings) -> None:
@@ -423,6 +449,13 @@ def check_engine(cluster: EngineSettings) -> None:
         raise SettingsError(f"--engine must be one of {', '.join(ENGINES)}, got {cluster.engine!r}")
     if cluster.engine == "local" and cluster.address is not None:
         raise SettingsError("--address applies to --engine ray only")
+
+
+def check_selective(corr: CorruptionSettings) -> None:
+    """--selective-heads names heads vfe knows (those the run does not fit are left out of the stage)."""
+    unknown = [h for h in corr.selective_heads if h not in head_names()]
+    if unknown:
+        raise SettingsError(f"--selective-heads: {', '.join(unknown)} is not a head; `vfe heads` lists them")
 
 
 def check_test_time_bn(corr: CorruptionSettings, heads: list[str]) -> None:

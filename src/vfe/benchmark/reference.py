@@ -1,16 +1,18 @@
 """Stage 0 of `--protocol reference`: fine-tune the top of the backbone with Dropout -> Dense, as the
 reference did, then freeze it; every head is then fitted on the fine-tuned backbone's features.
 
-The reference's compare model: the backbone with its top layers trainable (BatchNorm there in training
-mode, as Keras runs trainable layers; Keras's BatchNorm momentum 0.99 is torch's 0.01), Dropout(0.3) ->
-Dense(softmax), Adam at Keras's default learning rate, batch 100, a fixed number of epochs (no early
-stopping, no data augmentation). Where the top starts is `vfe.backbones.cut.reference_cut`.
+The training is the "reference" recipe of `vfe.heads.finetune` (the reference's compare model: the top from
+`vfe.backbones.cut.reference_cut`, BatchNorm there in training mode with Keras's momentum, Dropout(0.3) ->
+Dense, Adam 1e-3, batch 100, a fixed number of epochs, no augmentation); FinetuneSettings change its numbers
+and add its options (flip/rotation/zoom, LP-FT, AugMix with the Jensen-Shannon term).
 
 Cost. The bottom of the backbone is frozen, so its output at the cut is computed once per image and
 cached (`vfe.backbones.cut.CutActivations`), and every epoch runs only the top. The same cached
 activations serve the test set, its corruptions and the OOD sets (`vfe.features.source.CutFeatures`).
 With `finetune_augment` the images change every epoch, so there is nothing to cache: each epoch runs the
-whole backbone (its bottom frozen, in inference mode).
+whole backbone (its bottom frozen, in inference mode). With `finetune_augmix` each epoch's two AugMix views
+are drawn from (seed, view 2 x epoch + j, image), so their activations at the cut are feature-cache entries
+like the clean ones: the bottom runs once per view and a rerun reads them.
 
 The fine-tuned weights are cached too (`<cache>/_models/finetuned-<key>.safetensors`, keyed by the base
 backbone, the cut, the training images and these settings), and the fine-tuned backbone's fingerprint
@@ -25,7 +27,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from torch import nn
 
 from vfe.backbones import Backbone
 from vfe.backbones.cut import (
@@ -37,55 +38,24 @@ from vfe.backbones.cut import (
     reference_cut,
 )
 from vfe.backbones.weights import WeightsInfo, file_sha256
-from vfe.benchmark.config import FinetuneSettings
+from vfe.benchmark.augment import augmix_features
+from vfe.benchmark.config import AUGMIX_SETTINGS, FinetuneSettings
 from vfe.data.types import ImageSet
 from vfe.features.cache import FeatureCache, content_hash
 from vfe.features.source import CutFeatures
-from vfe.heads.base import fit_classifier
-from vfe.heads.finetune import ImageInput
+from vfe.heads.finetune import RECIPES, CompareModel, Recipe, fine_tune_cut, seeded
 from vfe.io import load_tensors, read_json, save_tensors, write_json
-from vfe.training import TrainConfig
+from vfe.robustness.augmix import AugMix
 
-KERAS_BN_MOMENTUM = 0.01  # Keras momentum 0.99 keeps 99 % of the running statistic; torch's momentum is 1 - that
-DROPOUT = 0.3  # the reference's
 FINETUNE_VERSION = 1
 
 
-class CompareModel(nn.Module):
-    """The reference's compare model above the cut: top of the backbone -> Dropout -> Dense (logits).
-
-    Takes cut-point activations flattened to rows (as cached); `from_images` takes float images in [0, 1]
-    and runs the frozen bottom first (augmented fine-tuning).
-    """
-
-    def __init__(self, cut: CutModel, shape: tuple[int, ...], n_classes: int, feature_dim: int):
-        super().__init__()
-        self.cut = cut
-        self.shape = shape
-        self.head = nn.Sequential(nn.Dropout(DROPOUT), nn.Linear(feature_dim, n_classes))
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.head(self.cut.top(a.float().view(-1, *self.shape)))
-
-    def train(self, mode: bool = True) -> CompareModel:
-        super().train(mode)
-        self.cut.bottom.train(False)  # frozen: BatchNorm below the cut keeps its running statistics
-        return self
-
-
-class _FromImages(nn.Module):
-    """uint8 images -> (augment) -> [0, 1] -> the backbone's preprocessing -> frozen bottom -> compare model."""
-
-    def __init__(self, model: CompareModel, normalise, augment: nn.Module):
-        super().__init__()
-        self.input = ImageInput(augment)
-        self.model = model
-        self.normalise = normalise
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            a = self.model.cut.bottom(self.normalise(self.input(images)))
-        return self.model(a.flatten(1))
+def recipe_of(settings: FinetuneSettings) -> Recipe:
+    """The reference recipe with the run's numbers and options."""
+    return replace(RECIPES["reference"], epochs=settings.finetune_epochs, batch_size=settings.finetune_batch_size,
+                   lr=settings.finetune_lr, head_lr=settings.finetune_lr, head_epochs=settings.finetune_lp_epochs,
+                   augment=settings.finetune_augment, augmix=settings.finetune_augmix,
+                   js_weight=settings.finetune_js_weight)
 
 
 @dataclass
@@ -110,15 +80,14 @@ def fine_tune(cache: FeatureCache, base: Backbone, train: ImageSet, test: ImageS
     A_train = cache.extract(bottom, train, progress=progress, desc="train (to the cut)").array()
 
     trainable = clone_for_finetuning(base, point)
-    with torch.random.fork_rng(devices=[]):  # the Dense layer's initialisation is the run's, not the global RNG's
-        torch.manual_seed(seed)
+    with seeded(seed):  # the Dense layer's initialisation is the run's
         model = CompareModel(trainable, bottom.shape, train.num_classes, base.feature_dim)
     key = _key(base, point, storage, settings, train, seed)
     path = cache.root / "_models" / f"finetuned-{key}.safetensors"
     history = _load(model, path)
     cached = history is not None
     if not cached:
-        history = _train(model, base, train, A_train, settings, seed, progress, log)
+        history = _train(model, cache, bottom, base, train, A_train, settings, seed, progress)
         save_tensors(path, model.state_dict())
         write_json(path.with_suffix(".json"), {"history": history, "sha256": file_sha256(path),
                                                "settings": asdict(settings), "seed": seed})
@@ -143,43 +112,27 @@ def fine_tune(cache: FeatureCache, base: Backbone, train: ImageSet, test: ImageS
     return FineTuned(tuned, source, record)
 
 
-def _train(model: CompareModel, base: Backbone, train: ImageSet, A_train: np.ndarray, settings: FinetuneSettings,
-           seed: int, progress: bool, log) -> dict:
-    """Adam on the top + Dense for a fixed number of epochs, BatchNorm of the top in training mode."""
-    top = model.cut.top_units
-    for m in top.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = KERAS_BN_MOMENTUM
-    top.requires_grad_(True)
-    parameters = [*top.parameters(), *model.head.parameters()]
-    config = TrainConfig(epochs=settings.finetune_epochs, batch_size=settings.finetune_batch_size,
-                         lr=settings.finetune_lr, patience=None, seed=seed, device=str(base.device),
-                         progress=progress, desc=f"fine-tune from {model.cut.point}")
-    y = train.labels.astype(np.int64)
-    probe = _linear_probe(model, A_train, y, settings, config) if settings.finetune_lp_epochs else None
-    if settings.finetune_augment:
-        from torchvision.transforms import v2  # ~1 s to import; only augmentation needs it
-
-        augment = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10, scale=(0.9, 1.1))])
-        images = np.ascontiguousarray(np.moveaxis(np.asarray(train.images), -1, 1))
-        net = _FromImages(model, base.normalise, augment)
-        history = fit_classifier(net, images, y, None, config, parameters=parameters)
-    else:
-        history = fit_classifier(model, A_train, y, None, config, parameters=parameters)
-    top.requires_grad_(False)
-    return {**history.to_dict(), **({"linear_probe": probe} if probe else {})}
+def _train(model: CompareModel, cache: FeatureCache, bottom: CutActivations, base: Backbone, train: ImageSet,
+           A_train: np.ndarray, settings: FinetuneSettings, seed: int, progress: bool) -> dict:
+    """The reference recipe on the cached activations (or the images, or AugMix views); results.json's history."""
+    recipe = recipe_of(settings)
+    config = recipe.train_config(seed, str(base.device), progress, f"fine-tune from {model.cut.point}")
+    images = np.ascontiguousarray(np.moveaxis(np.asarray(train.images), -1, 1)) if recipe.augment else None
+    views = _augmix_views(cache, bottom, train, recipe.epochs, seed, progress) if recipe.augmix else None
+    history = fine_tune_cut(model, recipe, A_train, train.labels.astype(np.int64), config, images=images,
+                            normalise=base.normalise, views=views)
+    return {**history["finetune"], **({"linear_probe": history["head"]} if "head" in history else {})}
 
 
-def _linear_probe(model: CompareModel, A_train: np.ndarray, y: np.ndarray, settings: FinetuneSettings,
-                  config: TrainConfig) -> dict:
-    """LP-FT's first stage (Kumar et al. 2022): the Dropout -> Dense head trained alone on the un-tuned top's
-    pooled features, so that fine-tuning starts from a fitted head and distorts the features less."""
-    model.eval()
-    with torch.inference_mode():
-        features = torch.cat([model.cut.top(torch.from_numpy(A_train[i:i + 512]).float().view(-1, *model.shape))
-                              for i in range(0, len(A_train), 512)]).numpy()
-    lp = replace(config, epochs=settings.finetune_lp_epochs, desc="linear probe (LP-FT)")
-    return fit_classifier(model.head, features, y, None, lp).to_dict()
+def _augmix_views(cache: FeatureCache, bottom: CutActivations, train: ImageSet, epochs: int, seed: int,
+                  progress: bool) -> np.ndarray:
+    """Activations at the cut of AugMix views 2e and 2e + 1 of each training image for every epoch e,
+    n x 2 epochs x d, each view a feature-cache entry keyed by the recipe, the seed and the view."""
+    def features(data, transform, transform_key, desc):
+        return cache.extract(bottom, data, transform=transform, transform_key=transform_key, progress=progress,
+                             desc=f"{desc} (to the cut)").array()
+
+    return augmix_features(features, train, views=2 * epochs, seed=seed)[0]
 
 
 @torch.inference_mode()
@@ -190,9 +143,11 @@ def _accuracy(model: CompareModel, A: np.ndarray, labels: np.ndarray, batch_size
 
 
 def _key(base: Backbone, point: str, storage: str, settings: FinetuneSettings, train: ImageSet, seed: int) -> str:
+    chosen = {k: v for k, v in asdict(settings).items()
+              if k != "protocol" and (settings.finetune_augmix or k not in AUGMIX_SETTINGS)}  # off: the plain key
     spec = {"v": FINETUNE_VERSION, "backbone": base.fingerprint(), "cut": point, "storage": storage,
-            "settings": {k: v for k, v in asdict(settings).items() if k != "protocol"}, "seed": seed,
-            "train": content_hash(train), "torch": torch.__version__}
+            "settings": chosen, "seed": seed, "train": content_hash(train), "torch": torch.__version__,
+            **({"augmix": AugMix().key()} if settings.finetune_augmix else {})}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 

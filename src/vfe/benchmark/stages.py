@@ -36,6 +36,9 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("corruptions", "corruptions", "vfe.benchmark.corruption:run_stage",
               enabled=lambda s: s.corruptions != [],
               label=lambda s: f"corruptions ({_n_corruptions(s)} x {len(s.severities)} severities)"),
+    StageSpec("selective", "corruptions", "vfe.benchmark.selective:run_stage",  # reads the corruptions' cache
+              enabled=lambda s: s.corruptions != [] and s.selective and bool(s.selective_heads),
+              label=lambda s: "selective classification"),
     StageSpec("adversarial", "attacks", "vfe.benchmark.adversarial:run_stage",
               enabled=lambda s: s.n_attack > 0, label=lambda s: f"adversarial attacks ({s.n_attack} images)"),
     StageSpec("ood", "ood", "vfe.benchmark.ood:run_stage",

@@ -110,7 +110,8 @@ REGISTRY: dict[str, HeadSpec] = _registry(
              about="linear SVM with calibrated probabilities, for tens of labels per class"),
     HeadSpec("finetune", "vfe.heads.finetune:FinetuneHead", inputs="images", benchmark=False,
              excluded_because="trains the backbone on images: use `vfe fit --head finetune`",
-             about="the backbone's top blocks fine-tuned with Dropout -> Dense, on images"),
+             about="the backbone's top fine-tuned with Dropout -> Dense, on images; `recipe` keras-guide (default: "
+                   "BatchNorm frozen, head first, lr 1e-4, flip/rotation/zoom) or reference (the run's stage 0)"),
     HeadSpec("linear-augmix", "vfe.heads.augmix:AugMixLinearHead", base="linear", augmix=True,
              about="linear head on clean + AugMix-view features (no benchmark corruption seen in training)"),
     HeadSpec("linear-augmix-js", "vfe.heads.augmix:AugMixLinearHead", base="linear", params={"js_weight": 12.0},

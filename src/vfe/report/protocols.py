@@ -16,6 +16,14 @@ PROTOCOL_LABELS = {"frozen": "frozen ImageNet backbone", "reference": "fine-tune
 SIDE_BY_SIDE = ("clean_accuracy", "corruption_accuracy", "mCE", "relative_mCE", "clean_ece")
 
 
+def augmentation_text(settings: dict) -> str:
+    """What the fine-tuning's images went through, from its FinetuneSettings."""
+    if settings.get("finetune_augmix"):
+        return (f"AugMix, two views per image and epoch, Jensen-Shannon weight {settings.get('finetune_js_weight')} "
+                "(their activations at the cut cached)")
+    return "flip, rotation, zoom (whole backbone every epoch)" if settings.get("finetune_augment") else "none"
+
+
 def finetune_section(results: dict) -> Section | None:
     """What stage 0 of the reference protocol did, replicate by replicate (results.json "finetune": {replicate:
     record}); None for a frozen-protocol run."""
@@ -33,7 +41,8 @@ def finetune_section(results: dict) -> Section | None:
             ["share of the backbone's parameters trained", f"{100 * first['trainable_fraction']:.1f} %"],
             ["activations at the cut", storage],
             ["epochs, batch size, Adam learning rate", training],
-            ["input augmentation", "yes (whole backbone every epoch)" if s.get("finetune_augment") else "none"],
+            ["input augmentation", augmentation_text(s)],
+            ["linear probe first (LP-FT), epochs", str(s.get("finetune_lp_epochs") or "no")],
             [(f"compare model (fine-tuned top + its own Dense) test accuracy, mean ± std over {accuracy['n']} "
              "replicates"), numbers.mean_pm_std(metric_of("clean_accuracy"), accuracy)]]
     per_replicate = []

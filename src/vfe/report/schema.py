@@ -236,6 +236,35 @@ class Comparison(TypedDict, total=False):
     verdict: Literal[VERDICTS]
 
 
+ByGroup = Annotated[dict[str, T], Keys('"clean", a corruption family ("noise", "blur", "weather", "digital"), or '
+                                       '"held_out" (the benchmark corruptions the head did not train on)')]
+ByDetector = Annotated[dict[str, T], Keys('detector: "msp", "mahalanobis", "vfe-recon", "vfe-elbo"')]
+BySelectiveMetric = Annotated[dict[str, T], Keys('"risk_80", "risk_90" or "aurc"')]
+
+
+class SelectiveMetrics(TypedDict):
+    """One classifier, detector and stream of images: its selective risk at 80 and 90 % coverage and the area
+    under its risk-coverage curve (Geifman & El-Yaniv 2017); lower is better."""
+
+    risk_80: Share
+    risk_90: Share
+    aurc: Annotated[float, "area under the risk-coverage curve, 0 to 1"]
+
+
+class Selective(TypedDict):
+    """Selective classification under corruption: each classifier head answers the inputs a detector ranks most
+    familiar; each group of corrupted test sets is one stream (every corruption x severity of it, pooled)."""
+
+    per_head: ByHead[ByReplicate[ByGroup[ByDetector[SelectiveMetrics]]]]
+    summary: ByHead[ByGroup[ByDetector[BySelectiveMetric[MeanStd]]]]
+    vs_msp: Annotated[ByHead[ByGroup[ByDetector[BySelectiveMetric[Comparison]]]],
+                      "each detector minus the same head's max softmax, paired by replicate (lower is better)"]
+    groups: ByHead[ByGroup[list[str]]]
+    detectors: list[str]
+    coverages: list[float]
+    n_images: ByHead[ByGroup[int]]
+
+
 class Summary(TypedDict):
     """Per head: every metric the stages measured, mean +/- std over replicates, and its paired comparison with
     the baseline head."""
@@ -318,6 +347,7 @@ class Results(TypedDict):
     adversarial: NotRequired[ByHead[ByReplicate[AttackResult]]]
     adversarial_intervals: NotRequired[ByHead[ByAttack[AttackInterval]]]
     ood: NotRequired[Ood]
+    selective: NotRequired[Selective]
     head_parameters: ByHead[int]
     reliability: ByHead[ByReplicate[ReliabilityCurve]]
     example_image: EncodedImage

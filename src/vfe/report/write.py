@@ -7,6 +7,7 @@ from vfe.io import atomic_write_bytes
 from vfe.report import protocols, sections
 from vfe.report.document import Document
 from vfe.report.leaderboard import leaderboard_section
+from vfe.report.selective import selective_section
 from vfe.report.to_html import to_html
 from vfe.report.to_markdown import to_markdown
 
@@ -22,8 +23,8 @@ def build_document(results: dict) -> Document:
              sections.summary_section(ctx), protocols.protocols_section(results),
              leaderboard_section(results), sections.comparison_section(ctx), sections.corruption_section(ctx),
              sections.adversarial_section(ctx),
-             sections.calibration_section(ctx), sections.ood_section(ctx), sections.training_section(ctx),
-             sections.sweep_section(ctx)]
+             sections.calibration_section(ctx), sections.ood_section(ctx), selective_section(results),
+             sections.training_section(ctx), sections.sweep_section(ctx)]
     name = results.get("config", {}).get("name")
     title = "vfe robustness report" + (f": {name}" if name else "")
     return Document(title, ctx.setting_line, [p for p in parts if p is not None])

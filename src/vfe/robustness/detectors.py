@@ -92,14 +92,12 @@ class Detector:
     def score(self, head, X: np.ndarray, probs: np.ndarray | None = None) -> np.ndarray:
         """Scores (float64, higher = abstain sooner) of features X; `probs`, the head's predict_proba(X), may
         be passed when already computed."""
-        from vfe.robustness.ood import MahalanobisScore, max_softmax_score
+        from vfe.robustness.ood import max_softmax_score
 
         if self.name == "msp":
             return max_softmax_score(head.predict_proba(X) if probs is None else probs).astype(np.float64)
         if self.name == "mahalanobis":
-            fitted = MahalanobisScore()  # its score reads only the class means and the shared precision
-            fitted.means_, fitted.shared_ = self.means, SimpleNamespace(precision_=self.precision)
-            return fitted.score(X)
+            return mahalanobis_scorer(self.means, self.precision).score(X)
         return np.asarray(getattr(head, _VFE_METHODS[self.name])(X), dtype=np.float64)
 
     def export_state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -135,6 +133,16 @@ def fit_detector(name: str, head, X_train: np.ndarray, y_train: np.ndarray, X_va
     detector.validation_scores = detector.score(head, X_val)
     detector.threshold = threshold_for_coverage(detector.validation_scores, coverage)
     return detector
+
+
+def mahalanobis_scorer(means: np.ndarray, precision: np.ndarray):
+    """A vfe.robustness.ood.MahalanobisScore whose `score` uses these class means and shared precision (its
+    score reads nothing else), e.g. those of `shrunk_precision`."""
+    from vfe.robustness.ood import MahalanobisScore
+
+    fitted = MahalanobisScore()
+    fitted.means_, fitted.shared_ = means, SimpleNamespace(precision_=precision)
+    return fitted
 
 
 def shrunk_precision(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

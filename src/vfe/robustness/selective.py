@@ -22,6 +22,13 @@ import numpy as np
 
 from vfe.errors import SettingsError
 
+COVERAGES = (0.8, 0.9)  # the coverages a run reports risk at
+
+
+def risk_key(coverage: float) -> str:
+    """results.json's name of the selective risk at `coverage`: "risk_90" for 0.9."""
+    return f"risk_{round(coverage * 100)}"
+
 
 def _scores(scores) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
@@ -109,5 +116,5 @@ def aurc(scores, errors) -> float:
     return float(np.sum(np.diff(coverage, prepend=0.0) * risk))
 
 
-__all__ = ["accepted_count", "aurc", "check_coverage", "coverage_at", "risk_at_threshold",
-           "risk_coverage_curve", "selective_risk", "threshold_for_coverage"]
+__all__ = ["COVERAGES", "accepted_count", "aurc", "check_coverage", "coverage_at", "risk_at_threshold",
+           "risk_coverage_curve", "risk_key", "selective_risk", "threshold_for_coverage"]

@@ -12,11 +12,12 @@ from scipy import stats
 
 # metrics where lower is better (matched as substrings of the metric key, e.g. "clean_nll", "relative_mCE",
 # "ood:msp_fpr95_mnist"); everything else is higher-is-better
-LOWER_IS_BETTER = ("nll", "ece", "mCE", "fpr95")
+LOWER_IS_BETTER = ("nll", "ece", "mCE", "fpr95", "risk_", "aurc")
 
 
 def higher_is_better(metric: str) -> bool:
-    """Direction of a summary metric key: False for NLL, ECE, (relative) mCE and FPR at 95 % TPR."""
+    """Direction of a summary metric key: False for NLL, ECE, (relative) mCE, FPR at 95 % TPR, selective risk and
+    AURC."""
     return not any(t in metric for t in LOWER_IS_BETTER)
 
 
