@@ -44,7 +44,7 @@ BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9-]+) begin[^>]*-->\n)(?P<body
 PROTOCOLS = ("reference", "frozen")  # the main block's columns: the reference's protocol first
 # what a trimmed results file keeps: everything the README and bench_reproduce read, none of the bulk
 KEEP = ("setting", "config", "clean", "summary", "leaderboard", "finetune", "timings", "peak_rss_mb",
-        "adversarial_intervals", "corruption_seconds", "selective", "runs")
+        "adversarial_intervals", "corruption_seconds", "selective", "runs", "base")
 # rows of the main table: (summary metric, label, in percent)
 ROWS = (("clean_accuracy", "clean accuracy (%)", True),
         ("corruption_accuracy", "mean corruption accuracy, 15 benchmark corruptions x 5 severities (%)", True),
@@ -291,7 +291,7 @@ def leaderboard_block(results: dict) -> list[str]:
             + (", ".join(f"{k.removeprefix('finetune_')} {v}" for k, v in run["finetune"].items()
                          if k in defaults and v != defaults[k] or k == "finetune_js_weight" and
                          run["finetune"].get("finetune_augmix")) or "plain")
-            for label, run in (results.get("runs") or {}).items()]
+            for label, run in sorted((results.get("runs") or {}).items(), key=lambda kv: kv[0] != results.get("base"))]
     return [setting_line("runs" if runs else "run", results), *runs, "",
             *table(["head", "clean accuracy (%)", "held-out corruption accuracy (%)", HEADLINE_LABELS.get(kind, kind),
                     f"{attack_label(attack) if attack else 'attack'} accuracy (%)", "clean ECE (%)",

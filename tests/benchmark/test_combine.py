@@ -48,7 +48,7 @@ def test_each_run_s_heads_are_ranked_against_the_base_run_s_linear_head(base_run
     _, base = base_run
     other = variant_of(base, 0.03)
     combined = combine({"plain": base, "lp-ft": other})
-    assert combined["setting"]["heads"] == ["linear", "linear@lp-ft"]
+    assert combined["setting"]["heads"] == ["linear", "linear@lp-ft"] and combined["base"] == "plain"
     row = next(r for r in combined["leaderboard"] if r["head"] == "linear@lp-ft")
     names = ["gaussian_noise", "defocus_blur"]
 
@@ -76,6 +76,12 @@ def test_runs_that_do_not_share_their_random_draws_are_refused(base_run):
         combine({"plain": base, "other": other})
     with pytest.raises(SettingsError, match="two runs or more"):
         combine({"plain": base})
+    older = variant_of(base, 0.0)
+    del older["config"]["noise_per_replicate"]  # a run from before the setting existed: its default's behaviour
+    assert combine({"plain": base, "older": older})["base"] == "plain"
+    older["config"]["noise_per_replicate"] = True
+    with pytest.raises(SettingsError, match="differ in noise_per_replicate"):
+        combine({"plain": base, "older": older})
 
 
 def test_the_command_prints_the_table_and_writes_the_file_once(base_run, tmp_path, capsys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from vfe.benchmark.config import RunSettings
 from vfe.benchmark.leaderboard import leaderboard
 from vfe.benchmark.summary import BASELINE
 from vfe.errors import SettingsError
@@ -27,12 +28,15 @@ SAME_CONFIG = ("corruptions", "severities", "corruption_params", "noise_per_repl
 def check_comparable(base: tuple[str, dict], other: tuple[str, dict]) -> None:
     """One SettingsError naming the first setting two runs do not share."""
     (base_label, a), (label, b) = base, other
+    defaults = RunSettings().to_dict()  # a setting an older run does not name had its default's behaviour
     for section, keys in (("setting", SAME_SETTING), ("config", SAME_CONFIG)):
         for key in keys:
-            if a.get(section, {}).get(key) != b.get(section, {}).get(key):
-                raise SettingsError(f"runs {base_label} and {label} differ in {key} ({a.get(section, {}).get(key)!r} "
-                                    f"vs {b.get(section, {}).get(key)!r}): only runs that differ in fine-tuning alone "
-                                    "pair replicate by replicate; rerun one with the other's settings")
+            mine, theirs = ({**(defaults if section == "config" else {}), **r.get(section, {})}.get(key)
+                            for r in (a, b))
+            if mine != theirs:
+                raise SettingsError(f"runs {base_label} and {label} differ in {key} ({mine!r} vs {theirs!r}): only "
+                                    "runs that differ in fine-tuning alone pair replicate by replicate; rerun one "
+                                    "with the other's settings")
     if BASELINE not in a.get("clean", {}):
         raise SettingsError(f"run {base_label} has no {BASELINE} head, the normaliser of the leaderboard: rerun it "
                             f"with --heads {BASELINE} ...")
@@ -44,7 +48,8 @@ def _renamed(per_head: dict, label: str | None) -> dict:
 
 def combine(runs: dict[str, dict]) -> dict:
     """{label: results.json} (the first is the base run) -> one results dict holding every run's heads (the
-    others' as "<head>@<label>") and its "leaderboard"."""
+    others' as "<head>@<label>"), its "leaderboard", "base" (the base run's label) and "runs" (each run's heads
+    and fine-tuning settings)."""
     labels = list(runs)
     if len(labels) < 2:
         raise SettingsError("vfe leaderboard needs two runs or more: the base run first, then the runs to rank "
@@ -56,7 +61,7 @@ def combine(runs: dict[str, dict]) -> dict:
         check_comparable((labels[0], base), (label, runs[label]))
     out: dict = {"setting": {**base["setting"], "heads": []}, "config": base["config"], "clean": {},
                  "fit_seconds": {}, "corruptions": {**base["corruptions"], "per_head": {}}, "adversarial": {},
-                 "ood": {"per_head": {}}, "runs": {}}
+                 "ood": {"per_head": {}}, "base": labels[0], "runs": {}}
     if "augmentation" in base:
         out["augmentation"] = base["augmentation"]
     augmented = {}
