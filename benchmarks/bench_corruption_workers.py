@@ -46,22 +46,23 @@ CORRUPTIONS = ["gaussian_noise", "defocus_blur", "fog", "jpeg_compression"]
 PARAMS = "auto"  # the main job's
 
 
-def source(protocol: str, cache: FeatureCache):
-    """The run's feature source of one protocol on a fresh cache."""
-    backbone = create_backbone(defaults.BACKBONE, image_size=defaults.IMAGE_SIZE, device="cpu")
+def source(protocol: str, cache: FeatureCache, runtime: str):
+    """The run's feature source of one protocol on a fresh cache (exported networks kept in the default place)."""
+    backbone = create_backbone(defaults.BACKBONE, image_size=defaults.IMAGE_SIZE, device="cpu", runtime=runtime)
     if protocol == "frozen":
         return BackboneFeatures(cache, backbone, progress=False)
     point = reference_cut(backbone.model, backbone.arch)
     cut = CutModel(backbone.model, point)
     storage, _ = faithful_storage(backbone, cut)
     bottom = CutActivations(backbone, cut, storage)
-    return CutFeatures(cache, bottom, TopFeatures(backbone, cut, bottom.shape), progress=False)
+    top = TopFeatures(backbone, cut, bottom.shape, backbone.runtime, backbone.precision)
+    return CutFeatures(cache, bottom, top, progress=False)
 
 
-def measure(protocol: str, mode: str, test, severities: list[int], workers: int) -> dict:
+def measure(protocol: str, mode: str, test, severities: list[int], workers: int, runtime: str) -> dict:
     """Seconds, CPU utilisation and the features of every set, from an empty cache."""
     with tempfile.TemporaryDirectory(prefix="vfe-workers-") as tmp:
-        features = source(protocol, FeatureCache(tmp))
+        features = source(protocol, FeatureCache(tmp), runtime)
         cpu0, start = _cpu_seconds(), time.perf_counter()
         if mode == "workers":
             fill_cache(features, test, CORRUPTIONS, severities, 0, PARAMS, workers=workers, progress=False)
@@ -81,6 +82,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="2 severities, 200 images, 1 round")
+    ap.add_argument("--runtime", default="auto", choices=["auto", "torch"],
+                    help="what runs the network, as vfe run's --runtime (default: %(default)s, vfe's default)")
     ap.add_argument("--out", default=str(RESULTS / "corruption_workers.json"))
     args = ap.parse_args()
     n_test, rounds, severities = (200, 1, [1, 5]) if args.quick else (args.n_test, args.rounds, [1, 2, 3, 4, 5])
@@ -92,7 +95,7 @@ def main() -> None:
         timings = {"sequential": [], "workers": []}
         for r in range(rounds):
             order = ("sequential", "workers") if r % 2 == 0 else ("workers", "sequential")
-            got = {mode: measure(protocol, mode, test, severities, workers) for mode in order}
+            got = {mode: measure(protocol, mode, test, severities, workers, args.runtime) for mode in order}
             same = all(np.array_equal(got["sequential"]["features"][k], got["workers"]["features"][k])
                        for k in got["sequential"]["features"])
             for mode in order:
@@ -100,7 +103,7 @@ def main() -> None:
                                       "cpu_percent": round(got[mode]["cpu_percent"], 1), "bitwise_equal": same})
         seq = np.median([t["seconds"] for t in timings["sequential"]])
         par = np.median([t["seconds"] for t in timings["workers"]])
-        rows.append({"protocol": protocol, "sets": len(CORRUPTIONS) * len(severities), "n_test": n_test,
+        rows.append({"protocol": protocol, "runtime": args.runtime, "sets": len(CORRUPTIONS) * len(severities), "n_test": n_test,
                      "workers": workers, "sequential_seconds": round(float(seq), 2),
                      "workers_seconds": round(float(par), 2), "speedup": round(float(seq / par), 2),
                      "sequential_cpu_percent": float(np.median([t["cpu_percent"] for t in timings["sequential"]])),
@@ -113,7 +116,8 @@ def main() -> None:
               f"{r['sequential_cpu_percent']:6.0f} {r['workers_seconds']:10.1f} {r['workers_cpu_percent']:6.0f} "
               f"{r['speedup']:8.2f}x {'yes' if r['bitwise_equal'] else 'NO':>9}")
     write_json(args.out, {"command": "python benchmarks/bench_corruption_workers.py" + (" --quick" if args.quick
-                                                                                      else ""),
+                                                                                      else "")
+                          + (f" --runtime {args.runtime}" if args.runtime != "auto" else ""),
                           "machine": f"{platform.machine()}, {platform.node()}, {os.cpu_count()} CPUs",
                           "torch_threads": torch.get_num_threads(), "load_average_after": list(os.getloadavg()),
                           "rows": rows})

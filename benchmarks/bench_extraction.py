@@ -17,6 +17,7 @@ like with like on a machine shared with other jobs; the table gives medians and 
     python benchmarks/bench_extraction.py --profile     # operator time of vfe's path (torch.profiler)
     python benchmarks/bench_extraction.py --runtimes    # vfe on torch vs ONNX Runtime vs OpenVINO, same run
     python benchmarks/bench_extraction.py --runtimes --keras-python /tmp/tf/bin/python   # + the Keras reference
+    python benchmarks/bench_extraction.py --cut-parts   # the reference protocol's bottom and top, torch vs auto
 
 Faithfulness is the smallest per-image cosine between vfe's features and the baseline's fp32 ones.
 EfficientNet-Lite0 runs with its packaged ImageNet weights; DenseNet121 with random weights (no
@@ -34,8 +35,15 @@ shared machine runs), and the smallest cosine to eager fp32 torch features of th
 tensorflow-cpu`, about a minute), DenseNet121's rounds also time the reference Keras pipeline
 (keras_reference.py, kept running in that interpreter), and "x Keras" is the ratio within each round.
 
+--cut-parts times the reference protocol's two parts (vfe.backbones.cut) for EfficientNet-Lite0 at 112 px,
+its cut at blocks.5.1, as `vfe run --protocol reference` runs them: the frozen bottom (uint8 images ->
+float16 activations, `CutActivations`) and the top (activations -> pooled features, `TopFeatures`), each on
+torch and on the runtime --runtime auto picks, in turn in each round, at one intra-op thread (as each of the
+corruption stage's two workers runs) and at two. The min cosine compares the pooled features through both
+parts on each side.
+
 Writes benchmarks/results/extraction.json (sections "table", "sweep", "scaling", "faithfulness",
-"pipelines", "profile", "runtimes", each replaced
+"pipelines", "profile", "runtimes", "cut_parts", each replaced
 only by the run that measures it) and benchmarks/results/scaling.png.
 """
 from __future__ import annotations
@@ -512,6 +520,51 @@ def run_runtimes(args) -> list[dict]:
     return rows
 
 
+def run_cut_parts(args) -> list[dict]:
+    """The reference protocol's bottom and top on torch and on the runtime `auto` picks, timed in turn."""
+    from vfe.backbones.cut import CutActivations, CutModel, TopFeatures, reference_cut
+
+    images, source = fashion_mnist(args.images or 512)
+    rows = []
+    with tempfile.TemporaryDirectory() as models:
+        sides = {}
+        for runtime in ("torch", "auto"):
+            bb = create_backbone("efficientnet_lite0", image_size=112, device="cpu", runtime=runtime, model_dir=models)
+            cut = CutModel(bb.model, reference_cut(bb.model, bb.arch))
+            bottom = CutActivations(bb, cut, "fp16", model_dir=models)
+            sides[runtime] = (bottom, TopFeatures(bb, cut, bottom.shape, bb.runtime, bb.precision, model_dir=models))
+        for threads in (1, 2):
+            seconds = {(r, part): [] for r in sides for part in ("bottom", "top")}
+            with intra_op_threads(threads):
+                for bottom, top in sides.values():  # compile for this thread count, untimed
+                    list(top.iter_features(list(bottom.iter_features(images[:64]))))
+                features = {}
+                for _ in range(args.rounds):
+                    for r, (bottom, top) in sides.items():
+                        started = time.perf_counter()
+                        activations = list(bottom.iter_features(images))
+                        seconds[(r, "bottom")].append(time.perf_counter() - started)
+                        started = time.perf_counter()
+                        features[r] = np.concatenate(list(top.iter_features(activations)))
+                        seconds[(r, "top")].append(time.perf_counter() - started)
+            cosine = min_cosine(features["auto"], features["torch"])
+            for part in ("bottom", "top"):
+                rates = {r: [len(images) / t for t in seconds[(r, part)]] for r in sides}
+                ratio = statistics.median(a / b for a, b in zip(rates["auto"], rates["torch"]))
+                ran = sides["auto"][0 if part == "bottom" else 1].runtime
+                rows.append({"backbone": "efficientnet_lite0", "image_size": 112, "cut": sides["torch"][0].cut.point,
+                             "part": part, "threads": threads, "data": source, "images": len(images),
+                             "rounds": args.rounds, "auto_ran_on": ran,
+                             "torch_img_s": round(statistics.median(rates["torch"]), 1),
+                             "auto_img_s": round(statistics.median(rates["auto"]), 1), "ratio": round(ratio, 2),
+                             "min_cosine_pooled": round(cosine, 6),
+                             "load_average": [round(v, 2) for v in os.getloadavg()]})
+                r = rows[-1]
+                print(f"{part:7} {threads:>7} {r['torch_img_s']:9.1f} {ran:>9} {r['auto_img_s']:9.1f} "
+                      f"{r['ratio']:6.2f}x {cosine:9.6f}", flush=True)
+    return rows
+
+
 RUNTIME_HEADER = (f"{'backbone':19} {'px':>4} {'asked':12} {'ran on':17} {'img/s':>8} {'img/cpu-s':>9} "
                   f"{'x vfe':>7} {'x vfe cpu':>7} {'xKeras':>6} {'min cos':>9}")
 
@@ -561,6 +614,7 @@ def main() -> None:
     ap.add_argument("--thread-modes", action="store_true", help="time the two pipelines ThreadModeChoice picks from")
     ap.add_argument("--faithfulness", action="store_true", help="bf16 vs fp32: cosine and downstream accuracy")
     ap.add_argument("--runtimes", action="store_true", help="vfe on torch vs onnxruntime vs openvino")
+    ap.add_argument("--cut-parts", action="store_true", help="the reference protocol's bottom and top, torch vs auto")
     ap.add_argument("--keras-python", metavar="PATH", help="with --runtimes: a Python with tensorflow-cpu; "
                     "DenseNet121's reference Keras pipeline is timed in the same rounds (keras_reference.py)")
     ap.add_argument("--faithfulness-images", type=int, default=2000, help="training and test images each")
@@ -594,6 +648,11 @@ def main() -> None:
         print(f"vfe's extraction on each runtime ({os.cpu_count()} cores, load average "
               f"{machine['load_average_start']}); x vfe = over runtime torch in the same round:\n{RUNTIME_HEADER}")
         results["runtimes"] = {"machine": machine, "rows": run_runtimes(args)}
+    elif args.cut_parts:
+        print(f"the reference protocol's parts, EfficientNet-Lite0 at 112 px (img/s, median of {args.rounds} rounds; "
+              f"x = auto over torch in the same round):\n{'part':7} {'threads':>7} {'torch':>9} {'auto ran':>9} "
+              f"{'auto':>9} {'x':>7} {'min cos':>9}")
+        results["cut_parts"] = {"machine": machine, "rows": run_cut_parts(args)}
     elif args.sweep:
         results["sweep"] = {"machine": machine, "rows": run_sweep(args)}
     elif args.scaling:

@@ -134,7 +134,14 @@ def setting_line(name: str, r: dict) -> str:
     command = f"`{program} {' '.join(r['command'])}`: " if r.get("command") else ""
     return (f"- {name}: {command}{s['backbone']} ({s['weights']} weights) at {s['image_size']} px on {s['dataset']}, "
             f"{s['n_train']} training and {s['n_test']} test images, {s['replicates']} replicates (seeds "
-            f"{', '.join(map(str, s['replicate_seeds']))}){compare}{wall}")
+            f"{', '.join(map(str, s['replicate_seeds']))}){compare}; {runtime_text(r)}{wall}")
+
+
+def runtime_text(r: dict) -> str:
+    """What extracted the run's features. A run from before `vfe run` had --runtime extracted with torch."""
+    if "runtime" in r["setting"]:
+        return f"features on {r['setting']['runtime']}"
+    return "features on torch (before --runtime auto was the default: add --runtime torch to repeat it)"
 
 
 def ranked_attack(results: dict) -> str | None:
@@ -322,7 +329,20 @@ def reproduce_block(path: Path = REPRODUCE) -> list[str]:
                f"; a third run at the same thread count, of the current code: {same['inside']} of {same['total']} "
                "inside, not bit for bit (its attacks run at one thread, the first run's at two)"
                if same else "")
-            + " (`benchmarks/bench_reproduce.py`; benchmarks/README.md, \"A second run\")."]
+            + " (`benchmarks/bench_reproduce.py`; benchmarks/README.md, \"A second run\")."] + runtime_lines(entries)
+
+
+def runtime_lines(entries: dict) -> list[str]:
+    """The comparison of `make run` on the default runtime with the torch run before it ("main-runtime")."""
+    run = entries.get("main-runtime")
+    if run is None:
+        return []
+    line = (f"- **The default runtime moves no headline number out of the torch run's intervals.** `make run` with "
+            f"`--runtime auto` (OpenVINO for the frozen bottom and each fine-tuned top) against the same command on "
+            f"torch before it: {run['inside']} of {run['total']} headline numbers inside the torch run's 95 % "
+            "intervals; per-replicate numbers not bit-identical (features differ by rounding) "
+            "(`benchmarks/bench_reproduce.py --compare`).")
+    return [line]
 
 
 def render_block(name: str, folder: Path = RESULTS) -> list[str]:

@@ -93,3 +93,21 @@ def test_a_damaged_pipeline_is_refused_before_anything_is_exported(colour_vfe, c
     err = capsys.readouterr().err
     assert err.startswith(f"vfe export: error: {damaged}: checksum mismatch in tensor ") and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_loaded_pipeline_predicts_on_openvino_as_on_torch(colour_vfe, tmp_path, monkeypatch):
+    """vfe predict / evaluate load a pipeline on the runtime asked for (auto by default: OpenVINO for
+    EfficientNet-Lite0 at 112 px): its backbone's network exported once, the same classes as torch."""
+    _, folder, path = colour_vfe
+    monkeypatch.setenv("VFE_CACHE", str(tmp_path))  # where the exported network is kept
+    _, test = load_train_test(str(folder))
+    on_torch = Pipeline.load(path, runtime="torch")
+    on_openvino = Pipeline.load(path, runtime="openvino")
+    assert on_torch.backbone.runtime == "torch" and on_openvino.backbone.runtime == "openvino"
+    assert len(list((tmp_path / "_models").glob("*.onnx"))) == 1
+    for pipe in (on_torch, on_openvino):
+        pipe.head.set_params(predict_mode="mean")
+    expected, got = on_torch.predict_proba(test.images), on_openvino.predict_proba(test.images)
+    assert np.abs(got - expected).max() < 1e-3 and np.array_equal(got.argmax(1), expected.argmax(1))
+    assert Pipeline.load(path).backbone.runtime == "torch"  # auto: 32 px has no measured faster runtime

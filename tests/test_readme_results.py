@@ -184,6 +184,11 @@ def test_the_second_run_line_counts_the_rows_inside(tmp_path):
     moved = {**run, "inside": inside - 1, "rows": [{**run["rows"][0], "inside": False}, *run["rows"][1:]]}
     (tmp_path / "reproduce.json").write_text(json.dumps({"main": moved}))
     assert module.reproduce_block(tmp_path / "reproduce.json")[0] != line
+    runtime = json.loads(path.read_text())["main-runtime"]  # the default runtime against the torch run
+    runtime_inside = sum(row["low"] - 1e-12 <= row["run2_mean"] <= row["high"] + 1e-12 for row in runtime["rows"])
+    runtime_line = module.reproduce_block(path)[1]
+    assert f"torch before it: {runtime_inside} of {len(runtime['rows'])} headline numbers inside" in runtime_line
+    assert runtime_line in FINDINGS.read_text()
 
 
 def test_the_selective_answer_is_the_paired_t_interval_of_the_replicates_risks():
@@ -213,9 +218,9 @@ def test_the_selective_answer_is_the_paired_t_interval_of_the_replicates_risks()
 
 
 def test_the_selective_run_is_the_readme_reference_run_again():
-    """selective.json is the main job under the reference protocol rerun with the selective-classification stage:
-    the same command, settings and seeds as reference.json, so the same fine-tuned backbones and heads (their
-    clean accuracies, replicate by replicate, equal)."""
+    """selective.json is the main job under the reference protocol with the selective-classification stage: the
+    same command, settings and seeds as reference.json, so the same fine-tuned backbones and heads (their clean
+    accuracies, replicate by replicate, equal)."""
     again = json.loads((RUNS / "selective.json").read_text())
     first = json.loads((RUNS / "reference.json").read_text())
     assert again["command"] == first["command"]
@@ -247,3 +252,18 @@ def test_the_fine_tuning_leaderboard_headline_is_each_runs_paired_t_against_the_
             cell += f" ({f(mean)} [{f(mean - half)}, {f(mean + half)}], {verdict})"
         line = next(x for x in section.splitlines() if x.startswith(f"| `{row['head']}` |"))
         assert cell in line, (row["head"], cell, line)
+
+
+def test_each_run_line_says_what_extracted_its_features():
+    """A run names its runtime in its setting; a run from before `vfe run` had --runtime extracted with torch,
+    which is not today's default, so its line says how to repeat it."""
+    module = _script()
+    for name in ("reference", "frozen"):
+        results = json.loads((RUNS / f"{name}.json").read_text())
+        line = module.setting_line(name, results)
+        runtime = results["setting"].get("runtime")
+        assert (f"features on {runtime};" if runtime else "features on torch (before --runtime auto") in line
+    older = {"setting": {"backbone": "b"}, "config": {}}
+    assert module.runtime_text(older).endswith("add --runtime torch to repeat it)")
+    assert module.runtime_text({"setting": {"runtime": "bottom openvino, top openvino"}}) == \
+        "features on bottom openvino, top openvino"

@@ -104,7 +104,7 @@ def extract_features(dataset: str, split: str = "train", backbone: str = default
                      device: str = "auto", progress: bool = True, skip_bad: bool = False,
                      download: bool = False, engine: str = "local", address: str | None = None,
                      actors: int | None = None, cpus_per_actor: float = 1.0,
-                     gpus_per_actor: float = 0.0, shared_cache: str = "auto", runtime: str = "torch") -> FeatureSet:
+                     gpus_per_actor: float = 0.0, shared_cache: str = "auto", runtime: str = "auto") -> FeatureSet:
     """Backbone features of a data set split, from the feature cache or computed (and cached) now.
 
     runtime: "torch", "onnxruntime", "openvino" or "auto" (vfe.backbones.runtimes): what runs the network;
@@ -353,8 +353,10 @@ def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, spli
                       n_test: int | None = None, data_dir: str | None = None, cache_dir: str | None = None,
                       progress: bool = True, skip_bad: bool = False, allow_class_mismatch: bool = False,
                       corruptions: bool | list[str] = False, severities: list[int] | None = None,
-                      corruption_seed: int = 0, corruption_params: str = "auto") -> dict:
+                      corruption_seed: int = 0, corruption_params: str = "auto", runtime: str = "auto") -> dict:
     """Accuracy, negative log-likelihood and expected calibration error on a data set split.
+
+    `runtime` runs the backbone as `extract_features`'s does (the pipeline's network exported once).
 
     Labels are indices into class names, so a data set whose class names differ from the model's would
     be scored against the wrong classes: that is refused unless `allow_class_mismatch`.
@@ -366,7 +368,7 @@ def evaluate_pipeline(pipeline: str | os.PathLike | Pipeline, dataset: str, spli
     """
     _check_count(n_test, "--n-test")  # before the pipeline loads
     names, severities = _corruption_choice(corruptions, severities, corruption_params)
-    pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline)
+    pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline, runtime=runtime)
     data = _load(dataset, split, data_dir, n_test, seed=0, skip_bad=skip_bad)
     if list(data.class_names) != list(pipe.class_names) and not allow_class_mismatch:
         raise DataError(f"{dataset}: its classes {_short(data.class_names)} are not the model's "
@@ -528,7 +530,7 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.PathLike], top: int = 1,
-                  skip_bad: bool = False, coverage: float | None = None,
+                  skip_bad: bool = False, coverage: float | None = None, runtime: str = "auto",
                   ) -> Iterator[tuple[str, list[tuple[str, float]] | str | Abstained]]:
     """(file, [(class name, probability), ...top]) for each image file, or every image in the folders
     named, one at a time as they are predicted.
@@ -537,14 +539,15 @@ def predict_files(pipeline: str | os.PathLike | Pipeline, images: list[str | os.
     (file, reason) and the rest go on. With `coverage` (the pipeline needs a detector: fit_pipeline's
     `detector`), a file scoring past the detector's threshold for that coverage is yielded as
     (file, Abstained(detector, score, threshold)) instead of its classes; the threshold is re-derived from the
-    validation scores saved in the pipeline when `coverage` is not the one it was fitted for.
+    validation scores saved in the pipeline when `coverage` is not the one it was fitted for. `runtime` runs
+    the backbone as `extract_features`'s does.
     """
     if top < 1:
         raise SettingsError(f"--top must be at least 1, got {top}")
     if coverage is not None:
         check_coverage(coverage)
     files = image_files(images)  # a missing file or an empty folder is reported before the model loads
-    pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline)
+    pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline, runtime=runtime)
     if coverage is not None and pipe.detector is None:
         raise SettingsError(f"{pipeline if not isinstance(pipeline, Pipeline) else 'the pipeline'} has no detector "
                             "to abstain with: fit one with vfe fit DATA --detector mahalanobis --coverage 0.9 --out "

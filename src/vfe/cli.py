@@ -127,12 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: yes: every node sees --cache-dir (the actors write it); no: the features "
                         "come back through Ray's object store and this machine writes the cache; auto: a probe "
                         "file in the cache folder decides (docs/ray.md) (default: %(default)s)")
-    p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino", "auto"], default="torch",
-                   help="what runs the network: torch, or the network exported to ONNX and run on the CPU by "
-                        "onnxruntime (pip install 'vfe[export]') or openvino (pip install 'vfe[openvino]'); "
-                        "auto: the fastest measured for the backbone and size where installed, else torch. "
-                        "Used only where its features match torch fp32 (cosine >= 0.999 on photos); part of "
-                        "the cache key (default: %(default)s)")
+    p.add_argument("--runtime", choices=defaults.RUNTIMES, default="auto", help=defaults.RUNTIME_HELP)
     p.set_defaults(func=cmd_extract)
 
     p = _add(sub, "fit", "Fit a head on cached features (or fine-tune on images) and save the pipeline file.")
@@ -192,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s, the run's default)")
     p.add_argument("--corruption-params", default="auto", choices=["auto", "imagenet", "cifar"],
                    help="with --corruptions: severity parameters, as the run's (default: %(default)s)")
+    p.add_argument("--runtime", choices=defaults.RUNTIMES, default="auto", help=defaults.RUNTIME_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = _add(sub, "predict", "Class and probability for image files, or every image in a folder.")
@@ -206,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="abstain: print 'abstain' and the detector's score for images past its threshold for this "
                         "coverage (0 < C < 1), re-derived from the validation scores the pipeline holds when it "
                         "was fitted for another (needs vfe fit --detector)")
+    p.add_argument("--runtime", choices=defaults.RUNTIMES, default="auto", help=defaults.RUNTIME_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = _add(sub, "sweep", "Run a grid of heads x hyperparameters x training sizes x seeds (resumable).")
@@ -334,7 +331,7 @@ def cmd_evaluate(args) -> int:
                                 allow_class_mismatch=args.allow_class_mismatch,
                                 corruptions=False if args.corruptions is None else args.corruptions or True,
                                 severities=args.severities, corruption_seed=args.corruption_seed,
-                                corruption_params=args.corruption_params)
+                                corruption_params=args.corruption_params, runtime=args.runtime)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -351,7 +348,7 @@ def cmd_predict(args) -> int:
     coverage = _coverage(args.coverage)  # before the pipeline loads or any image is read
     skipped = []
     for path, ranked in predict_files(args.pipeline, args.images, top=args.top, skip_bad=args.skip_bad,
-                                      coverage=coverage):
+                                      coverage=coverage, runtime=args.runtime):
         if isinstance(ranked, str):  # an unreadable file, skipped
             skipped.append(path)
             print(f"skipped {ranked}", file=sys.stderr, flush=True)

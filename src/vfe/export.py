@@ -9,7 +9,7 @@ resize is computed for them); the batch size is free.
 
 torch's TorchScript exporter cannot export antialiased resizing (`aten::_upsample_bilinear2d_aa`), so
 this uses the dynamo exporter (`torch.onnx.export(dynamo=True)`, which needs `onnxscript`); ONNX
-Runtime runs the result. Install with `pip install vfe[export]`.
+Runtime runs the result; both are installed with vfe.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def export_onnx(pipeline: str | os.PathLike | Pipeline, out: str | os.PathLike,
     samples: for a head that samples, average this many draws instead of using z_mean.
     """
     out = check_output_file(out, overwrite, suffix=".onnx")
-    pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline, device="cpu")
+    pipe = pipeline if isinstance(pipeline, Pipeline) else Pipeline.load(pipeline, device="cpu", runtime="torch")
     if input_shape is None:
         _, height, width = pipe.backbone.data_config["input_size"]
         input_shape = (height, width, 3)

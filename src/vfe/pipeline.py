@@ -28,6 +28,7 @@ from torch import nn
 from vfe.backbones import Backbone, resolve_device
 from vfe.backbones.preprocess import _MODES as INTERPOLATIONS  # the interpolations preprocessing knows
 from vfe.backbones.registry import settings_for
+from vfe.backbones.runtimes import check_available, choose_runtime
 from vfe.backbones.weights import WeightsInfo
 from vfe.errors import PipelineFileError, VfeError
 from vfe.heads import Head, head_class
@@ -109,11 +110,14 @@ class Pipeline:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> Pipeline:
+    def load(cls, path: str | os.PathLike, device: str = "auto", runtime: str = "auto") -> Pipeline:
         """The pipeline saved at `path`. Its header is checked against its tensors before anything is
         built, so an edited or damaged file is a PipelineFileError naming the problem, never a huge
-        allocation or a model that silently differs from the one saved."""
+        allocation or a model that silently differs from the one saved. `runtime` runs the backbone's
+        extraction as in vfe.backbones.runtimes (its network exported once, where faithful)."""
         path = Path(path)
+        if runtime not in ("torch", "auto"):
+            check_available(runtime, resolve_device(device))  # a missing package before the slow part
         meta, layout, sums, model_kwargs = _checked_header(path)
         try:
             tensors = load_tensors(path)
@@ -123,7 +127,7 @@ class Pipeline:
             raise PipelineFileError(f"{path}: the tensors differ from the file's header{_REMAKE}")
         if sums is not None:
             _verify_tensors(path, tensors, sums)
-        backbone = _rebuild_backbone(meta["backbone"], _strip(tensors, "backbone."), model_kwargs, device)
+        backbone = _rebuild_backbone(meta["backbone"], _strip(tensors, "backbone."), model_kwargs, device, runtime)
         try:
             head = head_class(meta["head"]["head"]).from_state(_strip(tensors, "head."), meta["head"])
         except Exception as err:  # the dry run passed, so this is unexpected: still the file's problem
@@ -419,15 +423,18 @@ def _compare(path: Path, part: str, expected: dict[str, Layout], saved: dict[str
 
 
 def _rebuild_backbone(spec: dict, state: dict[str, torch.Tensor], model_kwargs: dict,
-                      device: str) -> Backbone:
-    """The saved backbone: architecture from timm, weights from the file, preprocessing as saved."""
+                      device: str, runtime: str) -> Backbone:
+    """The saved backbone: architecture from timm, weights from the file, preprocessing as saved; extracting
+    on `runtime` where faithful."""
     model = timm.create_model(spec["arch"], pretrained=False, **model_kwargs)
     model.load_state_dict(state)
     info = WeightsInfo(spec["weights_kind"], spec["weights_identity"], spec["weights_source"], spec["arch"],
                        spec["has_classifier"])
     data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["data_config"].items()}
-    return Backbone(model, spec["name"], info, data_config, resolve_device(device),
-                    settings_for(spec["arch"]))
+    backbone = Backbone(model, spec["name"], info, data_config, resolve_device(device),
+                        settings_for(spec["arch"], runtime=runtime))
+    choose_runtime(backbone)
+    return backbone
 
 
 def _strip(tensors: dict, prefix: str) -> dict:

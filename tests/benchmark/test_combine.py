@@ -82,6 +82,12 @@ def test_runs_that_do_not_share_their_random_draws_are_refused(base_run):
     older["config"]["noise_per_replicate"] = True
     with pytest.raises(SettingsError, match="differ in noise_per_replicate"):
         combine({"plain": base, "older": older})
+    # a run from before --runtime reached vfe run extracted with torch, not with today's default
+    assert base["config"]["runtime"] == "auto"
+    on_torch = variant_of(base, 0.0)
+    del on_torch["config"]["runtime"]
+    with pytest.raises(SettingsError, match="differ in runtime \\('auto' vs 'torch'\\)"):
+        combine({"plain": base, "older": on_torch})
 
 
 def test_the_command_prints_the_table_and_writes_the_file_once(base_run, tmp_path, capsys):

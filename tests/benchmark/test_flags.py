@@ -28,7 +28,7 @@ def parse(settings, argv: list[str]):
 NEW_VALUES = {
     "name": "other", "runs_dir": "elsewhere", "cache_dir": "/tmp/c", "progress": False,
     "dataset": "digits", "data_dir": "/data", "n_train": 123, "n_test": 45, "data_seed": 7, "skip_bad": True,
-    "backbone": "resnet18", "weights": "none", "image_size": 64, "device": "cpu",
+    "backbone": "resnet18", "weights": "none", "image_size": 64, "device": "cpu", "runtime": "torch",
     "heads": ["pca", "vib"], "replicates": 4, "augment_family": "blur", "augmix_views": 3,
     "corruptions": ["snow", "fog"], "severities": [2, 4], "corruption_params": "cifar", "noise_per_replicate": True,
     "n_attack": 9, "attack_eps_linf": [0.5], "attack_eps_l2": [2.0], "attack_steps": 3, "n_eot": 4,

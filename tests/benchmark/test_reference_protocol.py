@@ -61,6 +61,8 @@ def test_every_stage_runs_through_the_fine_tuned_backbone(reference_runs, name):
     ft = results["finetune"]["0"]
     assert results["setting"]["protocol"] == "reference" and ft["cut_point"] == "blocks.5.1"
     assert not ft["loaded_from_cache"] and len(ft["history"]["records"]) == 2
+    # --runtime auto, the default: no runtime was measured faster at these sizes, so both parts ran on torch
+    assert ft["runtime"] == {"bottom": "torch", "top": "torch"} and results["setting"]["runtime"] == "bottom torch, top torch"
     n_classes = 10 if name == "gray" else 4
     assert ft["compare_model_test_accuracy"] > 1.5 / n_classes
     for head in ("linear", "vfe"):
@@ -126,6 +128,31 @@ def test_fine_tuning_trains_the_top_with_batchnorm_in_training_mode_and_leaves_t
     other = fine_tune(FeatureCache(tmp_path / "other"), base, train, test, FinetuneSettings(
                       protocol="reference", finetune_epochs=2), seed=1, progress=False, log=lambda *_: None)
     assert other.record["weights_sha256"] != tuned.record["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_on_openvino_the_bottom_and_the_fine_tuned_top_run_there_faithfully(tmp_path):
+    """--runtime openvino (what --runtime auto picks for EfficientNet-Lite0 at 112 px): both parts run on it,
+    the features are the fine-tuned network's own within the faithfulness bar, a rerun reads the same bits."""
+    train, test = load_train_test("digits")
+    train, test = balanced_subset(train, 200, 0, "train"), balanced_subset(test, 50, 0, "test")
+    settings = FinetuneSettings(protocol="reference", finetune_epochs=1)
+    base = create_backbone("efficientnet_lite0", image_size=64, device="cpu", runtime="openvino",
+                           model_dir=tmp_path / "_models")
+    tuned = fine_tune(FeatureCache(tmp_path), base, train, test, settings, seed=0, progress=False,
+                      log=lambda *_: None)
+    assert tuned.record["runtime"] == {"bottom": "openvino", "top": "openvino"}
+    via_runtime = tuned.features(test)
+    direct = tuned.backbone.extract(test.images, progress=False)  # the whole fine-tuned network on torch
+    assert tuned.backbone.runtime == "torch"
+    cos = (via_runtime * direct).sum(1) / np.linalg.norm(via_runtime, axis=1) / np.linalg.norm(direct, axis=1)
+    assert cos.min() >= 0.999
+    again = fine_tune(FeatureCache(tmp_path), base, train, test, settings, seed=0, progress=False,
+                      log=lambda *_: None)
+    assert again.record["loaded_from_cache"] and np.array_equal(again.features(test), via_runtime)
+    on_torch = create_backbone("efficientnet_lite0", image_size=64, device="cpu", runtime="torch")
+    key = _key(on_torch, "blocks.5.1", "fp16", settings, train, 0)
+    assert key != _key(base, "blocks.5.1", "fp16", settings, train, 0)  # fine-tuned on other activations
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ def test_every_stage_fills_its_section(tiny_run):
     for section in ("setting", "clean", "corruptions", "selective", "adversarial", "ood", "summary", "timings"):
         assert section in results, section
     assert set(results["clean"]) == {"linear", "vfe"} and set(results["clean"]["vfe"]) == {"0", "1"}
+    assert results["setting"]["runtime"] == "torch"  # --runtime auto: nothing measured faster at this size
     assert results["clean"]["linear"]["0"]["accuracy"] > 0.5  # 10 classes, chance 0.1
     row = results["corruptions"]["per_head"]["vfe"]["0"]
     assert set(row["accuracy"]) == {"gaussian_noise", "defocus_blur"} and np.isfinite(row["mCE"])

@@ -20,6 +20,10 @@ The network is flattened into a list of *units*, each a module taking and return
 A DenseNet layer becomes a unit that concatenates its output to its input, which is what a dense block
 does layer by layer. Supported families: timm's EfficientNet (incl. Lite, MobileNetV2-style), DenseNet,
 ResNet; `split` says so for any other.
+
+Both parts run on the runtime the base backbone extracts with (ONNX Runtime or OpenVINO, runtimes.py),
+each exported to ONNX on its own and kept only where the pooled features computed through it stay
+faithful to torch fp32 on the check photos; the top stays torch for training and attacks (gradients).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from torch import nn
 from vfe.backbones.backbone import Backbone
 from vfe.backbones.engine import OneThreadBits, intra_op_threads, iter_uint8_batches
 from vfe.backbones.precision import autocast_for
+from vfe.backbones.runtimes import part_on_runtime
 from vfe.errors import SettingsError
 
 # Keras DenseNet121 layers 200-426 hold this share of the feature extractor's parameters (computed from
@@ -125,6 +130,10 @@ class CutModel(nn.Module):
     def top(self, a: torch.Tensor) -> torch.Tensor:
         return self.pool(self.top_units(a))
 
+    def top_module(self) -> nn.Module:
+        """The top as a module of its own (activations -> pooled features), for export."""
+        return nn.Sequential(self.top_units, self.pool)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.top(self.bottom(x))
 
@@ -138,7 +147,7 @@ class CutActivations:
     else float32. The fingerprint names the base backbone, the cut and the storage type.
     """
 
-    def __init__(self, backbone: Backbone, cut: CutModel, storage: str):
+    def __init__(self, backbone: Backbone, cut: CutModel, storage: str, model_dir=None):
         self.backbone = backbone
         self.cut = cut
         self.storage = storage
@@ -147,9 +156,21 @@ class CutActivations:
         with torch.inference_mode():
             probe = torch.zeros(1, 3, backbone.image_size, backbone.image_size, device=backbone.device)
             self.shape = tuple(cut.bottom(backbone.normalise(probe)).shape[1:])
+        size = backbone.image_size
+        rounding = (lambda a: a.half().float()) if storage == "fp16" else (lambda a: a)
+        self._runtime, self.runtime_check = part_on_runtime(
+            backbone, backbone.runtime, backbone.precision, cut.bottom, (3, size, size), f"bottom:{cut.point}",
+            lambda bottom: _cosine_through(backbone, cut, lambda x: cut.top(rounding(bottom(x)))), model_dir)
+
+    @property
+    def runtime(self) -> str:
+        return self._runtime.runtime if self._runtime is not None else "torch"
 
     def fingerprint(self) -> str:
-        return f"{self.backbone.fingerprint()}:cut={self.cut.point}:v{CUT_VERSION}:{self.storage}"
+        """The base backbone's, the cut and the storage type; and what ran the bottom when the base is not on
+        torch (its fingerprint names its own runtime, which the bottom may have fallen back from)."""
+        part = f":bottom={self.runtime}" if self.backbone.runtime != "torch" else ""
+        return f"{self.backbone.fingerprint()}:cut={self.cut.point}:v{CUT_VERSION}:{self.storage}{part}"
 
     def iter_features(self, images, batch_size: int | None = None):
         bb = self.backbone
@@ -158,8 +179,11 @@ class CutActivations:
         with torch.inference_mode(), intra_op_threads(bb.threads):
             for batch in batches:
                 x = bb.preprocess(batch)
-                with autocast_for(bb.device, bb.precision):
-                    a = self._bits(self.cut.bottom, x)
+                if self._runtime is not None:
+                    a = self._bits(self._runtime, x)
+                else:
+                    with autocast_for(bb.device, bb.precision):
+                        a = self._bits(self.cut.bottom, x)
                 a = a.float().flatten(1).cpu().numpy()
                 if dtype == np.float16 and np.abs(a).max() > np.finfo(np.float16).max:
                     raise FloatingPointError(f"{self.name}: activations beyond float16's range; store them as fp32")
@@ -173,15 +197,24 @@ class TopFeatures:
     entries are the features the full fine-tuned backbone computes from images, found by their source.
     """
 
-    def __init__(self, backbone: Backbone, cut: CutModel, shape: tuple[int, ...]):
+    def __init__(self, backbone: Backbone, cut: CutModel, shape: tuple[int, ...], runtime: str = "torch",
+                 precision: str = "fp32", model_dir=None):
         self.backbone = backbone
         self.cut = cut
         self.shape = shape
         self.name = backbone.name
         self._bits = OneThreadBits()
+        self._runtime, self.runtime_check = part_on_runtime(
+            backbone, runtime, precision, cut.top_module(), shape, f"top:{cut.point}",
+            lambda top: _cosine_through(backbone, cut, lambda x: top(cut.bottom(x))), model_dir)
+
+    @property
+    def runtime(self) -> str:
+        return self._runtime.runtime if self._runtime is not None else "torch"
 
     def fingerprint(self) -> str:
-        return f"{self.backbone.fingerprint()}:via={self.cut.point}:v{CUT_VERSION}"
+        part = f":top={self.runtime}" if self.runtime != "torch" else ""
+        return f"{self.backbone.fingerprint()}:via={self.cut.point}:v{CUT_VERSION}{part}"
 
     def __call__(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.cut.top(self._input(a))
@@ -196,9 +229,22 @@ class TopFeatures:
         with torch.inference_mode(), intra_op_threads(bb.threads):
             for block in batches:
                 for i in range(0, len(block), batch_size):
-                    with autocast_for(bb.device, bb.precision):
-                        f = self._bits(self.cut.top, self._input(block[i:i + batch_size]))
+                    a = self._input(block[i:i + batch_size])
+                    if self._runtime is not None:
+                        f = self._bits(self._runtime, a)
+                    else:
+                        with autocast_for(bb.device, bb.precision):
+                            f = self._bits(self.cut.top, a)
                     yield f.float().cpu().numpy()
+
+
+def _cosine_through(backbone: Backbone, cut: CutModel, pooled) -> float:
+    """Min cosine of `pooled(x)` to the cut network's fp32 torch features, x the check photos."""
+    from vfe.backbones.precision import check_photos, min_cosine
+
+    with torch.inference_mode():
+        x = torch.cat([backbone.normalise(photo) for photo in check_photos()])
+        return min_cosine(pooled(x).float().cpu(), cut(x).float().cpu())
 
 
 def faithful_storage(backbone: Backbone, cut: CutModel) -> tuple[str, float]:

@@ -1,6 +1,7 @@
 """A backbone's network exported to ONNX for the other runtimes, kept on disk so it is exported once.
 
-Only the network is exported (normalised float input N x 3 x S x S -> pooled features, batch size free):
+Only the network is exported (normalised float input N x 3 x S x S -> pooled features, batch size free),
+or one part of it (`exported_part`: the reference protocol's frozen bottom and fine-tuned top):
 the resize, crop and normalisation stay vfe's own (the backbone's data config), so every runtime sees
 exactly the input torch sees. The file is written atomically (vfe.io) under
 `<feature cache>/_models/`, a folder the cache's listing skips, and named by a hash of what fixes the
@@ -19,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,34 +39,43 @@ def default_model_dir() -> Path:
     return Path(os.environ.get("VFE_CACHE", Path.home() / ".cache" / "vfe" / "features")) / "_models"
 
 
-def model_key(backbone: Any) -> str:
-    """The hash naming a backbone's exported network (see the module docstring for what enters it)."""
+def model_key(backbone: Any, part: str = "") -> str:
+    """The hash naming a backbone's exported network, or one `part` of it (see the module docstring for
+    what enters it)."""
     import onnxscript
     import timm
 
     spec = {"v": EXPORT_VERSION, "arch": backbone.arch, "weights": backbone.weights.identity,
             "input_size": list(backbone.data_config["input_size"]), "timm": timm.__version__,
-            "torch": torch.__version__, "onnxscript": onnxscript.__version__}
+            "torch": torch.__version__, "onnxscript": onnxscript.__version__, **({"part": part} if part else {})}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def exported_model(backbone: Any, model_dir: str | os.PathLike | None = None) -> Path:
     """The ONNX file of `backbone`'s pooled-feature network, exported now unless already on disk."""
+    size = backbone.image_size
+    return exported_part(backbone, backbone.pooled, (3, size, size), "", model_dir)
+
+
+def exported_part(backbone: Any, net: torch.nn.Module, input_shape: tuple[int, ...], part: str,
+                  model_dir: str | os.PathLike | None = None) -> Path:
+    """The ONNX file of `net`, a part of `backbone`'s network named `part` (fixed by the backbone's weights)
+    taking inputs of `input_shape` per image, exported now unless already on disk."""
     folder = Path(model_dir) if model_dir is not None else default_model_dir()
-    path = folder / f"{backbone.arch}-{backbone.image_size}px-{model_key(backbone)}.onnx"
+    name = "-" + re.sub(r"[^A-Za-z0-9_-]", "_", part) if part else ""
+    path = folder / f"{backbone.arch}-{backbone.image_size}px{name}-{model_key(backbone, part)}.onnx"
     if not path.is_file():
-        atomic_write_bytes(path, export_bytes(backbone))
+        atomic_write_bytes(path, export_bytes(net, input_shape))
     return path
 
 
-def export_bytes(backbone: Any) -> bytes:
-    """The serialised ONNX model of the backbone's pooled features (a copy of its network in NCHW)."""
-    net = copy.deepcopy(backbone.pooled).to(memory_format=torch.contiguous_format).eval()
-    size = backbone.image_size
-    example = torch.zeros((2, 3, size, size))
+def export_bytes(net: torch.nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """The serialised ONNX model of `net` (a copy of it in NCHW), batch size free."""
+    net = copy.deepcopy(net).to(memory_format=torch.contiguous_format).eval()
+    example = torch.zeros((2, *input_shape))
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter reports its progress and deprecations
         program = torch.onnx.export(net, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes={"x": {0: batch}}, verbose=False)
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False)
     return program.model_proto.SerializeToString()

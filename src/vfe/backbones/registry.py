@@ -13,7 +13,7 @@ from vfe import defaults
 
 DEFAULT_BACKBONE = defaults.BACKBONE
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RUNTIMES = ("torch", "onnxruntime", "openvino", "auto")
+RUNTIMES = defaults.RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class ExtractionSettings:
     # "torch", "onnxruntime" or "openvino" (the network exported to ONNX, run on the CPU), or "auto":
     # the runtime RUNTIME_CHOICES measured fastest for the architecture and size, if installed and
     # faithful on the check photos (runtimes.py); torch otherwise
-    runtime: str = "torch"
+    runtime: str = "auto"
 
 
 # Chosen with `python benchmarks/bench_extraction.py --sweep --rounds 3 --images 128` on the project

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,14 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vfe.backbones.exported import INPUT_NAME, exported_model
+from vfe.backbones.exported import INPUT_NAME, exported_model, exported_part
 from vfe.backbones.precision import FAITHFUL_COSINE, check_photos, min_cosine
 from vfe.backbones.registry import RUNTIME_CHOICES
 from vfe.errors import SettingsError
 
 # what each runtime needs installed (onnxscript exports the network), and the extra that installs it
 PACKAGES = {"onnxruntime": ("onnxruntime", "onnxscript"), "openvino": ("openvino", "onnxscript")}
-EXTRAS = {"onnxruntime": "export", "openvino": "openvino"}
 _OPENVINO_TYPES = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 RunFn = Callable[[np.ndarray], np.ndarray]
@@ -57,53 +57,67 @@ def precisions(runtime: str) -> tuple[str, ...]:
 
 
 class RuntimeFeatures:
-    """normalised input tensor -> pooled features tensor, run by a runtime compiled once per thread count.
+    """normalised input tensor -> pooled features tensor: the exported network at `path` run by `runtime`,
+    compiled once per thread count and calling thread.
 
     The thread count is torch's intra-op setting at the call, which the engine sets for the network
-    (engine.compute_threads), so the thread choice measured for torch applies here unchanged.
+    (engine.compute_threads), so the thread choice measured for torch applies here unchanged. Each calling
+    thread gets its own compiled network: an OpenVINO network compiled once runs one inference at a time, so
+    the corruption stage's two worker threads (each at one thread) shared one core with a shared network
+    (measured: 103 % CPU for the whole stage). Pickled (a Ray task receives the reference protocol's parts)
+    as its runtime, precision and file, and compiled again where it lands.
     """
 
-    def __init__(self, runtime: str, precision: str, compile_for: Callable[[int], RunFn]):
-        self.runtime, self.precision, self.compile_for = runtime, precision, compile_for
-        self.compiled: dict[int, RunFn] = {}
+    def __init__(self, runtime: str, precision: str, path: Path):
+        self.runtime, self.precision, self.path = runtime, precision, path
+        self._local = threading.local()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         threads = torch.get_num_threads()
-        if threads not in self.compiled:
-            self.compiled[threads] = self.compile_for(threads)
-        return torch.from_numpy(self.compiled[threads](x.contiguous().numpy()))
+        compiled = self._local.__dict__.setdefault("compiled", {})
+        if threads not in compiled:
+            compiled[threads] = _COMPILERS[self.runtime](self.path, self.precision, threads)
+        return torch.from_numpy(compiled[threads](x.contiguous().numpy()))
+
+    def __reduce__(self):
+        return RuntimeFeatures, (self.runtime, self.precision, self.path)
+
+
+def _onnxruntime_run(path: Path, precision: str, threads: int) -> RunFn:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # its warnings about unused initialisers are not the user's business
+    # idle threads sleep instead of spinning, as vfe sets OMP_WAIT_POLICY=PASSIVE for torch (hardware.py)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {INPUT_NAME: x})[0]
+
+
+def _openvino_run(path: Path, precision: str, threads: int) -> RunFn:
+    core = _openvino_core()
+    # the precision is always set: OpenVINO's CPU default is bf16 wherever the CPU has it. No pinning: pinned,
+    # two networks compiled in one process ran on one core (measured on 2 cores), and on a shared machine the
+    # OS places threads better than a fixed core.
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+        "INFERENCE_PRECISION_HINT": _OPENVINO_TYPES[precision], "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x}, share_inputs=True)[0]
+
+
+_COMPILERS = {"onnxruntime": _onnxruntime_run, "openvino": _openvino_run}
 
 
 def onnxruntime_features(path: Path, precision: str) -> RuntimeFeatures:
-    import onnxruntime as ort
-
-    def compile_for(threads: int) -> RunFn:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # its warnings about unused initialisers are not the user's business
-        # idle threads sleep instead of spinning, as vfe sets OMP_WAIT_POLICY=PASSIVE for torch (hardware.py)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda x: session.run(None, {INPUT_NAME: x})[0]
-
-    return RuntimeFeatures("onnxruntime", precision, compile_for)
+    return RuntimeFeatures("onnxruntime", precision, path)
 
 
 def openvino_features(path: Path, precision: str) -> RuntimeFeatures:
-    core = _openvino_core()
-    model = core.read_model(str(path))
-
-    def compile_for(threads: int) -> RunFn:
-        # the precision is always set: OpenVINO's CPU default is bf16 wherever the CPU has it
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": _OPENVINO_TYPES[precision],
-                                                     "INFERENCE_NUM_THREADS": threads,
-                                                     "PERFORMANCE_HINT": "LATENCY"})
-        request = compiled.create_infer_request()
-        return lambda x: request.infer({0: x}, share_inputs=True)[0]
-
-    return RuntimeFeatures("openvino", precision, compile_for)
+    return RuntimeFeatures("openvino", precision, path)
 
 
 _BUILDERS = {"onnxruntime": onnxruntime_features, "openvino": openvino_features}
@@ -132,6 +146,29 @@ def choose_runtime(backbone: Any, model_dir: str | os.PathLike | None = None) ->
     _try(backbone, asked, _candidates(backbone, asked), model_dir, warn=True)
 
 
+def part_on_runtime(backbone: Any, runtime: str, precision: str, net: torch.nn.Module, input_shape: tuple[int, ...],
+                    part: str, judge: Callable[[Callable[[torch.Tensor], torch.Tensor]], float],
+                    model_dir: str | os.PathLike | None = None) -> tuple[RuntimeFeatures | None, dict | None]:
+    """`net`, the part of `backbone`'s network named `part`, on `runtime` in `precision` (those the base
+    backbone extracts with), when `judge` (the runtime's function -> min cosine of the pooled features
+    computed through it to torch fp32 on the check photos) keeps FAITHFUL_COSINE; else None and the reason,
+    and the part stays on torch. The reference protocol's frozen bottom and fine-tuned top run this way."""
+    if runtime == "torch":
+        return None, None
+    try:
+        path = exported_part(backbone, net, input_shape, part, model_dir)
+        features = _BUILDERS[runtime](path, precision)
+        cosine = judge(features)
+    except Exception as e:  # noqa: BLE001 - an export or compile failure means: stay on torch
+        return None, {"runtime": runtime, "used": False,
+                      "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    check = {"runtime": runtime, "precision": precision, "min_cosine": round(cosine, 6),
+             "threshold": FAITHFUL_COSINE, "model": str(path)}
+    if cosine >= FAITHFUL_COSINE:
+        return features, {**check, "used": True}
+    return None, {**check, "used": False, "reason": "features not faithful to torch fp32 on the check photos"}
+
+
 def check_available(runtime: str, device: torch.device) -> None:
     """Raise RuntimeUnavailableError, in one line naming the fix, if `runtime` cannot run here."""
     if device.type != "cpu":
@@ -140,7 +177,7 @@ def check_available(runtime: str, device: torch.device) -> None:
     package = missing_package(runtime)
     if package is not None:
         raise RuntimeUnavailableError(f"--runtime {runtime} needs the Python package {package}, which is not "
-                                      f"installed: pip install 'vfe[{EXTRAS[runtime]}]'")
+                                      f"installed: pip install {package}, or --runtime torch")
 
 
 def auto_choice(backbone: Any) -> str | None:

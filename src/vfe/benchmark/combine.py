@@ -22,13 +22,16 @@ from vfe.heads.registry import is_augmented
 SAME_SETTING = ("dataset", "backbone", "weights", "image_size", "n_train", "n_test", "data_seed", "replicate_seeds",
                 "protocol")
 SAME_CONFIG = ("corruptions", "severities", "corruption_params", "noise_per_replicate", "n_attack", "attack_eps_linf",
-               "attack_eps_l2", "attack_steps", "n_eot", "augment_family", "augmix_views")
+               "attack_eps_l2", "attack_steps", "n_eot", "augment_family", "augmix_views", "runtime")
+# what a setting an older run does not name was, where that is not today's default
+BEFORE_NAMED = {"runtime": "torch"}  # runs before --runtime reached vfe run extracted with torch
 
 
 def check_comparable(base: tuple[str, dict], other: tuple[str, dict]) -> None:
     """One SettingsError naming the first setting two runs do not share."""
     (base_label, a), (label, b) = base, other
-    defaults = RunSettings().to_dict()  # a setting an older run does not name had its default's behaviour
+    # a setting an older run does not name had its default's behaviour then
+    defaults = {**RunSettings().to_dict(), **BEFORE_NAMED}
     for section, keys in (("setting", SAME_SETTING), ("config", SAME_CONFIG)):
         for key in keys:
             mine, theirs = ({**(defaults if section == "config" else {}), **r.get(section, {})}.get(key)

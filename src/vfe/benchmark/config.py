@@ -60,6 +60,7 @@ class BackboneSettings:
         "'default' (packaged ImageNet weights), 'timm', 'none' (random) or a checkpoint PATH"))
     image_size: int | None = field(default=defaults.IMAGE_SIZE, **_help("input resolution in pixels"))
     device: str = field(default="auto", **_help("'auto', 'cpu', 'cuda', ..."))
+    runtime: str = field(default="auto", metadata={"choices": defaults.RUNTIMES, "help": defaults.RUNTIME_HELP})
 
 
 PROTOCOLS = ("frozen", "reference")

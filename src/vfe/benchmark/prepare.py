@@ -74,10 +74,11 @@ def load_shared(data: DataSettings, backbone: BackboneSettings, cache_dir: str |
     timer = timer or StageTimer(log=log)
     with timer.timed("load data"):
         pool, test, dataset = load_data(data, log)
+    cache = FeatureCache(cache_dir)
     with timer.timed("load backbone"):
         bb = create_backbone(backbone.backbone, weights=backbone.weights, image_size=backbone.image_size,
-                             device=backbone.device)
-    return Shared(dataset, pool, test, bb, FeatureCache(cache_dir))
+                             device=backbone.device, runtime=backbone.runtime, model_dir=cache.root / "_models")
+    return Shared(dataset, pool, test, bb, cache)
 
 
 def prepare(data: DataSettings, backbone: BackboneSettings, cache_dir: str | None, *,

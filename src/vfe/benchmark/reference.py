@@ -76,14 +76,15 @@ def fine_tune(cache: FeatureCache, base: Backbone, train: ImageSet, test: ImageS
     point = settings.cut_point or reference_cut(base.model, base.arch)
     frozen = CutModel(base.model, point)  # the base network itself, for the bottom only
     storage, cosine = faithful_storage(base, frozen)
-    bottom = CutActivations(base, frozen, storage)
+    models = cache.root / "_models"  # exported parts for the base backbone's runtime, fine-tuned weights
+    bottom = CutActivations(base, frozen, storage, model_dir=models)
     A_train = cache.extract(bottom, train, progress=progress, desc="train (to the cut)").array()
 
     trainable = clone_for_finetuning(base, point)
     with seeded(seed):  # the Dense layer's initialisation is the run's
         model = CompareModel(trainable, bottom.shape, train.num_classes, base.feature_dim)
     key = _key(base, point, storage, settings, train, seed)
-    path = cache.root / "_models" / f"finetuned-{key}.safetensors"
+    path = models / f"finetuned-{key}.safetensors"
     history = _load(model, path)
     cached = history is not None
     if not cached:
@@ -97,12 +98,13 @@ def fine_tune(cache: FeatureCache, base: Backbone, train: ImageSet, test: ImageS
     info = WeightsInfo("finetuned", f"finetuned:{file_sha256(path)}",
                        f"{base.weights.source}, top from {point} fine-tuned ({path.name})", base.arch, False)
     tuned = Backbone(trainable.model, base.name, info, base.data_config, base.device, base.settings)
-    top = TopFeatures(tuned, trainable, bottom.shape)
+    top = TopFeatures(tuned, trainable, bottom.shape, base.runtime, base.precision, model_dir=models)
     source = CutFeatures(cache, bottom, top, progress)
     A_test = source.activations(test, desc="test").array()
     record = {"cut_point": point, "trainable_fraction": round(trainable.trainable_fraction, 4),
               "activation_shape": list(bottom.shape), "activation_storage": storage,
-              "storage_min_cosine": round(cosine, 6), "settings": asdict(settings), "seed": seed,
+              "storage_min_cosine": round(cosine, 6), "runtime": {"bottom": bottom.runtime, "top": top.runtime},
+              "settings": asdict(settings), "seed": seed,
               "weights": str(path), "weights_sha256": file_sha256(path), "loaded_from_cache": cached,
               "history": history, "compare_model_test_accuracy": _accuracy(model, A_test, test.labels),
               "seconds": round(time.perf_counter() - started, 3)}

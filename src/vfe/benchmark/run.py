@@ -154,8 +154,10 @@ def setting_of(settings: RunSettings, heads: list[str], prepared: list[Prepared]
                device: str) -> dict:
     """What a reader needs to interpret every number of the run."""
     bb = prepared[0].backbone
+    parts = (prepared[0].finetune or {}).get("runtime")  # the reference protocol: bottom and top, each its own
+    runtime = bb.runtime if parts is None else ", ".join(f"{part} {name}" for part, name in parts.items())
     return {"dataset": prepared[0].dataset, "protocol": settings.finetune.protocol, "backbone": bb.name,
-            "weights": settings.backbone.weights,
+            "weights": settings.backbone.weights, "runtime": runtime,
             "image_size": int(bb.data_config["input_size"][-1]), "feature_dim": int(bb.feature_dim),
             "n_train": len(prepared[0].train), "n_test": len(prepared[0].test), "replicates": len(draws),
             "replicate_seeds": [rep.seed for rep in draws],

@@ -364,7 +364,7 @@ class FinetuneHead(TorchHead):
         self.input_shape_ = tuple(int(s) for s in images.shape[1:])
         device = self._device()
         backbone = create_backbone(self.backbone, weights=self.weights, image_size=self.image_size,
-                                   device=device, jit=False)
+                                   device=device, jit=False, runtime="torch")  # its weights train
         train_idx, val_idx = self._validation_indices(y)
         config = recipe.train_config(self.random_state, str(device), self.verbose, f"finetune ({recipe.name})")
         if recipe.top == "cut":
@@ -457,7 +457,7 @@ class FinetuneHead(TorchHead):
         saved = meta["backbone"]
         config = saved["data_config"]
         backbone = create_backbone(saved["arch"], weights="none", image_size=config["input_size"][-1],
-                                   crop_pct=config["crop_pct"], device=head._device(), jit=False)
+                                   crop_pct=config["crop_pct"], device=head._device(), jit=False, runtime="torch")
         if _as_json(backbone.data_config) != _as_json(config):
             raise ValueError(f"saved fine-tuned {saved['arch']} expects preprocessing {config}, but this timm "
                              f"version builds {backbone.data_config}")

@@ -68,6 +68,8 @@ class Setting(TypedDict):
     threads: int
     machine: str
     device: str
+    runtime: NotRequired[Annotated[str, 'what extracted the features: "torch", "openvino", "onnxruntime"; under the '
+                                        'reference protocol per part ("bottom openvino, top openvino")']]
 
 
 class Finetune(TypedDict):
@@ -78,6 +80,8 @@ class Finetune(TypedDict):
     activation_shape: list[int]
     activation_storage: str
     storage_min_cosine: float
+    runtime: NotRequired[Annotated[dict[str, str], 'what ran the frozen bottom and the fine-tuned top: "torch", '
+                                   '"onnxruntime" or "openvino"']]
     settings: dict[str, Any]
     seed: int
     weights: str

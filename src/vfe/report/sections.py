@@ -94,7 +94,8 @@ def setting_section(ctx: Context) -> Section:
                ["redrawn in each replicate", "; ".join(s.get("redrawn_per_replicate") or []) or None],
                ["fixed across replicates", "; ".join(s.get("fixed_across_replicates") or []) or None]]
               if "replicates" in s else [["seeds", s.get("seeds")]]),
-            ["data seed", s.get("data_seed")], ["device", s.get("device")], ["machine", s.get("machine")],
+            ["data seed", s.get("data_seed")], ["device", s.get("device")],
+            *([["runtime", s["runtime"]]] if "runtime" in s else []), ["machine", s.get("machine")],
             ["torch", s.get("torch")]]
     counts = ctx.results.get("head_parameters") or {}
     rows += [[f"parameters of one {head} head", f"{counts[head]:,}"] for head in ctx.heads if head in counts]
