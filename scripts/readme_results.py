@@ -20,6 +20,7 @@ Each page in PAGES holds generated blocks between `<!-- results:BLOCK begin ... 
                        with max softmax
   leaderboard-<name>   a leaderboard run (file leaderboard-<name>.json): every head ranked by its headline
                        corruption measure, with paired verdicts
+  leaderboard-answer-<name>  the same, one line per head: headline and clean accuracy against the linear head
 Every "better" / "worse" printed is the run's own paired verdict (a paired t-interval over replicates, or for
 attacks a paired bootstrap over replicates and images) and is printed with that interval; anything else is
 "no difference shown". tests/test_readme_results.py runs `check` and recomputes a row by hand.
@@ -53,6 +54,7 @@ ROWS = (("clean_accuracy", "clean accuracy (%)", True),
         ("clean_ece", "clean ECE, 15 bins (%)", True),
         ("clean_nll", "clean NLL (nats)", False))
 VERDICT_WORDS = {"better than baseline": "better", "worse than baseline": "worse"}
+BASE_HEAD = "linear"  # a leaderboard's normaliser: every other head is paired with it
 HEADLINE_LABELS = {"summed_relative_mCE": "summed relative mCE (linear = 100)",
                    "summed_mCE": "summed mCE (linear = 100)", "corruption_error": "mean corruption error (%)"}
 
@@ -309,6 +311,16 @@ def leaderboard_block(results: dict) -> list[str]:
             *leaderboard_verdicts(results)]
 
 
+def leaderboard_answer(results: dict) -> list[str]:
+    """A leaderboard in one line per head against the base run's linear head (the README's short form): the
+    headline measure and clean accuracy, each with its paired interval and verdict."""
+    kind = results["leaderboard"][0]["headline_metric"] if results["leaderboard"] else "summed_relative_mCE"
+    return [f"- `{row['head']}`: {HEADLINE_LABELS.get(kind, kind)} "
+            f"{with_paired(mean_std(row.get('headline')), row.get('headline_vs_linear'))}; clean accuracy "
+            f"{with_paired(mean_std(row['clean_accuracy']), row.get('clean_vs_linear'))}"
+            for row in results["leaderboard"] if row["head"] != BASE_HEAD]
+
+
 def reproduce_block(path: Path = REPRODUCE) -> list[str]:
     """One line from benchmarks/bench_reproduce.py's full-size comparison of two `make run`s (its "main" entry)."""
     entries = json.loads(path.read_text()) if path.exists() else {}
@@ -354,11 +366,14 @@ def render_block(name: str, folder: Path = RESULTS) -> list[str]:
         return reproduce_block()
     if name in ("selective", "selective-answer"):
         return selective_block(folder, answer_only=name == "selective-answer")
+    if name.startswith("leaderboard-answer-"):
+        results = load(name.replace("-answer", "", 1), folder)
+        return leaderboard_answer(results) if results else ["_No committed results file for this block._"]
     if name.startswith("leaderboard-"):
         results = load(name, folder)
         return leaderboard_block(results) if results else ["_No committed results file for this block._"]
     raise SystemExit(f"unknown generated block {name!r} (known: answer, main, reproduce, selective, "
-                     "selective-answer, leaderboard-<name>)")
+                     "selective-answer, leaderboard-<name>, leaderboard-answer-<name>)")
 
 
 def rendered_page(text: str, folder: Path = RESULTS, page: Path = README) -> str:

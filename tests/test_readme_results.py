@@ -37,11 +37,11 @@ def test_the_readme_and_the_findings_page_agree_with_the_committed_results_files
 
 
 def test_each_page_keeps_its_generated_blocks():
-    """The README answers with the answer and main blocks; the findings page holds those, the second run and the
+    """The README answers with the answer, main, selective and robust fine-tuning blocks; the findings page holds those, the second run and the
     leaderboard (a block deleted from a page would otherwise leave nothing to check)."""
     module = _script()
     blocks = {page: {m["name"] for m in module.BLOCK.finditer(page.read_text())} for page in PAGES}
-    assert {"answer", "main", "selective-answer"} <= blocks[README]
+    assert {"answer", "main", "selective-answer", "leaderboard-answer-reference-finetuning-quick"} <= blocks[README]
     assert {"answer", "main", "reproduce", "selective", "leaderboard-frozen-quick",
             "leaderboard-reference-finetuning-quick"} <= blocks[FINDINGS]
 
@@ -230,9 +230,9 @@ def test_the_selective_run_is_the_readme_reference_run_again():
 
 
 def test_the_fine_tuning_leaderboard_headline_is_each_runs_paired_t_against_the_plain_linear_head():
-    """The robust fine-tuning block of docs/findings.md (runs that differ in stage 0, `vfe leaderboard`): each
-    head's summed relative mCE cell recomputed from its per-replicate values, paired with the plain run's linear
-    head, whose own headline is 1 in every replicate."""
+    """The robust fine-tuning block of docs/findings.md and its short form in the README (runs that differ in
+    stage 0, `vfe leaderboard`): each head's summed relative mCE cell recomputed from its per-replicate values,
+    paired with the plain run's linear head, whose own headline is 1 in every replicate."""
     results = json.loads((RUNS / "leaderboard-reference-finetuning-quick.json").read_text())
     section = FINDINGS.read_text().split("## Robust fine-tuning", 1)[1]
     assert results["base"] == "plain" and len(results["runs"]) >= 3
@@ -252,6 +252,9 @@ def test_the_fine_tuning_leaderboard_headline_is_each_runs_paired_t_against_the_
             cell += f" ({f(mean)} [{f(mean - half)}, {f(mean + half)}], {verdict})"
         line = next(x for x in section.splitlines() if x.startswith(f"| `{row['head']}` |"))
         assert cell in line, (row["head"], cell, line)
+        if row["head"] != "linear":  # the README's short form of the same board: one line per head
+            readme = next(x for x in README.read_text().splitlines() if x.startswith(f"- `{row['head']}`: "))
+            assert f"summed relative mCE (linear = 100) {cell};" in readme, (row["head"], cell, readme)
 
 
 def test_each_run_line_says_what_extracted_its_features():
