@@ -131,3 +131,22 @@ def test_a_missing_runtime_package_is_one_clear_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "pip install openvino" in err
+
+
+def test_a_network_exported_once_is_copied_into_another_cache_not_exported_again(tmp_path, monkeypatch):
+    """Each feature cache keeps its exported networks in its `_models`; a second cache in the same process gets a
+    copy of the file (the export takes seconds), byte for byte, and extracts the same features."""
+    from vfe.backbones import exported
+
+    first = create_backbone("efficientnet_lite0", runtime="openvino", model_dir=tmp_path / "a", **LITE0)
+    assert first.runtime == "openvino"
+
+    def no_export(*_):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(exported, "export_bytes", no_export)
+    second = create_backbone("efficientnet_lite0", runtime="openvino", model_dir=tmp_path / "b", **LITE0)
+    (a,), (b,) = (list((tmp_path / d).glob("*.onnx")) for d in ("a", "b"))
+    assert second.runtime == "openvino" and a.name == b.name and a.read_bytes() == b.read_bytes()
+    images = load_train_test("digits")[0].images[:8]
+    assert np.array_equal(first.extract(images, progress=False), second.extract(images, progress=False))

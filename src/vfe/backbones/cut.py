@@ -28,6 +28,7 @@ faithful to torch fp32 on the check photos; the top stays torch for training and
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import torch
@@ -144,10 +145,11 @@ class CutActivations:
     Stored as float16 (numpy has no bfloat16; float16 keeps 3 more mantissa bits than bf16, and its range
     is checked: a value beyond it raises instead of turning into inf) when the pooled features computed
     from them keep cosine >= FAITHFUL_COSINE with fp32 activations on the check photos (`faithful_storage`),
-    else float32. The fingerprint names the base backbone, the cut and the storage type.
+    else float32. The fingerprint names the base backbone, the cut and the storage type. The bottom runs on the
+    base backbone's runtime where faithful (`model_dir`: where its exported network is kept).
     """
 
-    def __init__(self, backbone: Backbone, cut: CutModel, storage: str, model_dir=None):
+    def __init__(self, backbone: Backbone, cut: CutModel, storage: str, model_dir: str | os.PathLike | None = None):
         self.backbone = backbone
         self.cut = cut
         self.storage = storage
@@ -194,11 +196,12 @@ class TopFeatures:
     """The top as a feature-cache extractor over cached cut activations: activations -> pooled features.
 
     `fingerprint` is that of `backbone` (the fine-tuned one, whose weights' hash it includes), so these
-    entries are the features the full fine-tuned backbone computes from images, found by their source.
+    entries are the features the full fine-tuned backbone computes from images, found by their source; plus
+    the part's runtime when it runs on `runtime` (the base backbone's, in `precision`) rather than torch.
     """
 
     def __init__(self, backbone: Backbone, cut: CutModel, shape: tuple[int, ...], runtime: str = "torch",
-                 precision: str = "fp32", model_dir=None):
+                 precision: str = "fp32", model_dir: str | os.PathLike | None = None):
         self.backbone = backbone
         self.cut = cut
         self.shape = shape

@@ -63,10 +63,19 @@ def exported_part(backbone: Any, net: torch.nn.Module, input_shape: tuple[int, .
     taking inputs of `input_shape` per image, exported now unless already on disk."""
     folder = Path(model_dir) if model_dir is not None else default_model_dir()
     name = "-" + re.sub(r"[^A-Za-z0-9_-]", "_", part) if part else ""
-    path = folder / f"{backbone.arch}-{backbone.image_size}px{name}-{model_key(backbone, part)}.onnx"
+    key = model_key(backbone, part)
+    path = folder / f"{backbone.arch}-{backbone.image_size}px{name}-{key}.onnx"
     if not path.is_file():
-        atomic_write_bytes(path, export_bytes(net, input_shape))
+        earlier = _EXPORTED.get(key)  # the same network, exported into another folder by this process
+        atomic_write_bytes(path, earlier.read_bytes() if earlier is not None and earlier.is_file()
+                           else export_bytes(net, input_shape))
+    _EXPORTED[key] = path
     return path
+
+
+# key -> the file this process last exported or found it in: a second feature cache gets a copy, not another
+# export (torch's dynamo exporter takes 5-10 s for EfficientNet-Lite0 on 2 cores)
+_EXPORTED: dict[str, Path] = {}
 
 
 def export_bytes(net: torch.nn.Module, input_shape: tuple[int, ...]) -> bytes:
