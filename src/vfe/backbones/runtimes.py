@@ -112,15 +112,6 @@ def _openvino_run(path: Path, precision: str, threads: int) -> RunFn:
 _COMPILERS = {"onnxruntime": _onnxruntime_run, "openvino": _openvino_run}
 
 
-def onnxruntime_features(path: Path, precision: str) -> RuntimeFeatures:
-    return RuntimeFeatures("onnxruntime", precision, path)
-
-
-def openvino_features(path: Path, precision: str) -> RuntimeFeatures:
-    return RuntimeFeatures("openvino", precision, path)
-
-
-_BUILDERS = {"onnxruntime": onnxruntime_features, "openvino": openvino_features}
 
 
 @functools.cache
@@ -157,7 +148,7 @@ def part_on_runtime(backbone: Any, runtime: str, precision: str, net: torch.nn.M
         return None, None
     try:
         path = exported_part(backbone, net, input_shape, part, model_dir)
-        features = _BUILDERS[runtime](path, precision)
+        features = RuntimeFeatures(runtime, precision, path)
         cosine = judge(features)
     except Exception as e:  # noqa: BLE001 - an export or compile failure means: stay on torch
         return None, {"runtime": runtime, "used": False,
@@ -211,7 +202,7 @@ def _try(backbone: Any, runtime: str, candidates: list[str], model_dir, warn: bo
             x = torch.cat([backbone.normalise(photo) for photo in check_photos()])
             reference = backbone.pooled(x)
         for precision in candidates:
-            features = _BUILDERS[runtime](path, precision)
+            features = RuntimeFeatures(runtime, precision, path)
             with torch.inference_mode():
                 cosine = min_cosine(features(x), reference.cpu())
             check = {"runtime": runtime, "used": True, "precision": precision, "min_cosine": round(cosine, 6),
