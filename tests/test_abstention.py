@@ -17,8 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vfe import api
-from vfe.api import detection_split, fit_pipeline, predict_files
+from vfe.api import fit_pipeline, predict_files
 from vfe.backbones import create_backbone
+from vfe.benchmark.detection import detection_split
 from vfe.cli import build_parser, main
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset

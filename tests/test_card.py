@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from vfe.benchmark.corruption import corruption_summary
 from vfe.benchmark.leaderboard import leaderboard
 from vfe.benchmark.summary import by_head, summarise
-from vfe.card import CardError, build_card, card_markdown, family_accuracy
+from vfe.card import CardError, build_card, card_markdown, detector_card, family_accuracy
 
 SEVERITIES = [1, 5]
 CORRUPTIONS = ["gaussian_noise", "defocus_blur", "fog", "speckle_noise"]  # speckle_noise: an extra corruption
@@ -107,3 +108,41 @@ def test_the_markdown_shows_the_card(results):
     assert "strongest attack (pgd_linf_8/255, 8 images)" in text and "OOD AUROC vs fashion-mnist" in text
     low = card["held_out_robustness"]["vs_linear"]["low"]
     assert f"[{100 * low:+.1f}," in text and not any(math.isnan(x) for x in [low])
+
+
+def _detector(name: str, scores: list[float], coverage: float = 0.9):
+    from vfe.robustness.detectors import Detector
+    from vfe.robustness.selective import threshold_for_coverage
+
+    scores = np.asarray(scores, dtype=np.float64)
+    return Detector(name, coverage, threshold_for_coverage(scores, coverage), scores)
+
+
+def test_the_cards_detector_is_what_the_pipeline_abstains_with_and_what_the_run_measured_of_it(results):
+    results["ood"]["per_head"]["vfe"]["1"]["recon_auroc_fashion-mnist"] = 0.93
+    results["ood"]["feature_baselines"] = {"mahalanobis_auroc_fashion-mnist": {"0": 0.97, "1": 0.95}}  # not it
+    results["ood"]["selection"] = {"detector_mahalanobis": {"1": {"fashion-mnist": {
+        "validation_auroc": 0.9, "auroc": 0.98, "fpr95": 0.1}}}}
+    results["selective"] = {"per_head": {"vfe": {"1": {
+        "clean": {"msp": {"risk_80": 0.02, "risk_90": 0.04, "aurc": 0.01},
+                  "vfe-recon": {"risk_80": 0.03, "risk_90": 0.05, "aurc": 0.02}},
+        "held_out": {"vfe-recon": {"risk_80": 0.21, "risk_90": 0.25, "aurc": 0.12}}}}}}
+    scores = list(range(1, 21))  # 20 validation images: 18 answered at 90 %
+    card = detector_card(results, "vfe", 1, _detector("vfe-recon", scores), "--best-detector vfe-recon")
+    assert (card["name"], card["coverage"], card["validation_images"]) == ("vfe-recon", 0.9, 20)
+    assert card["threshold"] == 18 and card["validation_coverage"] == 0.9
+    assert card["ood_auroc"] == {"fashion-mnist": 0.93}
+    assert card["selective"] == {"clean": {"risk_80": 0.03, "risk_90": 0.05, "aurc": 0.02},
+                                 "held_out": {"risk_80": 0.21, "risk_90": 0.25, "aurc": 0.12}}
+    maha = detector_card(results, "vfe", 1, _detector("mahalanobis", scores))
+    assert maha["ood_auroc"] == {"fashion-mnist": 0.98}  # the detector's own score, the covariance shrunk
+    assert maha["selective"] is None  # the run measured no Mahalanobis risk for this head
+    text = card_markdown({**build_card(results, "vfe", 1), "detector": card})
+    assert "| abstains (vfe predict --coverage) | vfe-recon score above 18: answers 90.0 % of 20 validation " \
+           "images (target 90.0 %); chosen by --best-detector vfe-recon |" in text
+    assert "| vfe-recon: selective risk at 90 % coverage, held-out corrupted images (the run's, all severities) " \
+           "| 25.0 % |" in text and "| vfe-recon OOD AUROC vs fashion-mnist (test half) | 93.0 % |" in text
+    none = detector_card(results, "vfe", 1, None, "--best-detector none")
+    assert none == {"name": None, "why_none": "--best-detector none"}
+    assert "| abstains (vfe predict --coverage) | no: --best-detector none |" in \
+        card_markdown({**build_card(results, "vfe", 1), "detector": none})

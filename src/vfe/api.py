@@ -41,13 +41,14 @@ from vfe.benchmark.config import (
     quick_settings,
     with_overrides,
 )
+from vfe.benchmark.detection import detection_split
 from vfe.benchmark.prepare import skipped_files, write_skipped
 from vfe.benchmark.replicates import replicate_seed
 from vfe.benchmark.run import run
 from vfe.benchmark.sweep import run_sweep_job
 from vfe.data import IMAGE_SUFFIXES, load_train_test, read_image
 from vfe.data.errors import MissingDataError
-from vfe.data.split import balanced_index, balanced_subset
+from vfe.data.split import balanced_subset
 from vfe.errors import DataError, SettingsError
 from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
 from vfe.features.source import BackboneFeatures
@@ -66,12 +67,10 @@ from vfe.pipeline import Pipeline
 from vfe.robustness.augmix import DEFAULT_VIEWS
 from vfe.robustness.calibration import probability_metrics
 from vfe.robustness.detectors import (
-    DEFAULT_VALIDATION,
     Abstained,
     Detector,
     check_detector,
     fit_detector,
-    validation_size_needed,
 )
 from vfe.robustness.selective import check_coverage
 
@@ -276,37 +275,6 @@ def _fitted_head(head: str, head_params: dict, seed: int, X: np.ndarray, y: np.n
     if "device" in model.get_params():
         model.set_params(device="cpu")
     return model
-
-
-def detection_split(pool, n_train: int | None, seed: int, coverage: float, n_val: int | None = None):
-    """(training subset, validation subset) of a training split `pool` for a fit with a detector.
-
-    With `n_train`, the training subset is the one a fit without a detector uses (balanced_index, `seed`),
-    and the validation images are a class-balanced draw (balanced_index, same seed) of `n_val` of the rest.
-    Without it, the validation images are drawn first from the whole split and the head trains on the rest.
-    `n_val` defaults to DEFAULT_VALIDATION images, or all that are left when fewer (without `n_train`: at
-    most a fifth of the split). Too few for `coverage` (validation_size_needed) is refused in one line.
-    """
-    everything = np.arange(len(pool))
-    if n_train is not None:
-        train = balanced_index(pool.labels, n_train, seed)
-        rest = np.setdiff1d(everything, train)
-        room, default = len(rest), min(DEFAULT_VALIDATION, len(rest))
-    else:  # at most half the split, so that the head still trains on the other half
-        rest, room, default = everything, len(pool) // 2, min(DEFAULT_VALIDATION, len(pool) // 5)
-    wanted, needed = n_val if n_val is not None else default, validation_size_needed(coverage)
-    if not needed <= wanted <= room:
-        given = f"--n-val {n_val} was asked for" if n_val is not None else f"{wanted} would be drawn"
-        raise SettingsError(f"--detector at --coverage {coverage} needs {needed} to {room} validation images outside "
-                            f"the training subset of the training split's {len(pool)}, and {given}: "
-                            f"{'lower --n-train, ' if n_train is not None else ''}give --n-val in that range, use "
-                            "more images, or a lower --coverage")
-    validation = rest[balanced_index(pool.labels[rest], wanted, seed)]
-    if n_train is None:
-        train = np.setdiff1d(everything, validation)
-    tag = f"n={n_train}:seed={seed}"
-    return (pool.subset(train, tag=f"train:{tag}:detector-validation-excluded"),
-            pool.subset(validation, tag=f"detector-validation:{tag}:n_val={wanted}"))
 
 
 def _fitted_detector(pipe: Pipeline, name: str, data, validation, coverage: float, cache: FeatureCache,

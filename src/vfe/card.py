@@ -27,7 +27,11 @@ SOURCES = {
     "strongest_attack": "min over the attack keys but 'clean' of adversarial[h][r].accuracy",
     "ece": "clean[h][r].ece",
     "ood_auroc": "ood.per_head[h][r]['selected_auroc_<OOD set>']",
+    "detector.ood_auroc": "ood.per_head[h][r]['<msp|recon|elbo>_auroc_<OOD set>'], for mahalanobis "
+                          "ood.selection.detector_mahalanobis[r][<OOD set>].auroc",
+    "detector.selective": "selective.per_head[h][r][group][detector]: risk_80, risk_90, aurc",
 }
+_OOD_SCORES = {"msp": "msp", "vfe-recon": "recon", "vfe-elbo": "elbo"}  # a head's scores in the OOD stage
 
 
 class CardError(VfeError):
@@ -106,6 +110,29 @@ def build_card(results: dict, head: str, replicate: int | str) -> dict:
     }
 
 
+def detector_card(results: dict, head: str, replicate: int | str, detector, how: str = "") -> dict:
+    """The card's "detector": what a pipeline abstains with (a vfe.robustness.detectors.Detector and how it was
+    chosen, or None and why), and what the run measured of that detector's score for `head`'s replicate, where
+    it did."""
+    if detector is None:
+        return {"name": None, "why_none": how}
+    r, name = str(replicate), detector.name
+    ood = results.get("ood") or {}
+    if name == "mahalanobis":  # the detector's own (shrunk) score, not the baseline's (vfe.benchmark.ood)
+        sets = ((ood.get("selection") or {}).get("detector_mahalanobis") or {}).get(r) or {}
+        auroc = {ood_set: values["auroc"] for ood_set, values in sets.items()}
+    else:
+        prefix = f"{_OOD_SCORES[name]}_auroc_"
+        values = ((ood.get("per_head") or {}).get(head) or {}).get(r) or {}
+        auroc = {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+    groups = (((results.get("selective") or {}).get("per_head") or {}).get(head) or {}).get(r) or {}
+    return {"name": name, "chosen_by": how, "coverage": detector.coverage, "threshold": detector.threshold,
+            "validation_images": len(detector.validation_scores),
+            "validation_coverage": detector.validation_coverage,
+            "ood_auroc": auroc or None,
+            "selective": {g: values[name] for g, values in groups.items() if name in values} or None}
+
+
 def _held_out(row: dict, r: str) -> dict | None:
     if not row or row.get("headline") is None:
         return None
@@ -181,7 +208,30 @@ def card_markdown(card: dict) -> str:
                      f"{_pct(attack['accuracy'])} |")
     for name, value in (card.get("ood_auroc") or {}).items():
         lines.append(f"| OOD AUROC vs {name} (validation-selected score) | {_pct(value)} |")
+    lines += _detector_rows(card.get("detector"))
     lines += ["", ("Every number is read from the run's results.json (the card's `sources` name the fields); "
                   "corruption families average that replicate's accuracies over their benchmark corruptions and "
                   "severities. docs/cards.md says what each row means."), ""]
     return "\n".join(lines)
+
+
+def _detector_rows(detector: dict | None) -> list[str]:
+    """The table rows of the card's detector (none for a card from before detectors were saved)."""
+    if detector is None:
+        return []
+    if detector["name"] is None:
+        return [f"| abstains (vfe predict --coverage) | no: {detector['why_none']} |"]
+    rows = [(f"| abstains (vfe predict --coverage) | {detector['name']} score above {detector['threshold']:.6g}: "
+            f"answers {_pct(detector['validation_coverage'])} of {detector['validation_images']} validation "
+            f"images (target {_pct(detector['coverage'])}); chosen by {detector['chosen_by']} |")]
+    rows += [f"| {detector['name']} OOD AUROC vs {name} (test half) | {_pct(value)} |"
+             for name, value in (detector.get("ood_auroc") or {}).items()]
+    selective = detector.get("selective") or {}
+    for group in ("clean", "held_out"):  # results.json has every family too
+        values = selective.get(group) or {}
+        rows += [f"| {detector['name']}: selective risk at {key.removeprefix('risk_')} % coverage, "
+                 f"{group.replace('_', '-')} corrupted images (the run's, all severities) | {_pct(values[key])} |"
+                 if group != "clean" else
+                 f"| {detector['name']}: selective risk at {key.removeprefix('risk_')} % coverage, clean test "
+                 f"images | {_pct(values[key])} |" for key in sorted(k for k in values if k.startswith("risk_"))]
+    return rows

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
 import vfe.benchmark.ood as ood_stage
@@ -84,12 +85,14 @@ def test_stage_reports_the_validation_chosen_score_on_the_test_half(monkeypatch)
     X_test = _features(n_in, val_in, out=False)
     X_far = _features(n_far, val_far, out=True)
     X_noisy = _features(n_in, val_in, out=True)  # the noisy copy of image i lives in image i's half
+    X_uniform = _features(n_in, val_in, out=True)  # as many noise images as test images: the same halves
     test = ImageSet(np.zeros((n_in, 4, 4, 1), np.uint8), np.zeros(n_in, int), ["x"], source="stub")
     far = ImageSet(np.zeros((n_far, 4, 4, 1), np.uint8), np.full(n_far, -1), [], source="far stub")
+    uniform = ood_stage.uniform_noise_set(test, data_seed)
 
     def features(images, **_):
-        assert images is far
-        return X_far
+        assert images is far or np.array_equal(images.images, uniform.images)
+        return X_far if images is far else X_uniform
 
     monkeypatch.setattr(ood_stage, "far_ood_set", lambda dataset, like, seed: ("far", far))
     monkeypatch.setattr(ood_stage, "corrupted_features", lambda *args: X_noisy)
@@ -100,7 +103,8 @@ def test_stage_reports_the_validation_chosen_score_on_the_test_half(monkeypatch)
                             "stub", data_seed, "auto")
 
     row, chosen = out["per_head"]["vfe"]["0"], out["selection"]["per_head"]["vfe"]["0"]
-    for ood_set, X_out, test_out in (("far", X_far, test_far), ("gaussian_noise_s5", X_noisy, test_in)):
+    for ood_set, X_out, test_out in (("far", X_far, test_far), ("gaussian_noise_s5", X_noisy, test_in),
+                                     ("uniform_noise", X_uniform, test_in)):
         assert chosen[ood_set]["chosen"] == "recon"
         recon = _auroc(X_test[sorted(test_in), 1], X_out[sorted(test_out), 1])
         msp = _auroc(-X_test[sorted(test_in), 0], -X_out[sorted(test_out), 0])
@@ -109,7 +113,7 @@ def test_stage_reports_the_validation_chosen_score_on_the_test_half(monkeypatch)
         assert row[f"msp_auroc_{ood_set}"] == msp  # kept, on the test half, but not the reported one
         assert row[f"selected_fpr95_{ood_set}"] == 1.0
     assert all(isinstance(v, float) for v in row.values())  # the summary averages every per-head value
-    assert out["selection"]["n_validation"] == {"in": 20, "far": 15, "gaussian_noise_s5": 20}
+    assert out["selection"]["n_validation"] == {"in": 20, "far": 15, "gaussian_noise_s5": 20, "uniform_noise": 20}
 
     # the feature baseline: whichever Mahalanobis score wins on validation, measured on the test half
     detector = MahalanobisScore().fit(X_train, y_train)
@@ -124,6 +128,23 @@ def test_stage_reports_the_validation_chosen_score_on_the_test_half(monkeypatch)
         expected = _auroc(detector.score(X_test, rel)[sorted(test_in)],
                           detector.score(X_out, rel)[sorted(test_out)])
         assert out["feature_baselines"][f"selected_auroc_{ood_set}"] == pytest.approx(expected)
+
+    # a pipeline detector's Mahalanobis (the covariance shrunk by Ledoit-Wolf, scikit-learn's estimator here) on
+    # the same halves, recorded beside the choice and never chosen from
+    means = np.stack([X_train[y_train == k].mean(0) for k in (0, 1)])
+    centred = X_train - means[y_train]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+
+    def shrunk(X):
+        return np.min([np.einsum("nd,de,ne->n", X - m, precision, X - m) for m in means], axis=0)
+
+    for ood_set, X_out, val_out, test_out in (("far", X_far, val_far, test_far),
+                                              ("gaussian_noise_s5", X_noisy, val_in, test_in)):
+        got = out["selection"]["detector_mahalanobis"][ood_set]
+        assert got["validation_auroc"] == pytest.approx(_auroc(shrunk(X_test)[sorted(val_in)],
+                                                               shrunk(X_out)[sorted(val_out)]))
+        assert got["auroc"] == pytest.approx(_auroc(shrunk(X_test)[sorted(test_in)], shrunk(X_out)[sorted(test_out)]))
+        assert set(got) == {"validation_auroc", "auroc", "fpr95"}
 
 
 def _results(selection=True):
@@ -232,14 +253,15 @@ def test_run_stage_splits_each_replicate_by_its_own_seed_not_the_data_seed(monke
     monkeypatch.setattr(ood_stage, "corrupted_features", lambda *args: X_noisy)
     rng = np.random.default_rng(0)
     X_train = np.r_[rng.normal(0.8, 0.05, (50, 2)), rng.normal(0.3, 0.05, (50, 2))]
-    replicate = SimpleNamespace(features=lambda images, **_: X_far, X_train=X_train,
+    X_uniform = _features(n_in, val_in, out=True)  # the pure-noise set: as many images as the test set
+    replicate = SimpleNamespace(features=lambda images, **_: X_far if images is far else X_uniform, X_train=X_train,
                                 train=SimpleNamespace(labels=np.repeat([0, 1], 50)), X_test=X_test, test=test,
                                 dataset="stub", seed=seed)
     ctx = SimpleNamespace(replicates=[replicate], models_of=lambda r: {("vfe", r): _StubHead()}, clean_probs={},
                           data_seed=0, corruption_params="auto", noise_seed=lambda r: 0)
     out = ood_stage.run_stage(OODSettings(), ctx)["ood"]
     row = out["per_head"]["vfe"]["0"]
-    for ood_set in ("far", "gaussian_noise_s5"):
+    for ood_set in ("far", "gaussian_noise_s5", "uniform_noise"):
         assert out["selection"]["per_head"]["vfe"]["0"][ood_set]["chosen"] == "recon"
         assert (row[f"recon_auroc_{ood_set}"], row[f"msp_auroc_{ood_set}"]) == (0.0, 1.0)
         assert row[f"selected_auroc_{ood_set}"] == 0.0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from vfe.benchmark.ood import far_ood_set, match_shape, texture_crops
+from vfe.benchmark.ood import far_ood_set, match_shape, texture_crops, uniform_noise_set
 from vfe.data.types import ImageSet
 from vfe.heads import make_head
 from vfe.robustness.ood import (
@@ -98,6 +98,16 @@ def test_far_ood_set_is_digits_for_fashion_shaped_images():
     assert ood.images[:, :3, :3].mean() < 20 and ood.images.max() > 200
 
 
+@pytest.mark.parametrize("shape", [(40, 28, 28, 1), (30, 32, 32, 3)])
+def test_the_uniform_noise_set_is_seeded_noise_shaped_like_the_test_images(shape):
+    like = ImageSet(np.zeros(shape, np.uint8), np.zeros(shape[0]), ["x"], source="test")
+    noise = uniform_noise_set(like, seed=3)
+    assert noise.images.shape == shape and noise.images.dtype == np.uint8 and (noise.labels == -1).all()
+    assert abs(noise.images.mean() - 127.5) < 3 and noise.images.min() == 0 and noise.images.max() == 255
+    assert np.array_equal(noise.images, uniform_noise_set(like, seed=3).images)
+    assert not np.array_equal(noise.images, uniform_noise_set(like, seed=4).images)
+
+
 def test_match_shape_resizes_and_converts_channels():
     crops = texture_crops(6, seed=0)
     assert crops.shape == (6, 64, 64) and crops.std() > 10  # real texture, not a flat patch
@@ -119,8 +129,8 @@ def test_ood_stage_end_to_end(fashion_mnist, small_backbone, fashion_heads, tmp_
     out = run_ood(BackboneFeatures(FeatureCache(tmp_path), small_backbone, progress=False), models, X_train,
                   train.labels, X_test, clean_probs, test, "fashion-mnist", data_seed=0, corruption_params="auto")
 
-    assert set(out["ood_sets"]) == {"digits", "gaussian_noise_s5"} and out["n_in"] == len(test)
-    sets = ("digits", "gaussian_noise_s5")
+    sets = ("digits", "gaussian_noise_s5", "uniform_noise")
+    assert set(out["ood_sets"]) == set(sets) and out["n_in"] == len(test) == out["ood_sets"]["uniform_noise"]["n"]
     assert set(out["per_head"]["linear"]["0"]) == {f"{score}_{s}_{o}" for score in ("msp", "selected")
                                                    for s in ("auroc", "fpr95") for o in sets}
     assert set(out["per_head"]["vfe"]["0"]) == {f"{score}_{s}_{o}" for score in ("msp", "recon", "elbo", "selected")
@@ -135,6 +145,10 @@ def test_ood_stage_end_to_end(fashion_mnist, small_backbone, fashion_heads, tmp_
     assert baselines["mahalanobis_auroc_gaussian_noise_s5"] > 0.9
     assert len(baselines) == 3 * 2 * len(sets)  # (plain, relative, selected) x (auroc, fpr95) x OOD sets
     assert 0 < baselines["relative_mahalanobis_auroc_digits"] <= 1
+    # the pipeline detector's own Mahalanobis (the covariance shrunk), recorded beside the choice
+    shrunk = out["selection"]["detector_mahalanobis"]
+    assert set(shrunk) == set(sets) and all(0 <= v["auroc"] <= 1 and 0 <= v["validation_auroc"] <= 1
+                                            for v in shrunk.values())
 
 
 def test_fpr95_keeps_the_threshold_that_first_reaches_95_tpr_among_tied_scores():

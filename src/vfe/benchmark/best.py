@@ -14,19 +14,36 @@ The rule, in order (each step leaves a reason per head in the card's `selection.
   4. of that head's replicates, the one whose clean accuracy is the median: for an even count the lower of the
      two middle ones; equal accuracies in replicate order.
 No qualifying head (no linear head, or no head with a headline): one line in the log and no file.
+
+The pipeline carries a detector so that `vfe predict --coverage` abstains on unfamiliar inputs. Which one
+(--best-detector auto, the default) is measured, because it depends on the data and on the kind of input: on
+Fashion-MNIST max softmax separates the heavily noised test images far worse than Mahalanobis or the VFE's
+reconstruction error (AUROC ~0.72 against ~0.98), yet it flags pure noise images that Mahalanobis lets through
+(vfe.benchmark.ood). Auto takes, among the detectors the saved head offers, the one whose worst AUROC over the
+OOD stage's sets (on their validation halves, for that head and replicate) is highest, so that it catches every
+kind of unfamiliar input measured; equal worst cases go to the higher mean, then to DETECTORS' order. The
+detectors' scores are the OOD stage's (Mahalanobis: the detector's own, the covariance shrunk,
+`detector_mahalanobis`); without the OOD stage, Mahalanobis. It is
+fitted on the replicate's training features, its threshold for --best-coverage chosen on training images outside
+the replicate's training subset (vfe.benchmark.detection, the rule `vfe fit --detector` uses), their features
+through the replicate's backbone. The card says how it was chosen and what the run measured of it for this head
+and replicate (OOD AUROC on the test halves, selective risk), where it did.
 """
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from vfe.benchmark.adapted_bn import SUFFIX as BN_SUFFIX
+from vfe.benchmark.detection import detection_split, validation_room
 from vfe.benchmark.summary import BASELINE
-from vfe.card import build_card, card_markdown
-from vfe.errors import VfeError
+from vfe.card import build_card, card_markdown, detector_card
+from vfe.errors import SettingsError, VfeError
 from vfe.heads.registry import adapts_at_test_time, head_class_of
 from vfe.io import write_text
+from vfe.robustness.detectors import DETECTORS, VFE_METHODS, fit_detector, validation_size_needed
 
 MARGIN = 0.005  # 0.5 points of clean accuracy below the linear head's
 PIPELINE_FILE = "best.safetensors"
@@ -110,11 +127,72 @@ def select_best(results: dict) -> dict:
             "rule": f"{rule}: {head} ({why[head]}), replicate {replicate} (median clean accuracy of {n})"}
 
 
-def save_best(results: dict, models: dict, prepared: list, out_folder: Path, log, shown: Path | None = None
-              ) -> Path | None:
-    """Write out_folder/best.safetensors (the chosen head on its replicate's backbone, the card in its metadata)
-    and out_folder/card.md; the pipeline's path, or None (one line in the log) when no head qualifies. `shown`:
-    the folder named in the log (the run folder, where `out_folder` is its staged copy)."""
+@dataclass(frozen=True)
+class BestDetector:
+    """--best-detector at --best-coverage, its validation images drawn from `pool` (the run's training split)
+    outside the training subset of `n_train` images."""
+
+    name: str
+    coverage: float
+    pool: object  # ImageSet
+    n_train: int
+
+
+def check_detector_room(detector: BestDetector, seed: int) -> None:
+    """Enough training images outside the training subset for the threshold: checked once the data is loaded,
+    before any feature is extracted."""
+    room, needed = validation_room(detector.pool, detector.n_train, seed), validation_size_needed(detector.coverage)
+    if room < needed:
+        raise SettingsError(f"--save-best: the detector's threshold for --best-coverage {detector.coverage} needs "
+                            f"{needed} training images outside the training subset, and --n-train {detector.n_train} "
+                            f"leaves {room} of {len(detector.pool)}: lower --n-train or --best-coverage, or give "
+                            "--best-detector none")
+
+
+_OOD_SCORES = {"msp": "msp", "recon": "vfe-recon", "elbo": "vfe-elbo"}  # the OOD stage's score -> detector
+
+
+def auto_detector(results: dict, head: str, replicate: int | str) -> tuple[str, str]:
+    """(detector, how it was chosen) for --best-detector auto: the highest worst-case validation-half AUROC over
+    the OOD stage's sets for `head`'s replicate (ties: the higher mean, then DETECTORS' order); Mahalanobis without
+    the OOD stage."""
+    r = str(replicate)
+    selection = (results.get("ood") or {}).get("selection")
+    if not selection:
+        return "mahalanobis", "--best-detector auto without the OOD stage (--no-ood): mahalanobis, which any head offers"
+    auroc: dict[str, list[float]] = {}
+    for choice in selection["per_head"][head][r].values():
+        for score, value in choice["validation_auroc"].items():
+            if score in _OOD_SCORES:
+                auroc.setdefault(_OOD_SCORES[score], []).append(value)
+    for choice in (selection.get("detector_mahalanobis") or {}).get(r, {}).values():
+        auroc.setdefault("mahalanobis", []).append(choice["validation_auroc"])
+    rank = {name: (min(values), sum(values) / len(values)) for name, values in auroc.items()}
+    name = max((d for d in DETECTORS if d in rank), key=lambda d: rank[d])  # max keeps the first of equals
+    listed = ", ".join(f"{d} {rank[d][0]:.3f} (mean {rank[d][1]:.3f})" for d in DETECTORS if d in rank)
+    return name, (f"--best-detector auto: the highest worst-case AUROC over the OOD stage's {len(auroc[name])} "
+                  f"sets on their validation halves ({listed})")
+
+
+def _fitted_detector(detector: BestDetector, model, p, replicate: int, results: dict, head: str, log):
+    """(the detector for `model` on replicate draw `p`, or None, and how it was chosen or why there is none)."""
+    name, how = (auto_detector(results, head, replicate) if detector.name == "auto" else
+                 (detector.name, f"--best-detector {detector.name}"))
+    method = VFE_METHODS.get(name)
+    if method is not None and not callable(getattr(model, method, None)):
+        why = f"{name} needs a VFE head, and the saved head has no {method}"
+        log(f"[vfe] --save-best: the pipeline carries no detector: {why} (choose --best-detector auto)")
+        return None, why
+    _, validation = detection_split(detector.pool, detector.n_train, p.seed, detector.coverage)
+    X_val = p.features(validation, desc="extract detector validation")
+    return fit_detector(name, model, p.X_train, p.train.labels, X_val, detector.coverage), how
+
+
+def save_best(results: dict, models: dict, prepared: list, out_folder: Path, log, shown: Path | None = None,
+              detector: BestDetector | None = None) -> Path | None:
+    """Write out_folder/best.safetensors (the chosen head on its replicate's backbone, `detector` fitted for it,
+    the card in its metadata) and out_folder/card.md; the pipeline's path, or None (one line in the log) when no
+    head qualifies. `shown`: the folder named in the log (the run folder, where `out_folder` is its staged copy)."""
     from vfe.pipeline import Pipeline  # torch and timm: imported only when a pipeline is saved
 
     choice = select_best(results)
@@ -122,15 +200,19 @@ def save_best(results: dict, models: dict, prepared: list, out_folder: Path, log
         log(f"[vfe] --save-best: no pipeline saved: {choice['reason']}")
         return None
     head, replicate = choice["head"], choice["replicate"]
-    card = {**build_card(results, head, replicate), "selection": {k: v for k, v in choice.items()}}
     model = copy.deepcopy(models[(head, replicate)])  # the run's own stays as it was
     if "device" in model.get_params():
         model.set_params(device="cpu")  # the saved pipeline predicts wherever it is loaded
     p = prepared[replicate]
-    path = Pipeline(p.backbone, model, p.train.class_names, card=card).save(out_folder / PIPELINE_FILE,
-                                                                           overwrite=True)
+    fitted, how = (_fitted_detector(detector, model, p, replicate, results, head, log) if detector is not None
+                   else (None, "--best-detector none"))
+    card = {**build_card(results, head, replicate), "selection": {k: v for k, v in choice.items()},
+            "detector": detector_card(results, head, replicate, fitted, how)}
+    path = Pipeline(p.backbone, model, p.train.class_names, detector=fitted, card=card).save(
+        out_folder / PIPELINE_FILE, overwrite=True)
     write_text(out_folder / CARD_FILE, card_markdown(card))
     where = shown or out_folder
-    log(f"[vfe] best pipeline: {where / PIPELINE_FILE} ({head}, replicate {replicate}); its card: "
+    log(f"[vfe] best pipeline: {where / PIPELINE_FILE} ({head}, replicate {replicate}"
+        f"{f', abstains with {fitted.name} at coverage {fitted.coverage}' if fitted else ''}); its card: "
         f"{where / CARD_FILE}")
     return path

@@ -205,6 +205,13 @@ class RunSettings:
         "also save the best head that needs nothing at test time (clean accuracy within 0.5 points of the linear "
         "head's, paired; best held-out headline) as a pipeline, RUN/best.safetensors, with its robustness card "
         "RUN/card.md (docs/cards.md)"))
+    best_detector: str = field(default="auto", **_help(
+        "with --save-best: the detector the saved pipeline abstains with (vfe predict --coverage): auto (the one "
+        "the OOD stage measured best for that head and replicate; mahalanobis without it), mahalanobis, msp, "
+        "vfe-recon or vfe-elbo (a VFE head only), or none; its threshold is chosen on training images outside the "
+        "replicate's training subset (docs/abstention.md)"))
+    best_coverage: float = field(default=0.9, **_help(
+        "with --save-best: the share of those validation images the detector's threshold answers"))
     data: DataSettings = field(default_factory=DataSettings)
     backbone: BackboneSettings = field(default_factory=BackboneSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
@@ -374,9 +381,30 @@ def check_external_heads(heads: list[str], cluster: EngineSettings, attacks: Att
 
 def check_save_best(settings: RunSettings, heads: list[str]) -> None:
     """--save-best compares clean accuracy with the linear head's and ranks by held-out corruptions: both must
-    be measured (vfe.benchmark.best)."""
+    be measured (vfe.benchmark.best). Its detector needs training images outside the training subset."""
+    from vfe.robustness.detectors import DETECTORS
+    from vfe.robustness.selective import check_coverage
+
+    default = RunSettings()
     if not settings.save_best:
+        changed = [flag for flag, key in (("--best-detector", "best_detector"), ("--best-coverage", "best_coverage"))
+                   if getattr(settings, key) != getattr(default, key)]
+        if changed:
+            raise SettingsError(f"{', '.join(changed)}: the detector of the pipeline --save-best writes; add "
+                                "--save-best")
         return
+    if settings.best_detector not in ("auto", *DETECTORS, "none"):
+        raise SettingsError(f"--best-detector must be auto, one of {', '.join(DETECTORS)} or none, got "
+                            f"{settings.best_detector!r}")
+    if settings.best_detector != "none":
+        try:
+            check_coverage(settings.best_coverage)
+        except SettingsError as e:
+            raise SettingsError(f"--best-coverage: {e}") from None
+        if settings.data.n_train is None:
+            raise SettingsError("--save-best: the detector's threshold is chosen on training images the head never "
+                                "saw, and --n-train none trains on all of them: give --n-train, or --best-detector "
+                                "none")
     if "linear" not in heads:
         raise SettingsError("--save-best keeps heads within 0.5 points of the linear head's clean accuracy: add "
                             "linear to --heads")

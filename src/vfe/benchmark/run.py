@@ -20,6 +20,7 @@ import torch
 from vfe.backbones import resolve_device
 from vfe.benchmark.adapted_bn import base_head
 from vfe.benchmark.augment import training_record
+from vfe.benchmark.best import BestDetector, check_detector_room, save_best
 from vfe.benchmark.clean import evaluate_clean
 from vfe.benchmark.config import RunSettings, check, check_run_dir, check_trainable, compared_results
 from vfe.benchmark.context import RunContext
@@ -65,7 +66,7 @@ def write_run(settings: RunSettings, out: Path, log) -> None:
     # --engine ray: connected before the data is prepared (a wrong --address costs nothing) and kept for every
     # stage (heads x seeds, corruption shards and attacked heads go to the cluster); local: connects to nothing
     with cluster_session(settings.cluster):
-        measured, models, prepared = measure(settings, heads, device, out, timer, log)
+        measured, models, prepared, detector = measure(settings, heads, device, out, timer, log)
         results = {"schema_version": SCHEMA_VERSION, **measured}
     results["summary"] = summarise(results)
     results["leaderboard"] = leaderboard(results, {h: base_head(h) in heads and is_augmented(base_head(h))
@@ -74,10 +75,8 @@ def write_run(settings: RunSettings, out: Path, log) -> None:
         results["compared_run"] = {"path": settings.compare_with,
                                    **comparable(compared_results(settings.compare_with))}
     if settings.save_best:  # the best head that needs nothing at test time, as a pipeline + its card
-        from vfe.benchmark.best import save_best
-
         with timer.timed("save best pipeline"):
-            save_best(results, models, prepared, out, log, shown=settings.run_dir)
+            save_best(results, models, prepared, out, log, shown=settings.run_dir, detector=detector)
     results["timings"] = {**timer.seconds, "total": round(time.perf_counter() - started, 3)}
     results["peak_rss_mb"] = peak_rss_mb()
     results["peak_rss_mb_after_stage"] = timer.peak_rss_mb
@@ -89,14 +88,18 @@ def write_run(settings: RunSettings, out: Path, log) -> None:
 
 
 def measure(settings: RunSettings, heads: list[str], device: str, out: Path, timer: StageTimer, log
-            ) -> tuple[dict, dict, list[Prepared]]:
+            ) -> tuple[dict, dict, list[Prepared], BestDetector | None]:
     """Prepare and fit every replicate, evaluate clean, run every enabled robustness stage: results.json's
     measurements (the summary, leaderboard and timings are added from them), the fitted heads {(head, replicate):
-    model} and each replicate's prepared draw (--save-best saves one of them)."""
+    model}, each replicate's prepared draw (--save-best saves one of them) and the detector --save-best fits."""
     augmented = any(is_augmented(h) for h in heads)
     draws = replicates(settings.data.data_seed, settings.heads.replicates)
     shared = load_shared(settings.data, settings.backbone, settings.cache_dir, timer, log)
     check_trainable(shared.pool, shared.dataset, settings.data.n_train)  # before any feature is extracted
+    detector = None
+    if settings.save_best and settings.best_detector != "none":
+        detector = BestDetector(settings.best_detector, settings.best_coverage, shared.pool, settings.data.n_train)
+        check_detector_room(detector, draws[0].seed)
     if settings.cluster.engine == "local":
         start_early(local_workers(device))  # the fitting and attacking worker processes' imports, meanwhile
     prepared, training = [], []
@@ -147,7 +150,7 @@ def measure(settings: RunSettings, heads: list[str], device: str, out: Path, tim
             with timer.timed(stage.label(own)):
                 results.update(stage.function()(own, ctx))
     results.update(report_inputs(models, shared.test, clean_probs))  # the report reads results.json only
-    return results, models, prepared
+    return results, models, prepared, detector
 
 
 def setting_of(settings: RunSettings, heads: list[str], prepared: list[Prepared], draws: list[Replicate],

@@ -32,7 +32,8 @@ ByCorruption = Annotated[dict[str, T], Keys('corruption name, e.g. "gaussian_noi
 BySeverity = Annotated[dict[str, T], Keys('severity as a string: "1" ... "5"', r"^[0-9]+$")]
 ByMetric = Annotated[dict[str, T], Keys('summary metric: "clean_accuracy", "mCE", "adv:<attack key>", '
                                         '"ood:<score>_<auroc|fpr95>_<OOD set>", ...')]
-ByOodSet = Annotated[dict[str, T], Keys('OOD set: "digits", "fashion-mnist", "textures", "gaussian_noise_s5"')]
+ByOodSet = Annotated[dict[str, T], Keys('OOD set: "digits", "fashion-mnist", "textures", "gaussian_noise_s5", '
+                                                     '"uniform_noise"')]
 ByStage = Annotated[dict[str, T], Keys("stage, as the run's timer names it")]
 
 Share = Annotated[float, "a share of images, 0 to 1"]
@@ -172,6 +173,10 @@ class OodSelection(TypedDict):
 
     per_head: ByHead[ByReplicate[ByOodSet[OodChoice]]]
     feature_baselines: ByReplicate[ByOodSet[OodChoice]]
+    detector_mahalanobis: NotRequired[Annotated[ByReplicate[ByOodSet[dict[str, float]]],
+                                                "a pipeline detector's Mahalanobis score (shrunk covariance): its "
+                                                "validation_auroc, and auroc and fpr95 on the test halves; not "
+                                                "chosen from (vfe run --save-best chooses a detector by it)"]]
     seed: ByReplicate[int]
     n_validation: Annotated[dict[str, int], '"in" and each OOD set']
     n_test: Annotated[dict[str, int], '"in" and each OOD set']

@@ -36,7 +36,7 @@ DETECTORS = {
     "vfe-recon": "the VFE head's reconstruction error of the features (--head vfe)",
     "vfe-elbo": "the VFE head's negative ELBO of the features (--head vfe)",
 }
-_VFE_METHODS = {"vfe-recon": "reconstruction_error", "vfe-elbo": "negative_elbo"}
+VFE_METHODS = {"vfe-recon": "reconstruction_error", "vfe-elbo": "negative_elbo"}
 MIN_VALIDATION = 20  # fewer validation images than this give a threshold that is mostly chance
 DEFAULT_VALIDATION = 1000  # validation images drawn for the threshold when the caller does not say
 
@@ -55,9 +55,9 @@ def check_detector(name: str, head_class: type | None = None) -> str:
     naming the choices otherwise, raised before any work."""
     if name not in DETECTORS:
         raise SettingsError(f"--detector {name!r} is not a detector; choose one of {', '.join(DETECTORS)}")
-    if name in _VFE_METHODS and head_class is not None and not hasattr(head_class, _VFE_METHODS[name]):
+    if name in VFE_METHODS and head_class is not None and not hasattr(head_class, VFE_METHODS[name]):
         raise SettingsError(f"--detector {name} needs a VFE head (--head vfe); {head_class.__name__} has no "
-                         f"{_VFE_METHODS[name]}: choose msp or mahalanobis")
+                         f"{VFE_METHODS[name]}: choose msp or mahalanobis")
     return name
 
 
@@ -98,7 +98,7 @@ class Detector:
             return max_softmax_score(head.predict_proba(X) if probs is None else probs).astype(np.float64)
         if self.name == "mahalanobis":
             return mahalanobis_scorer(self.means, self.precision).score(X)
-        return np.asarray(getattr(head, _VFE_METHODS[self.name])(X), dtype=np.float64)
+        return np.asarray(getattr(head, VFE_METHODS[self.name])(X), dtype=np.float64)
 
     def export_state(self) -> tuple[dict[str, np.ndarray], dict]:
         """(named float64 arrays, JSON) that from_state rebuilds it from."""
