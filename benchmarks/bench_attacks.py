@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from vfe.backbones import create_backbone
-from vfe.benchmark.adversarial import run_attacks
-from vfe.benchmark.config import AttackSettings, RunSettings
+from vfe.benchmark.run_settings import RunSettings
+from vfe.benchmark.stages.adversarial.settings import AttackSettings
+from vfe.benchmark.stages.adversarial.stage import run_attacks
 from vfe.data import load_dataset
 from vfe.data.split import balanced_subset
 from vfe.heads import make_head

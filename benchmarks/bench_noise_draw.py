@@ -48,7 +48,7 @@ import torch
 
 from vfe import defaults
 from vfe.backbones import create_backbone
-from vfe.benchmark.corruption import corrupted_features
+from vfe.benchmark.stages.corruptions.stage import corrupted_features
 from vfe.data import load_train_test
 from vfe.data.split import balanced_index, balanced_subset
 from vfe.features.cache import FeatureCache

@@ -30,10 +30,11 @@ import torch
 
 from vfe import defaults
 from vfe.backbones import create_backbone
-from vfe.benchmark.adversarial import AttackDraw, attack_draws, attack_one
-from vfe.benchmark.config import AttackSettings, HeadSettings
+from vfe.benchmark.config import HeadSettings
 from vfe.benchmark.fit import TrainingDraw, fit_replicates
 from vfe.benchmark.processes import local_workers, start_early
+from vfe.benchmark.stages.adversarial.settings import AttackSettings
+from vfe.benchmark.stages.adversarial.stage import AttackDraw, attack_draws, attack_one
 from vfe.benchmark.timer import cpu_seconds
 from vfe.data import load_train_test
 from vfe.data.split import balanced_index

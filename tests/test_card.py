@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from vfe.benchmark.corruption import corruption_summary
 from vfe.benchmark.leaderboard import leaderboard
+from vfe.benchmark.stages.corruptions.stage import corruption_summary
 from vfe.benchmark.summary import by_head, summarise
 from vfe.card import CardError, build_card, card_markdown, detector_card, family_accuracy
 

@@ -11,8 +11,9 @@ import pytest
 from jsonschema import Draft202012Validator
 from threads import one_thread
 
-from vfe.benchmark.config import RunSettings, with_overrides
+from vfe.benchmark.config import with_overrides
 from vfe.benchmark.run import run
+from vfe.benchmark.run_settings import RunSettings
 from vfe.cli import main
 from vfe.report.inputs import read_results
 from vfe.report.results_check import ResultsFileError, ResultsSchemaBug, check_written

@@ -5,8 +5,8 @@
     >>> pipe.save("digits-vfe.safetensors")
     >>> evaluate_pipeline("digits-vfe.safetensors", "digits")["accuracy"]
 
-The main job (the robustness benchmark) is `run(RunSettings(...))`; `vfe.benchmark.config` has the
-settings, `quick_settings()` the `--quick` ones. The reference's protocol (fine-tune the top first):
+The main job (the robustness benchmark) is `run(RunSettings(...))`; `vfe.benchmark.run_settings` has the
+settings (each stage's own in vfe.benchmark.stages), `quick_settings()` the `--quick` ones. The reference's protocol (fine-tune the top first):
 
     >>> run(with_overrides(quick_settings(), {"protocol": "reference", "name": "quick-reference"}))
 
@@ -34,17 +34,16 @@ from vfe.benchmark.augment import augmix_features
 from vfe.benchmark.config import (
     PROTOCOLS,
     FinetuneSettings,
-    RunSettings,
     SweepSettings,
     check_finetune,
     check_trainable,
-    quick_settings,
     with_overrides,
 )
 from vfe.benchmark.detection import detection_split
 from vfe.benchmark.prepare import skipped_files, write_skipped
 from vfe.benchmark.replicates import replicate_seed
 from vfe.benchmark.run import run
+from vfe.benchmark.run_settings import RunSettings, quick_settings
 from vfe.benchmark.sweep import run_sweep_job
 from vfe.data import IMAGE_SUFFIXES, load_train_test, read_image
 from vfe.data.errors import MissingDataError
@@ -360,8 +359,9 @@ def _corruption_choice(corruptions: bool | list[str], severities: list[int] | No
     """(corruption names, severities) to evaluate, checked before anything loads; ([], []) for none."""
     if corruptions is False or corruptions is None:
         return [], []
-    from vfe.benchmark.config import CorruptionSettings, check_corruption_params
-    from vfe.benchmark.corruption import corruption_names
+    from vfe.benchmark.config import check_corruption_params
+    from vfe.benchmark.stages.corruptions.settings import CorruptionSettings
+    from vfe.benchmark.stages.corruptions.stage import corruption_names
     from vfe.robustness.corruptions.registry import REGISTRY
 
     names = corruption_names(CorruptionSettings(corruptions=None if corruptions is True or not corruptions
@@ -379,9 +379,9 @@ def _corruption_choice(corruptions: bool | list[str], severities: list[int] | No
 def _corruption_metrics(pipe: Pipeline, data, index: np.ndarray, names: list[str], severities: list[int],
                         seed: int, params: str, cache: FeatureCache, progress: bool) -> dict:
     """The pipeline on every corruption x severity of `data`, the corrupted images made and cached exactly as
-    `vfe run` makes them (vfe.benchmark.corruption.corrupted_features), so a frozen-protocol pipeline saved by
+    `vfe run` makes them (vfe.benchmark.stages.corruptions.stage.corrupted_features), so a frozen-protocol pipeline saved by
     a run scores what the run measured."""
-    from vfe.benchmark.corruption import corrupted_features, error_table
+    from vfe.benchmark.stages.corruptions.stage import corrupted_features, error_table
     from vfe.card import family_accuracy
     from vfe.robustness import metrics as cm
     from vfe.robustness.corruptions.registry import BENCHMARK_CORRUPTIONS

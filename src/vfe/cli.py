@@ -12,8 +12,9 @@ import traceback
 from pathlib import Path
 
 from vfe import defaults
-from vfe.benchmark.config import FinetuneSettings, RunSettings, SweepSettings
+from vfe.benchmark.config import FinetuneSettings, SweepSettings
 from vfe.benchmark.flags import ArgumentParser, add_flags, apply_flags, merge_head_params
+from vfe.benchmark.run_settings import RunSettings
 from vfe.errors import SettingsError, VfeError
 from vfe.heads.registry import head_names
 from vfe.lab import cli as lab_cli
@@ -246,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from vfe.benchmark.config import quick_settings
     from vfe.benchmark.run import run
+    from vfe.benchmark.run_settings import quick_settings
 
     settings = apply_flags(quick_settings() if args.quick else RunSettings(), args)
     out = run(settings, overwrite=args.overwrite, wait=args.wait)

@@ -14,8 +14,8 @@ from torch import nn
 
 from vfe.backbones import create_backbone
 from vfe.backbones.adapt_bn import AdaptedFeatures, AdaptedNetwork
-from vfe.benchmark import adversarial
-from vfe.benchmark.config import AttackSettings
+from vfe.benchmark.stages.adversarial import stage as adversarial
+from vfe.benchmark.stages.adversarial.settings import AttackSettings
 from vfe.heads import make_head
 from vfe.heads.base import SoftmaxOutput
 from vfe.robustness.attacks import (

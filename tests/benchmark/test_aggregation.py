@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from vfe.benchmark.config import HeadSettings
-from vfe.benchmark.corruption import corruption_summary
 from vfe.benchmark.fit import fit_heads
+from vfe.benchmark.stages.corruptions.stage import corruption_summary
 from vfe.benchmark.summary import summarise
 
 T_975_1 = 12.70620474  # Student t, 97.5 % quantile, 1 degree of freedom (any t table)

@@ -16,8 +16,9 @@ from sklearn.datasets import load_digits
 from threads import one_thread
 from torch import nn
 
-from vfe.benchmark import adversarial
-from vfe.benchmark.config import AttackSettings, EngineSettings
+from vfe.benchmark.config import EngineSettings
+from vfe.benchmark.stages.adversarial import stage as adversarial
+from vfe.benchmark.stages.adversarial.settings import AttackSettings
 from vfe.data.split import balanced_index
 from vfe.data.types import ImageSet
 from vfe.heads import make_head
@@ -304,7 +305,7 @@ def test_an_adaptive_heads_accuracy_names_the_strongest_attack_and_a_direct_only
 def test_the_section_tables_show_intervals_with_replicates_and_the_eot_gap_with_its_paired_interval():
     from types import SimpleNamespace
 
-    from vfe.report.sections import _adaptive_table, _eot_gap_table, _interval_table
+    from vfe.benchmark.stages.adversarial.section import _adaptive_table, _eot_gap_table, _interval_table
 
     table = _interval_table(hand_made_results())
     assert table.rows == [  # heads in the results' order

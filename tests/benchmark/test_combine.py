@@ -11,8 +11,9 @@ from scipy import stats
 from threads import one_thread
 
 from vfe.benchmark.combine import combine
-from vfe.benchmark.config import RunSettings, with_overrides
+from vfe.benchmark.config import with_overrides
 from vfe.benchmark.run import run
+from vfe.benchmark.run_settings import RunSettings
 from vfe.cli import main
 from vfe.errors import SettingsError
 

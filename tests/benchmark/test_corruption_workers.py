@@ -12,9 +12,9 @@ from colour_data import colour_splits
 
 from vfe.backbones import create_backbone
 from vfe.backbones.cut import CutActivations, CutModel, TopFeatures, reference_cut
-from vfe.benchmark import corruption
 from vfe.benchmark.config import BackboneSettings
-from vfe.benchmark.corruption import cache_workers, corrupted_features, fill_cache
+from vfe.benchmark.stages.corruptions import stage as corruption
+from vfe.benchmark.stages.corruptions.stage import cache_workers, corrupted_features, fill_cache
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset
 from vfe.data.types import ImageSet

@@ -13,9 +13,10 @@ from threads import one_thread
 
 from vfe import api
 from vfe.api import finetune_settings, fit_pipeline
-from vfe.benchmark.config import FinetuneSettings, RunSettings, with_overrides
+from vfe.benchmark.config import FinetuneSettings, with_overrides
 from vfe.benchmark.replicates import replicate_seed
 from vfe.benchmark.run import run
+from vfe.benchmark.run_settings import RunSettings
 from vfe.cli import main
 from vfe.data import load_train_test
 from vfe.errors import SettingsError

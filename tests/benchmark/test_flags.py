@@ -12,8 +12,9 @@ import time
 import pytest
 
 from vfe.benchmark import config as cfg
-from vfe.benchmark.config import RunSettings, SweepSettings, check, flat_dict, quick_settings, with_overrides
+from vfe.benchmark.config import SweepSettings, flat_dict, with_overrides
 from vfe.benchmark.flags import ArgumentParser, add_flags, apply_flags
+from vfe.benchmark.run_settings import RunSettings, check, quick_settings
 from vfe.cli import build_parser, main
 from vfe.errors import SettingsError
 

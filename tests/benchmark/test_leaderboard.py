@@ -12,9 +12,11 @@ import pytest
 import torch
 from colour_data import write_colour_folder
 
-from vfe.benchmark.config import RunSettings, with_overrides
+from vfe.benchmark.config import with_overrides
 from vfe.benchmark.leaderboard import leaderboard, ranked_attack
 from vfe.benchmark.run import run
+from vfe.benchmark.run_settings import RunSettings
+from vfe.benchmark.stages.sections import SECTIONS
 from vfe.report import build_document
 from vfe.report.to_markdown import to_markdown
 
@@ -75,7 +77,7 @@ def paired_t(diffs: list[float], higher_is_better: bool) -> tuple[float, float, 
 
 
 def _md(results: dict) -> str:
-    return to_markdown(build_document(results))
+    return to_markdown(build_document(results, SECTIONS))
 
 
 def _table_line(md: str, head: str) -> list[str]:

@@ -7,12 +7,13 @@ import pytest
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
-import vfe.benchmark.ood as ood_stage
-from vfe.benchmark.config import OODSettings
+import vfe.benchmark.stages.ood.stage as ood_stage
+from vfe.benchmark.stages.ood.section import ood_section
+from vfe.benchmark.stages.ood.settings import OODSettings
 from vfe.data.types import ImageSet
 from vfe.report.document import Table
 from vfe.report.narrative import what_this_says
-from vfe.report.sections import Context, ood_section
+from vfe.report.sections import Context
 from vfe.robustness.ood import MahalanobisScore, select_score, validation_split
 
 

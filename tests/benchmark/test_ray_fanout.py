@@ -23,7 +23,7 @@ import pytest
 from colour_data import write_colour_folder
 
 from vfe.backbones import create_backbone
-from vfe.benchmark import adversarial, corruption, fit, sweep
+from vfe.benchmark import fit, sweep
 from vfe.benchmark.config import (
     DEFAULT_CORRUPTION_PARAMS,
     BackboneSettings,
@@ -31,10 +31,12 @@ from vfe.benchmark.config import (
     EngineSettings,
     HeadSettings,
 )
-from vfe.benchmark.corruption import corruption_transform
 from vfe.benchmark.fanout import extract_on_cluster
 from vfe.benchmark.fit import fit_heads
 from vfe.benchmark.prepare import load_shared, prepare, prepare_replicate
+from vfe.benchmark.stages.adversarial import stage as adversarial
+from vfe.benchmark.stages.corruptions import stage as corruption
+from vfe.benchmark.stages.corruptions.stage import corruption_transform
 from vfe.benchmark.sweep import run_sweep
 from vfe.benchmark.timer import StageTimer
 from vfe.cli import main
@@ -323,7 +325,7 @@ def test_the_local_engine_never_imports_ray(tmp_path):
              "from vfe.benchmark.config import HeadSettings\n"
              "from vfe.benchmark.fit import fit_heads\n"
              "from vfe.benchmark.sweep import run_sweep\n"
-             "import vfe.benchmark.adversarial, vfe.benchmark.corruption, vfe.benchmark.run\n"
+             "import vfe.benchmark.stages.adversarial.stage, vfe.benchmark.stages.corruptions.stage, vfe.benchmark.run\n"
              "rng = np.random.default_rng(0)\n"
              "X, y = rng.normal(size=(40, 5)).astype(np.float32), np.arange(40) % 2\n"
              f"run_sweep({{'heads': ['svm']}}, X, y, X, y, {str(tmp_path)!r}, progress=False)\n"

@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 
 from vfe.api import extract_features
-from vfe.benchmark import adversarial
 from vfe.benchmark.config import EngineSettings
 from vfe.benchmark.fanout import extract_on_cluster
+from vfe.benchmark.stages.adversarial import stage as adversarial
 from vfe.cli import main
 from vfe.data import load_dataset
 from vfe.errors import SettingsError

@@ -9,9 +9,10 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from vfe.benchmark.config import RunSettings, with_overrides
+from vfe.benchmark.config import with_overrides
 from vfe.benchmark.replicates import replicate_seed, replicates
 from vfe.benchmark.run import run
+from vfe.benchmark.run_settings import RunSettings
 from vfe.data import load_train_test
 from vfe.data.split import balanced_index
 from vfe.features.cache import FeatureCache

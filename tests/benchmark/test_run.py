@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vfe.benchmark.config import RunSettings, with_overrides
+from vfe.benchmark.config import with_overrides
 from vfe.benchmark.run import run
+from vfe.benchmark.run_settings import RunSettings
 from vfe.errors import SettingsError
 from vfe.report.inputs import read_results
 from vfe.report.schema import SCHEMA_VERSION

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from threads import one_thread
 
-from vfe.benchmark.config import RunSettings, with_overrides
+from vfe.benchmark.config import with_overrides
 from vfe.benchmark.run import run
+from vfe.benchmark.run_settings import RunSettings
 from vfe.errors import SettingsError
 
 # what differs between two runs of the same settings: wall-clock times, memory, where the run was written

@@ -19,9 +19,9 @@ from vfe.benchmark.best import (
     save_best,
     select_best,
 )
-from vfe.benchmark.config import check
 from vfe.benchmark.detection import detection_split
 from vfe.benchmark.run import run
+from vfe.benchmark.run_settings import check
 from vfe.card import build_card, card_markdown, detector_card
 from vfe.cli import main
 from vfe.data import load_train_test

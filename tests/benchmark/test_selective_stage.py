@@ -16,13 +16,17 @@ import pytest
 from scipy import stats
 from sklearn.datasets import load_digits
 
-from vfe.benchmark.config import CorruptionSettings, RunSettings, check, with_overrides
-from vfe.benchmark.corruption import corruption_transform
-from vfe.benchmark.selective import groups_of, run_stage
+from vfe.benchmark.config import with_overrides
+from vfe.benchmark.run_settings import RunSettings, check
+from vfe.benchmark.stages.corruptions.settings import CorruptionSettings
+from vfe.benchmark.stages.corruptions.stage import corruption_transform
+from vfe.benchmark.stages.selective.section import selective_section
+from vfe.benchmark.stages.selective.settings import SelectiveSettings
+from vfe.benchmark.stages.selective.stage import groups_of, run_stage
 from vfe.errors import SettingsError
 from vfe.heads import make_head
 from vfe.report.document import Document
-from vfe.report.selective import selective_section
+from vfe.report.sections import Context
 from vfe.report.to_markdown import to_markdown
 
 CORRUPTIONS = ["gaussian_noise", "shot_noise", "defocus_blur", "speckle_noise"]  # speckle: not a benchmark one
@@ -61,7 +65,7 @@ def stage():
     ctx = SimpleNamespace(replicates=replicates, heads=["linear", "vfe"], models=models, progress=False,
                           noise_seed=lambda r: 0)
     settings = CorruptionSettings(corruptions=CORRUPTIONS, severities=SEVERITIES)
-    return ctx, run_stage(settings, ctx)["selective"]
+    return ctx, run_stage(SelectiveSettings(), settings, ctx)["selective"]
 
 
 def brute_risk(scores: np.ndarray, errors: np.ndarray, coverage: float) -> float:
@@ -153,7 +157,7 @@ def test_summary_and_paired_comparison_with_max_softmax_are_over_the_replicates(
 
 def test_the_report_section_prints_the_stage_numbers(stage):
     _, selective = stage
-    text = to_markdown(Document("t", "s", [selective_section({"selective": selective})]))
+    text = to_markdown(Document("t", "s", [selective_section(Context({"selective": selective}))]))
     summary = selective["summary"]["linear"]["held_out"]
     for detector, label in (("msp", "max softmax"), ("vfe-recon", "VFE reconstruction error")):
         cell = summary[detector]["risk_90"]
@@ -163,7 +167,7 @@ def test_the_report_section_prints_the_stage_numbers(stage):
     sign = "+" if comparison["mean_diff"] > 0 else "−"
     assert f"{sign}{abs(comparison['mean_diff']) * 100:.1f} points" in text
     assert "held-out corruptions: AURC" in text
-    assert "Skipped" in to_markdown(Document("t", "s", [selective_section({})]))
+    assert "Skipped" in to_markdown(Document("t", "s", [selective_section(Context({}))]))
 
 
 def test_an_unknown_selective_head_is_refused_before_any_work():

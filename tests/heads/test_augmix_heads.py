@@ -16,7 +16,8 @@ from vfe.api import fit_pipeline
 from vfe.backbones import create_backbone
 from vfe.benchmark import augment
 from vfe.benchmark.augment import augmentation_record, augmix_features, training_record
-from vfe.benchmark.config import RunSettings, check, with_overrides
+from vfe.benchmark.config import with_overrides
+from vfe.benchmark.run_settings import RunSettings, check
 from vfe.benchmark.sweep import run_sweep
 from vfe.cli import main
 from vfe.data import load_train_test

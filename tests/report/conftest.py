@@ -17,10 +17,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from vfe.benchmark.clean import evaluate_clean
-from vfe.benchmark.config import AttackSettings, BackboneSettings, DataSettings, HeadSettings, RunSettings
-from vfe.benchmark.corruption import corruption_summary
+from vfe.benchmark.config import BackboneSettings, DataSettings, HeadSettings
 from vfe.benchmark.fit import fit_heads
 from vfe.benchmark.replicates import FIXED, REDRAWN, replicates
+from vfe.benchmark.run_settings import RunSettings
+from vfe.benchmark.stages.adversarial.settings import AttackSettings
+from vfe.benchmark.stages.corruptions.stage import corruption_summary
 from vfe.benchmark.summary import summarise
 from vfe.benchmark.sweep import summarise_cells
 from vfe.data.types import ImageSet
@@ -62,7 +64,7 @@ def _corrupted_metrics(models: dict, X: np.ndarray, y: np.ndarray, names: list[s
 
 
 def _adversarial(clean: dict, rng: np.random.Generator) -> dict:
-    """Per-replicate attack results shaped like vfe.benchmark.adversarial's, with per-image correctness: each
+    """Per-replicate attack results shaped like vfe.benchmark.stages.adversarial.stage's, with per-image correctness: each
     replicate attacks its own N_ATTACKED images (a hardness per image), which every head of the replicate
     shares; a head gets an image right while its hardness is below the head's accuracy under the attack. The
     sampling VFE head keeps part of its accuracy under the naive attack only (gradient masking); for the

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from scipy import stats as scipy_stats
 
+from vfe.benchmark.stages.sections import SECTIONS
 from vfe.benchmark.summary import summarise
 from vfe.io import write_json
 from vfe.report import write_report
@@ -27,7 +28,7 @@ def _cell(stat: dict, scale: float = 100, digits: int = 1) -> str:
 @pytest.fixture(scope="module")
 def written(report_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return out, write_report(out, report_run), report_run
+    return out, write_report(out, report_run, SECTIONS), report_run
 
 
 def _chromium() -> str:
@@ -127,7 +128,7 @@ def test_missing_stages_render_as_skipped(report_run, tmp_path):
     keep = ("setting", "config", "clean", "fit_seconds", "histories")
     results = {k: report_run[k] for k in keep}
     results["summary"] = summarise(results)
-    paths = write_report(tmp_path, results)
+    paths = write_report(tmp_path, results, SECTIONS)
     md, html = paths["markdown"].read_text(), paths["html"].read_text()
     for stage in ("corruption", "adversarial", "out-of-distribution"):
         assert f"The {stage} stage was skipped" in md
@@ -139,7 +140,7 @@ def test_missing_stages_render_as_skipped(report_run, tmp_path):
 
 def test_results_without_clean_metrics_are_refused(tmp_path):
     with pytest.raises(ValueError, match="holding at least 'clean'"):
-        write_report(tmp_path, {"setting": {}})
+        write_report(tmp_path, {"setting": {}}, SECTIONS)
 
 
 @pytest.mark.slow
@@ -147,11 +148,15 @@ def test_the_report_needs_no_stage_head_or_backbone_code(report_run, tmp_path):
     """Written in a fresh process from results.json alone, the report loads none of the run's machinery."""
     write_json(tmp_path / "results.json", report_run)
     code = ("import sys; from vfe.io import read_json; from vfe.report import write_report; "
-            f"write_report({str(tmp_path)!r}, read_json({str(tmp_path / 'results.json')!r})); "
-            "print(sorted(m for m in sys.modules if m.startswith(('vfe.benchmark', 'vfe.stages', 'vfe.experiment', "
-            "'vfe.heads', 'vfe.backbones'))))")
+            "from vfe.benchmark.stages.sections import SECTIONS; "
+            f"write_report({str(tmp_path)!r}, read_json({str(tmp_path / 'results.json')!r}), SECTIONS); "
+            "print(sorted(m for m in sys.modules if m.startswith(('vfe.benchmark', 'vfe.experiment', 'vfe.heads', "
+            "'vfe.backbones'))))")
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
-    assert done.stdout.strip() == "[]"
+    stages = ("corruptions", "selective", "adversarial", "ood")  # each stage's package and section alone
+    assert done.stdout.strip() == str(sorted(["vfe.benchmark", "vfe.benchmark.stages", "vfe.benchmark.stages.sections",
+                                              *(f"vfe.benchmark.stages.{s}" for s in stages),
+                                              *(f"vfe.benchmark.stages.{s}.section" for s in stages)]))
     assert (tmp_path / "figures" / "corruption_grid.png").exists() and (tmp_path / "figures" / "reliability.png").exists()
 
 
@@ -160,12 +165,12 @@ def test_each_corruption_is_marked_seen_or_held_out_for_augmented_heads(report_r
     from vfe.benchmark.augment import augmentation_record
 
     results = {**report_run, "augmentation": augmentation_record("noise", (1, 2, 3, 4, 5))}
-    md = write_report(tmp_path, results)["markdown"].read_text()
+    md = write_report(tmp_path, results, SECTIONS)["markdown"].read_text()
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in md.splitlines()
             if line.startswith("| ") and line.count("|") > 4 and line.split("|")[2].strip() in ("seen", "held out")}
     # by hand: the noise family is the four *_noise corruptions; everything else was held out
     assert {name for name, mark in rows.items() if mark == "seen"} == {"gaussian noise", "shot noise",
                                                                         "impulse noise", "speckle noise"}
     assert len(rows) == 19 and "blur, weather, digital stayed held out" in md
-    plain = write_report(tmp_path / "plain", report_run)["markdown"].read_text()
+    plain = write_report(tmp_path / "plain", report_run, SECTIONS)["markdown"].read_text()
     assert "held out" not in plain  # no augmented head, no marking

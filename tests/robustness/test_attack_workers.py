@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vfe.benchmark import adversarial
-from vfe.benchmark.adversarial import AttackDraw, attack_draws
-from vfe.benchmark.config import AttackSettings
+from vfe.benchmark.stages.adversarial import stage as adversarial
+from vfe.benchmark.stages.adversarial.settings import AttackSettings
+from vfe.benchmark.stages.adversarial.stage import AttackDraw, attack_draws
 
 HEADS = ["linear", "vfe"]
 

@@ -19,7 +19,7 @@ The pipeline carries a detector so that `vfe predict --coverage` abstains on unf
 (--best-detector auto, the default) is measured, because it depends on the data and on the kind of input: on
 Fashion-MNIST max softmax separates the heavily noised test images far worse than Mahalanobis or the VFE's
 reconstruction error (AUROC ~0.72 against ~0.98), yet it flags pure noise images that Mahalanobis lets through
-(vfe.benchmark.ood). Auto takes, among the detectors the saved head offers, the one whose worst AUROC over the
+(vfe.benchmark.stages.ood.stage). Auto takes, among the detectors the saved head offers, the one whose worst AUROC over the
 OOD stage's sets (on their validation halves, for that head and replicate) is highest, so that it catches every
 kind of unfamiliar input measured; equal worst cases go to the higher mean, then to DETECTORS' order. The
 detectors' scores are the OOD stage's (Mahalanobis: the detector's own, the covariance shrunk,
@@ -36,8 +36,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfe.benchmark.adapted_bn import SUFFIX as BN_SUFFIX
 from vfe.benchmark.detection import detection_split, validation_room
+from vfe.benchmark.stages.corruptions.adapted_bn import SUFFIX as BN_SUFFIX
 from vfe.benchmark.summary import BASELINE
 from vfe.card import build_card, card_markdown, detector_card
 from vfe.errors import SettingsError, VfeError

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from vfe.benchmark.config import RunSettings
 from vfe.benchmark.leaderboard import leaderboard
+from vfe.benchmark.run_settings import RunSettings
 from vfe.benchmark.summary import BASELINE
 from vfe.errors import SettingsError
 from vfe.heads.registry import is_augmented

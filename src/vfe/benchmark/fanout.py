@@ -6,7 +6,7 @@
     without a cache folder the nodes share, `--ray-shared-cache`), or entry by entry in tasks that receive the
     run's feature source (the reference protocol's fine-tuned top; a shared cache folder needed).
 The work itself is one function used by both engines (vfe.benchmark.fit.fit_one for a head x seed,
-vfe.benchmark.sweep.fit_cell for a sweep cell, vfe.benchmark.adversarial.attack_one for an attacked head,
+vfe.benchmark.sweep.fit_cell for a sweep cell, vfe.benchmark.stages.adversarial.stage.attack_one for an attacked head,
 FeatureCache.extract for a shard); this module only runs it on the connected Ray cluster
 (vfe.features.ray_engine.ray_session connects) and hands the results back to the driver.
 

@@ -35,7 +35,7 @@ from vfe.errors import VfeError
 from vfe.hardware import usable_cores
 
 _SHARED: dict[str, Any] = {}  # in a worker: the arrays every job reads, received once
-_JOB_MODULES = ["vfe.benchmark.fit", "vfe.benchmark.adversarial"]  # what the fork server imports for its workers
+_JOB_MODULES = ["vfe.benchmark.fit", "vfe.benchmark.stages.adversarial.stage"]  # what the fork server imports for its workers
 
 
 def _context() -> multiprocessing.context.BaseContext:

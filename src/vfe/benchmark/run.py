@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 
 from vfe.backbones import resolve_device
-from vfe.benchmark.adapted_bn import base_head
 from vfe.benchmark.augment import training_record
 from vfe.benchmark.best import BestDetector, check_detector_room, save_best
 from vfe.benchmark.clean import evaluate_clean
-from vfe.benchmark.config import RunSettings, check, check_run_dir, check_trainable, compared_results
+from vfe.benchmark.config import check_run_dir, check_trainable, compared_results
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fanout import cluster_session
 from vfe.benchmark.fit import TrainingDraw, fit_replicates
@@ -30,7 +29,10 @@ from vfe.benchmark.leaderboard import leaderboard
 from vfe.benchmark.prepare import Prepared, load_shared, prepare_replicate, skipped_files, write_skipped
 from vfe.benchmark.processes import local_workers, start_early
 from vfe.benchmark.replicates import FIXED, NOISE, REDRAWN, Replicate, replicates
-from vfe.benchmark.stages import STAGES
+from vfe.benchmark.run_settings import RunSettings, check
+from vfe.benchmark.stages.corruptions.adapted_bn import base_head
+from vfe.benchmark.stages.registry import STAGES
+from vfe.benchmark.stages.sections import SECTIONS
 from vfe.benchmark.summary import by_head, summarise
 from vfe.benchmark.timer import StageTimer, peak_rss_mb
 from vfe.heads.registry import expand_heads, is_augmented, is_augmix
@@ -84,7 +86,7 @@ def write_run(settings: RunSettings, out: Path, log) -> None:
     results = check_written(results)  # vfe.report.schema's shape, or a bug naming the field
     write_json(out / "results.json", results)
     with timer.timed("report"):
-        write_report(out, results)
+        write_report(out, results, SECTIONS)
 
 
 def measure(settings: RunSettings, heads: list[str], device: str, out: Path, timer: StageTimer, log
@@ -145,10 +147,10 @@ def measure(settings: RunSettings, heads: list[str], device: str, out: Path, tim
                      settings.corruptions.corruption_params, settings.progress, timer, settings.cluster,
                      settings.backbone, settings.corruptions.noise_per_replicate)
     for stage in STAGES:
-        own = getattr(settings, stage.settings)
-        if stage.enabled(own):
-            with timer.timed(stage.label(own)):
-                results.update(stage.function()(own, ctx))
+        own = stage.settings_of(settings)
+        if stage.enabled(*own):
+            with timer.timed(stage.label(*own)):
+                results.update(stage.run(*own, ctx))
     results.update(report_inputs(models, shared.test, clean_probs))  # the report reads results.json only
     return results, models, prepared, detector
 

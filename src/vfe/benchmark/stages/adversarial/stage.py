@@ -51,11 +51,14 @@ from tqdm.auto import tqdm
 
 from vfe.backbones.adapt_bn import AdaptedNetwork
 from vfe.backbones.shipping import rebuild, shippable
-from vfe.benchmark.adapted_bn import base_head
-from vfe.benchmark.config import AttackSettings, EngineSettings
+from vfe.benchmark.config import EngineSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.fanout import TASK_DEVICE, fan_out
 from vfe.benchmark.processes import local_workers, map_local
+from vfe.benchmark.stages import Stage
+from vfe.benchmark.stages.adversarial.section import adversarial_section
+from vfe.benchmark.stages.adversarial.settings import AttackSettings, check_attacks
+from vfe.benchmark.stages.corruptions.adapted_bn import base_head
 from vfe.benchmark.summary import by_head
 from vfe.data.split import balanced_index
 from vfe.data.types import ImageSet
@@ -406,3 +409,8 @@ def _on_device(module: torch.nn.Module, device) -> torch.nn.Module:
     if all(p.device == device for p in module.parameters()):
         return module
     return copy.deepcopy(module).to(device)
+
+
+STAGE = Stage("adversarial", ("attacks",), run_stage, adversarial_section,
+              enabled=lambda own: own.n_attack > 0, label=lambda own: f"adversarial attacks ({own.n_attack} images)",
+              check=lambda own, heads: check_attacks(own))

@@ -48,9 +48,11 @@ import skimage.data
 from skimage.transform import resize
 from sklearn.datasets import load_digits
 
-from vfe.benchmark.config import OODSettings
 from vfe.benchmark.context import RunContext
-from vfe.benchmark.corruption import corrupted_features
+from vfe.benchmark.stages import Stage
+from vfe.benchmark.stages.corruptions.stage import corrupted_features
+from vfe.benchmark.stages.ood.section import ood_section
+from vfe.benchmark.stages.ood.settings import OODSettings
 from vfe.data import available_fashion_mnist, load_dataset
 from vfe.data.types import ImageSet
 from vfe.features.source import FeatureSource
@@ -238,3 +240,7 @@ def match_shape(images: np.ndarray, like: ImageSet, n: int, seed: int, source: s
     if images.shape[-1] != channels:
         images = np.repeat(images.mean(-1, keepdims=True).round().astype(np.uint8), channels, axis=-1)
     return ImageSet(images, np.full(len(images), -1), [], source=f"{source}->{height}x{width}x{channels}")
+
+
+STAGE = Stage("ood", ("ood",), run_stage, ood_section, enabled=lambda own: own.ood,
+              label=lambda own: "out-of-distribution detection")

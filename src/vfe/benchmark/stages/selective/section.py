@@ -9,6 +9,7 @@ from __future__ import annotations
 from vfe.report import numbers
 from vfe.report.document import Note, Paragraph, Section, Table
 from vfe.report.names import Metric
+from vfe.report.sections import Context
 from vfe.robustness.selective import risk_key
 
 TITLE = "Selective classification under corruption"
@@ -63,8 +64,8 @@ def _reading(comparison: dict, key: str = "risk") -> str:
     return "no difference shown"
 
 
-def selective_section(results: dict) -> Section:
-    selective = results.get("selective")
+def selective_section(ctx: Context) -> Section:
+    selective = ctx.results.get("selective")
     if not selective:
         return Section(TITLE, [Note("Skipped: it needs the corruption stage and a classifier head of "
                                     "--selective-heads (these results hold no \"selective\" section).")])

@@ -1,7 +1,7 @@
 """Corrupt the test images (every corruption x severity), extract their features through the cache,
 and measure every head on them; then the corruption metrics (mCE with the linear head as normaliser).
 With `--test-time-bn` the chosen heads are measured again on features from test-time-adapted BatchNorm,
-as heads "<head>+bn" (`vfe.benchmark.adapted_bn`).
+as heads "<head>+bn" (`vfe.benchmark.stages.corruptions.adapted_bn`).
 """
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ import torch
 from tqdm.auto import tqdm
 
 from vfe.backbones import resolve_device
-from vfe.benchmark import adapted_bn
 from vfe.benchmark.clean import evaluate_clean
-from vfe.benchmark.config import BackboneSettings, CorruptionSettings
+from vfe.benchmark.config import BackboneSettings
 from vfe.benchmark.context import RunContext
 from vfe.benchmark.prepare import Prepared
+from vfe.benchmark.stages import Stage
+from vfe.benchmark.stages.corruptions import adapted_bn
+from vfe.benchmark.stages.corruptions.section import corruption_section
+from vfe.benchmark.stages.corruptions.settings import CorruptionSettings, check_corruptions
 from vfe.benchmark.summary import BASELINE, by_head
 from vfe.data.types import ImageSet
 from vfe.features.cache import ImageTransform
@@ -209,3 +212,9 @@ def corruption_summary(per_model: dict, clean: dict, severities: list[int]) -> d
 def error_table(per_corruption: dict) -> dict[str, dict[int, float]]:
     """{corruption: {severity: error}} from {corruption: {severity: metrics}}."""
     return {c: {s: 1.0 - m["accuracy"] for s, m in sev.items()} for c, sev in per_corruption.items()}
+
+
+STAGE = Stage("corruptions", ("corruptions",), run_stage, corruption_section,
+              enabled=lambda own: own.corruptions != [],
+              label=lambda own: f"corruptions ({len(corruption_names(own))} x {len(own.severities)} severities)",
+              check=check_corruptions)

@@ -29,9 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vfe.benchmark.config import CorruptionSettings
 from vfe.benchmark.context import RunContext
-from vfe.benchmark.corruption import corrupted_features, corruption_names
+from vfe.benchmark.stages import Stage
+from vfe.benchmark.stages.corruptions.settings import CorruptionSettings
+from vfe.benchmark.stages.corruptions.stage import corrupted_features, corruption_names
+from vfe.benchmark.stages.selective.section import selective_section
+from vfe.benchmark.stages.selective.settings import SelectiveSettings, check_selective
 from vfe.heads.registry import is_augmented
 from vfe.robustness.corruptions import BENCHMARK_CORRUPTIONS
 from vfe.robustness.corruptions.registry import families
@@ -48,7 +51,7 @@ _VFE_SCORES = {"vfe-recon": "reconstruction_error", "vfe-elbo": "negative_elbo"}
 METRICS = (*(risk_key(c) for c in COVERAGES), "aurc")
 
 
-def selective_heads(settings: CorruptionSettings, ctx: RunContext) -> list[str]:
+def selective_heads(settings: SelectiveSettings, ctx: RunContext) -> list[str]:
     """The heads of `selective_heads` that the run fitted, in the run's order."""
     return [h for h in ctx.heads if h in settings.selective_heads]
 
@@ -63,12 +66,12 @@ def groups_of(names: list[str], seen: list[str]) -> dict[str, list[str]]:
     return {g: cs for g, cs in out.items() if cs}
 
 
-def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
+def run_stage(settings: SelectiveSettings, corruptions: CorruptionSettings, ctx: RunContext) -> dict:
     """results.json's "selective": {"per_head": {head: {replicate: {group: {detector: {risk_80, risk_90,
     aurc}}}}}, "summary": the same with mean/std over replicates, "vs_msp": {head: {group: {detector:
     {metric: paired comparison}}}}, "groups": {head: {group: its corruptions}} ("clean" aside), "detectors",
     "coverages", "n_images": {head: {group: images in its stream, per replicate}}}."""
-    names, severities = corruption_names(settings), list(settings.severities)
+    names, severities = corruption_names(corruptions), list(corruptions.severities)
     heads = selective_heads(settings, ctx)
     seen = list((ctx.replicates[0].augmentation or {}).get("train_corruptions", []))
     head_groups = {h: groups_of(names, seen if is_augmented(h) else []) for h in heads}
@@ -86,7 +89,7 @@ def run_stage(settings: CorruptionSettings, ctx: RunContext) -> dict:
             for key in tqdm(keys, desc=f"selective classification{f' (replicate {r})' if r else ''}",
                             unit="set", disable=not ctx.progress, dynamic_ncols=True):
                 X = p.X_test if key == "clean" else corrupted_features(
-                    p.features, p.test, *key, ctx.noise_seed(r), settings.corruption_params)
+                    p.features, p.test, *key, ctx.noise_seed(r), corruptions.corruption_params)
                 shared = {d: np.asarray(f(X), dtype=np.float64) for d, f in score_features.items()}
                 for h, model in models.items():
                     probs = model.predict_proba(X)
@@ -142,3 +145,9 @@ def versus_msp(per_head: dict) -> dict:
                       for d in dets if d != REFERENCE_DETECTOR}
                   for g, dets in first.items()}
     return out
+
+
+STAGE = Stage("selective", ("selective_classification", "corruptions"), run_stage, selective_section,
+              enabled=lambda own, corr: corr.corruptions != [] and own.selective and bool(own.selective_heads),
+              label=lambda own, corr: "selective classification",
+              check=lambda own, corr, heads: check_selective(own))

@@ -12,8 +12,8 @@ are on adapted features moves every test batch, clean ones included, away from w
 features are the plain ones and the "+bn" head is its twin again.
 
 Heads fitted on corrupted or AugMix views of the training images are left out: their "+bn" twins would need
-those views adapted too. The corruption stage fits and runs the rest (`vfe.benchmark.corruption.run_adapted`);
-the attack stage attacks them as heads that adapt at test time (ATTACKS; `vfe.benchmark.adversarial._attack`);
+those views adapted too. The corruption stage fits and runs the rest (`vfe.benchmark.stages.corruptions.stage.run_adapted`);
+the attack stage attacks them as heads that adapt at test time (ATTACKS; `vfe.benchmark.stages.adversarial.stage._attack`);
 the OOD stage leaves them out, for the reason in NOT_EVALUATED (both written into results.json).
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from sklearn.base import clone
 
 from vfe.backbones import Backbone
 from vfe.backbones.adapt_bn import AdaptedFeatures
-from vfe.benchmark.config import CorruptionSettings
 from vfe.benchmark.prepare import Prepared
+from vfe.benchmark.stages.corruptions.settings import CorruptionSettings
 from vfe.features.source import BackboneFeatures, FeatureSource
 from vfe.heads.registry import is_augmented, is_augmix
 
