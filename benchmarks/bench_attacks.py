@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from vfe.backbones import create_backbone
-from vfe.benchmark.run_settings import RunSettings
-from vfe.benchmark.stages.adversarial.settings import AttackSettings
-from vfe.benchmark.stages.adversarial.stage import run_attacks
 from vfe.data import load_dataset
 from vfe.data.split import balanced_subset
+from vfe.experiment.run_settings import RunSettings
+from vfe.experiment.stages.adversarial.settings import AttackSettings
+from vfe.experiment.stages.adversarial.stage import run_attacks
 from vfe.heads import make_head
 
 

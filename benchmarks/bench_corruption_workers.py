@@ -3,7 +3,7 @@ intra-op thread each): seconds, CPU utilisation and whether the features are bit
 
 Each round extracts the same corrupted test sets twice from empty caches: "sequential" as `run_corruptions`
 alone does it (one set after another, the network at the default intra-op threads), then "workers"
-(`vfe.benchmark.stages.corruptions.stage.fill_cache` with `cache_workers()` workers). Rounds alternate the order, so a
+(`vfe.experiment.stages.corruptions.stage.fill_cache` with `cache_workers()` workers). Rounds alternate the order, so a
 change in the machine's load hits both. Both protocols' feature sources are measured with the main job's
 backbone (EfficientNet-Lite0, packaged ImageNet weights, 112 px, Fashion-MNIST test images):
   * frozen: BackboneFeatures, the whole network's fast path (traced, prefetching);
@@ -33,10 +33,10 @@ import torch
 from vfe import defaults
 from vfe.backbones import create_backbone
 from vfe.backbones.cut import CutActivations, CutModel, TopFeatures, faithful_storage, reference_cut
-from vfe.benchmark.config import BackboneSettings
-from vfe.benchmark.stages.corruptions.stage import cache_workers, corrupted_features, fill_cache
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset
+from vfe.experiment.config import BackboneSettings
+from vfe.experiment.stages.corruptions.stage import cache_workers, corrupted_features, fill_cache
 from vfe.features.cache import FeatureCache
 from vfe.features.source import BackboneFeatures, CutFeatures
 from vfe.io import write_json

@@ -3,7 +3,7 @@
 A linear head on EfficientNet-Lite0 features (packaged ImageNet weights) of a class-balanced training subset,
 then each detector a pipeline can carry (max softmax, Mahalanobis with the shrunk covariance; the VFE's only for
 a VFE head, not measured here), fitted as `vfe fit --detector` fits it: the threshold for 90 % coverage on
-validation images of the training split outside the training subset (vfe.benchmark.detection). Reported: the
+validation images of the training split outside the training subset (vfe.experiment.detection). Reported: the
 share of images past the threshold (abstained on) among
 
   * clean test images (should be about 10 %);
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from vfe.api import fit_pipeline
-from vfe.benchmark.detection import detection_split
-from vfe.benchmark.stages.ood.stage import uniform_noise_set
 from vfe.data import load_train_test
+from vfe.experiment.detection import detection_split
+from vfe.experiment.stages.ood.stage import uniform_noise_set
 from vfe.io import write_json
 from vfe.robustness.corruptions import corrupt
 from vfe.robustness.detectors import fit_detector

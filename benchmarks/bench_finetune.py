@@ -3,7 +3,7 @@
 Stage 0 of `vfe run --protocol reference` trains only the top of the backbone. With the cache, the
 frozen bottom runs once per image (its output at the cut is stored) and every epoch runs the top alone;
 without it (as `--finetune-augment` must, since augmented images change every epoch) each epoch runs
-the whole backbone. Same code as the run (`vfe.benchmark.reference`), same images, one process,
+the whole backbone. Same code as the run (`vfe.experiment.reference`), same images, one process,
 alternating the two ways round by round so that load on the shared machine hits both alike.
 
     python benchmarks/bench_finetune.py                     # Lite0 at 112 px, 2,000 Fashion-MNIST images

@@ -48,9 +48,9 @@ import torch
 
 from vfe import defaults
 from vfe.backbones import create_backbone
-from vfe.benchmark.stages.corruptions.stage import corrupted_features
 from vfe.data import load_train_test
 from vfe.data.split import balanced_index, balanced_subset
+from vfe.experiment.stages.corruptions.stage import corrupted_features
 from vfe.features.cache import FeatureCache
 from vfe.features.source import BackboneFeatures
 from vfe.heads.registry import make_head

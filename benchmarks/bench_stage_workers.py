@@ -1,5 +1,5 @@
 """The run's fit and attack stages, one job after another in this process against worker processes
-(`vfe.benchmark.processes`: two jobs at once, one thread each): seconds, CPU utilisation and whether the results
+(`vfe.experiment.processes`: two jobs at once, one thread each): seconds, CPU utilisation and whether the results
 are bit for bit the same.
 
 Each round fits the heads of 2 replicates (linear and vfe, each replicate its own class-balanced training subset
@@ -10,7 +10,7 @@ workers, each job at one thread). "identical": the fitted heads' probabilities, 
 results (which can differ by an image: the attacks' backward sums follow the thread count). Rounds alternate the order, so a
 change in the machine's load hits both. The main job's backbone (EfficientNet-Lite0, packaged ImageNet weights,
 112 px, frozen) on Fashion-MNIST. CPU utilisation is this process's CPU seconds and its jobs' in
-the worker processes (`vfe.benchmark.timer.cpu_seconds`) over the wall seconds: 200 % is both cores busy.
+the worker processes (`vfe.experiment.timer.cpu_seconds`) over the wall seconds: 200 % is both cores busy.
 
     python benchmarks/bench_stage_workers.py            # 3,000 training images, 48 attacked, the run's attacks
     python benchmarks/bench_stage_workers.py --quick    # a check in a minute or two
@@ -30,14 +30,14 @@ import torch
 
 from vfe import defaults
 from vfe.backbones import create_backbone
-from vfe.benchmark.config import HeadSettings
-from vfe.benchmark.fit import TrainingDraw, fit_replicates
-from vfe.benchmark.processes import local_workers, start_early
-from vfe.benchmark.stages.adversarial.settings import AttackSettings
-from vfe.benchmark.stages.adversarial.stage import AttackDraw, attack_draws, attack_one
-from vfe.benchmark.timer import cpu_seconds
 from vfe.data import load_train_test
 from vfe.data.split import balanced_index
+from vfe.experiment.config import HeadSettings
+from vfe.experiment.fit import TrainingDraw, fit_replicates
+from vfe.experiment.processes import local_workers, start_early
+from vfe.experiment.stages.adversarial.settings import AttackSettings
+from vfe.experiment.stages.adversarial.stage import AttackDraw, attack_draws, attack_one
+from vfe.experiment.timer import cpu_seconds
 from vfe.io import write_json
 from vfe.robustness.attacks import attack_specs, to_unit_float
 

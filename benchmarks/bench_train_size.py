@@ -2,7 +2,7 @@
 
 Transfer: the linear SVM (calibrated) and the linear head on frozen backbone features (cached).
 From scratch: logistic regression on raw pixels (the linear head without dropout). Every cell is
-`--seeds` draws of a stratified labelled subset; cells are resumable (vfe.benchmark.sweep.run_sweep).
+`--seeds` draws of a stratified labelled subset; cells are resumable (vfe.experiment.sweep.run_sweep).
 
     python benchmarks/bench_train_size.py                       # Fashion-MNIST, 100 / 1000 / 10000 labels
     python benchmarks/bench_train_size.py --sizes 100 1000 --seeds 0 1
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from vfe.backbones import create_backbone
-from vfe.benchmark.sweep import markdown_table, pixel_features, train_size_sweep, transfer_gain
 from vfe.data import load_dataset
 from vfe.data.split import balanced_subset
+from vfe.experiment.sweep import markdown_table, pixel_features, train_size_sweep, transfer_gain
 from vfe.features.cache import FeatureCache
 from vfe.io import write_json
 

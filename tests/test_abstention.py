@@ -19,12 +19,12 @@ from safetensors.torch import load_file, save_file
 from vfe import api
 from vfe.api import fit_pipeline, predict_files
 from vfe.backbones import create_backbone
-from vfe.benchmark.detection import detection_split
 from vfe.cli import build_parser, main
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset
 from vfe.data.types import ImageSet
 from vfe.errors import PipelineFileError, SettingsError
+from vfe.experiment.detection import detection_split
 from vfe.heads import make_head
 from vfe.pipeline import Pipeline, read_metadata, sealed_metadata
 from vfe.robustness.detectors import DETECTORS, Abstained, fit_detector

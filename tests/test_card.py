@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from vfe.benchmark.leaderboard import leaderboard
-from vfe.benchmark.stages.corruptions.stage import corruption_summary
-from vfe.benchmark.summary import by_head, summarise
 from vfe.card import CardError, build_card, card_markdown, detector_card, family_accuracy
+from vfe.experiment.leaderboard import leaderboard
+from vfe.experiment.stages.corruptions.stage import corruption_summary
+from vfe.experiment.summary import by_head, summarise
 
 SEVERITIES = [1, 5]
 CORRUPTIONS = ["gaussian_noise", "defocus_blur", "fog", "speckle_noise"]  # speckle_noise: an extra corruption

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 from script_modules import load_script
 
-from vfe.benchmark.combine import check_comparable
+from vfe.experiment.combine import check_comparable
 
 FINETUNE = ("finetune_epochs", "finetune_batch_size", "finetune_lr", "finetune_lp_epochs", "finetune_augment")
 

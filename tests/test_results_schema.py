@@ -11,10 +11,10 @@ import pytest
 from jsonschema import Draft202012Validator
 from threads import one_thread
 
-from vfe.benchmark.config import with_overrides
-from vfe.benchmark.run import run
-from vfe.benchmark.run_settings import RunSettings
 from vfe.cli import main
+from vfe.experiment.config import with_overrides
+from vfe.experiment.run import run
+from vfe.experiment.run_settings import RunSettings
 from vfe.report.inputs import read_results
 from vfe.report.results_check import ResultsFileError, ResultsSchemaBug, check_written
 from vfe.report.schema import SCHEMA_VERSION, schema_text
@@ -25,7 +25,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "results.schema.json"
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     """(run folder, its results.json) of a run of a few seconds on the digits: one head, one replicate, no
-    robustness stage (tests/benchmark/test_run.py checks a run with every stage)."""
+    robustness stage (tests/experiment/test_run.py checks a run with every stage)."""
     tmp = tmp_path_factory.mktemp("schema")
     settings = with_overrides(RunSettings(), {
         "name": "small", "dataset": "digits", "image_size": 32, "n_train": 50, "n_test": 30, "heads": ["linear"],

@@ -5,8 +5,8 @@
     >>> pipe.save("digits-vfe.safetensors")
     >>> evaluate_pipeline("digits-vfe.safetensors", "digits")["accuracy"]
 
-The main job (the robustness benchmark) is `run(RunSettings(...))`; `vfe.benchmark.run_settings` has the
-settings (each stage's own in vfe.benchmark.stages), `quick_settings()` the `--quick` ones. The reference's protocol (fine-tune the top first):
+The main job (the robustness benchmark) is `run(RunSettings(...))`; `vfe.experiment.run_settings` has the
+settings (each stage's own in vfe.experiment.stages), `quick_settings()` the `--quick` ones. The reference's protocol (fine-tune the top first):
 
     >>> run(with_overrides(quick_settings(), {"protocol": "reference", "name": "quick-reference"}))
 
@@ -30,8 +30,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from vfe import defaults
 from vfe.backbones import Backbone, create_backbone
 from vfe.backbones.weights import WeightsInfo
-from vfe.benchmark.augment import augmix_features
-from vfe.benchmark.config import (
+from vfe.data import IMAGE_SUFFIXES, load_train_test, read_image
+from vfe.data.errors import MissingDataError
+from vfe.data.split import balanced_subset
+from vfe.errors import DataError, SettingsError
+from vfe.experiment.augment import augmix_features
+from vfe.experiment.config import (
     PROTOCOLS,
     FinetuneSettings,
     SweepSettings,
@@ -39,16 +43,12 @@ from vfe.benchmark.config import (
     check_trainable,
     with_overrides,
 )
-from vfe.benchmark.detection import detection_split
-from vfe.benchmark.prepare import skipped_files, write_skipped
-from vfe.benchmark.replicates import replicate_seed
-from vfe.benchmark.run import run
-from vfe.benchmark.run_settings import RunSettings, quick_settings
-from vfe.benchmark.sweep import run_sweep_job
-from vfe.data import IMAGE_SUFFIXES, load_train_test, read_image
-from vfe.data.errors import MissingDataError
-from vfe.data.split import balanced_subset
-from vfe.errors import DataError, SettingsError
+from vfe.experiment.detection import detection_split
+from vfe.experiment.prepare import skipped_files, write_skipped
+from vfe.experiment.replicates import replicate_seed
+from vfe.experiment.run import run
+from vfe.experiment.run_settings import RunSettings, quick_settings
+from vfe.experiment.sweep import run_sweep_job
 from vfe.features.cache import DEFAULT_SHARD_SIZE, FeatureCache, FeatureSet
 from vfe.features.source import BackboneFeatures
 from vfe.heads.linear import LinearHead
@@ -159,7 +159,7 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
     carries a detector whose threshold gives `coverage` on `n_val` validation images outside the training
     subset (`detection_split` says which), so it can abstain (docs/abstention.md).
 
-    `protocol` "reference": first stage 0 of `vfe run --protocol reference` (vfe.benchmark.reference.fine_tune:
+    `protocol` "reference": first stage 0 of `vfe run --protocol reference` (vfe.experiment.reference.fine_tune:
     the top of the backbone fine-tuned with Dropout -> Dense on the training subset), then the head on the
     fine-tuned backbone's features; the pipeline holds the fine-tuned backbone. `finetune`: FinetuneSettings
     fields other than protocol (a dict such as {"finetune_epochs": 1}, or a FinetuneSettings), their defaults
@@ -167,7 +167,7 @@ def fit_pipeline(dataset: str, head: str = "vfe", head_params: dict | None = Non
     fine-tuned weights and features: nothing is trained or extracted again.
 
     `replicate` r: fit replicate r of a `vfe run` whose --data-seed is `seed` (its training subset, fine-tuning,
-    AugMix views and head initialisation are seeded by vfe.benchmark.replicates.replicate_seed(seed, r), the
+    AugMix views and head initialisation are seeded by vfe.experiment.replicates.replicate_seed(seed, r), the
     run's results.json setting.replicate_seeds[r]; an image folder's train/test split by `seed`, as the run's).
     Without it, `seed` itself seeds all that, so `seed=replicate_seed(0, r)` is replicate r of a run with the
     default --data-seed 0. The run's head parameters (its --head-param) must be given as `head_params`.
@@ -248,9 +248,9 @@ def _fit_on_finetuned(head: str, head_params: dict, data, settings: FinetuneSett
                       image_size: int | None, device: str, seed: int, cache_dir: str | None, progress: bool,
                       augmix_views: int, log) -> tuple[Pipeline, float]:
     """`head` on the features of the backbone fine-tuned by the reference protocol's stage 0, run as `vfe run`
-    runs it (vfe.benchmark.reference.fine_tune: the same settings, seed and cache keys, so a run's replicate
+    runs it (vfe.experiment.reference.fine_tune: the same settings, seed and cache keys, so a run's replicate
     with the same draw is loaded from the cache, not trained again): (pipeline, training accuracy)."""
-    from vfe.benchmark.reference import fine_tune  # torchvision: loaded only when fine-tuning
+    from vfe.experiment.reference import fine_tune  # torchvision: loaded only when fine-tuning
 
     cache = FeatureCache(cache_dir)
     base = create_backbone(backbone, weights=weights, image_size=image_size, device=device)
@@ -359,9 +359,9 @@ def _corruption_choice(corruptions: bool | list[str], severities: list[int] | No
     """(corruption names, severities) to evaluate, checked before anything loads; ([], []) for none."""
     if corruptions is False or corruptions is None:
         return [], []
-    from vfe.benchmark.config import check_corruption_params
-    from vfe.benchmark.stages.corruptions.settings import CorruptionSettings
-    from vfe.benchmark.stages.corruptions.stage import corruption_names
+    from vfe.experiment.config import check_corruption_params
+    from vfe.experiment.stages.corruptions.settings import CorruptionSettings
+    from vfe.experiment.stages.corruptions.stage import corruption_names
     from vfe.robustness.corruptions.registry import REGISTRY
 
     names = corruption_names(CorruptionSettings(corruptions=None if corruptions is True or not corruptions
@@ -379,10 +379,10 @@ def _corruption_choice(corruptions: bool | list[str], severities: list[int] | No
 def _corruption_metrics(pipe: Pipeline, data, index: np.ndarray, names: list[str], severities: list[int],
                         seed: int, params: str, cache: FeatureCache, progress: bool) -> dict:
     """The pipeline on every corruption x severity of `data`, the corrupted images made and cached exactly as
-    `vfe run` makes them (vfe.benchmark.stages.corruptions.stage.corrupted_features), so a frozen-protocol pipeline saved by
+    `vfe run` makes them (vfe.experiment.stages.corruptions.stage.corrupted_features), so a frozen-protocol pipeline saved by
     a run scores what the run measured."""
-    from vfe.benchmark.stages.corruptions.stage import corrupted_features, error_table
     from vfe.card import family_accuracy
+    from vfe.experiment.stages.corruptions.stage import corrupted_features, error_table
     from vfe.robustness import metrics as cm
     from vfe.robustness.corruptions.registry import BENCHMARK_CORRUPTIONS
 

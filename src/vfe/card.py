@@ -118,7 +118,7 @@ def detector_card(results: dict, head: str, replicate: int | str, detector, how:
         return {"name": None, "why_none": how}
     r, name = str(replicate), detector.name
     ood = results.get("ood") or {}
-    if name == "mahalanobis":  # the detector's own (shrunk) score, not the baseline's (vfe.benchmark.stages.ood.stage)
+    if name == "mahalanobis":  # the detector's own (shrunk) score, not the baseline's (vfe.experiment.stages.ood.stage)
         sets = ((ood.get("selection") or {}).get("detector_mahalanobis") or {}).get(r) or {}
         auroc = {ood_set: values["auroc"] for ood_set, values in sets.items()}
     else:

@@ -12,10 +12,10 @@ import traceback
 from pathlib import Path
 
 from vfe import defaults
-from vfe.benchmark.config import FinetuneSettings, SweepSettings
-from vfe.benchmark.flags import ArgumentParser, add_flags, apply_flags, merge_head_params
-from vfe.benchmark.run_settings import RunSettings
 from vfe.errors import SettingsError, VfeError
+from vfe.experiment.config import FinetuneSettings, SweepSettings
+from vfe.experiment.flags import ArgumentParser, add_flags, apply_flags, merge_head_params
+from vfe.experiment.run_settings import RunSettings
 from vfe.heads.registry import head_names
 from vfe.lab import cli as lab_cli
 from vfe.paths import check_output_file
@@ -247,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from vfe.benchmark.run import run
-    from vfe.benchmark.run_settings import quick_settings
+    from vfe.experiment.run import run
+    from vfe.experiment.run_settings import quick_settings
 
     settings = apply_flags(quick_settings() if args.quick else RunSettings(), args)
     out = run(settings, overwrite=args.overwrite, wait=args.wait)
@@ -382,7 +382,7 @@ def _print_card(args) -> int:
 def cmd_sweep(args) -> int:
     from pathlib import Path
 
-    from vfe.benchmark.sweep import run_sweep_job
+    from vfe.experiment.sweep import run_sweep_job
 
     settings = apply_flags(SweepSettings(), args)
     result = run_sweep_job(settings, wait=args.wait)
@@ -443,8 +443,8 @@ def cmd_cache(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from vfe.benchmark.combine import board_lines, combine
-    from vfe.benchmark.config import compared_results
+    from vfe.experiment.combine import board_lines, combine
+    from vfe.experiment.config import compared_results
     from vfe.io import write_json
 
     labels = args.labels or [Path(run).resolve().name for run in args.runs]

@@ -24,11 +24,11 @@ from vfe.backbones.adapt_bn import (
     batch_rows,
     batchnorm_layers,
 )
-from vfe.benchmark.config import FinetuneSettings
-from vfe.benchmark.reference import fine_tune
 from vfe.data import load_train_test
 from vfe.data.split import balanced_subset
 from vfe.errors import SettingsError
+from vfe.experiment.config import FinetuneSettings
+from vfe.experiment.reference import fine_tune
 from vfe.features.cache import FeatureCache, cache_key
 from vfe.robustness.attacks import to_unit_float
 

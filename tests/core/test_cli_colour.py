@@ -115,8 +115,8 @@ def test_sweep_on_rgb(photos, capsys):
      "--n-train 1 is fewer than the 4 classes of"),
 ])
 def test_cheap_checks_come_before_any_work(photos, tmp_path, capsys, monkeypatch, argv, message):
-    from vfe.benchmark import run as run_module
-    from vfe.benchmark import sweep
+    from vfe.experiment import run as run_module
+    from vfe.experiment import sweep
     from vfe.features.cache import FeatureCache
 
     def no_work(*args, **kwargs):
@@ -161,8 +161,8 @@ def test_checks_against_the_datas_classes_come_before_any_extraction(photos, one
                                                                       monkeypatch, argv, message):
     """One class, or fewer training images than classes: refused once the data is loaded, before extraction (a head
     refused them only after it, with scikit-learn's words and no flag)."""
-    from vfe.benchmark import run as run_module
-    from vfe.benchmark import sweep
+    from vfe.experiment import run as run_module
+    from vfe.experiment import sweep
     from vfe.features.cache import FeatureCache
 
     def no_work(*args, **kwargs):

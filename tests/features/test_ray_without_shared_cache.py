@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from vfe.api import extract_features
-from vfe.benchmark.config import EngineSettings
-from vfe.benchmark.fanout import extract_on_cluster
 from vfe.cli import main
 from vfe.data import load_dataset
 from vfe.errors import SettingsError
+from vfe.experiment.config import EngineSettings
+from vfe.experiment.fanout import extract_on_cluster
 from vfe.features import FeatureCache
 from vfe.features.ray_engine import CACHE_DIR_ENV, ExtractionJob
 

@@ -14,14 +14,14 @@ from torch import nn
 
 from vfe.api import fit_pipeline
 from vfe.backbones import create_backbone
-from vfe.benchmark import augment
-from vfe.benchmark.augment import augmentation_record, augmix_features, training_record
-from vfe.benchmark.config import with_overrides
-from vfe.benchmark.run_settings import RunSettings, check
-from vfe.benchmark.sweep import run_sweep
 from vfe.cli import main
 from vfe.data import load_train_test
 from vfe.errors import SettingsError
+from vfe.experiment import augment
+from vfe.experiment.augment import augmentation_record, augmix_features, training_record
+from vfe.experiment.config import with_overrides
+from vfe.experiment.run_settings import RunSettings, check
+from vfe.experiment.sweep import run_sweep
 from vfe.features.cache import FeatureCache
 from vfe.features.source import BackboneFeatures
 from vfe.heads import AutoencoderHead, LinearHead, VFEHead, expand_heads, head_class_of, make_head, params_for

@@ -15,11 +15,11 @@ from torch import nn
 
 from vfe.backbones import create_backbone
 from vfe.backbones.cut import CutModel
-from vfe.benchmark import reference
-from vfe.benchmark.config import FinetuneSettings
-from vfe.benchmark.reference import _key, fine_tune, recipe_of
 from vfe.data.split import balanced_index
 from vfe.data.types import ImageSet
+from vfe.experiment import reference
+from vfe.experiment.config import FinetuneSettings
+from vfe.experiment.reference import _key, fine_tune, recipe_of
 from vfe.features.cache import FeatureCache
 from vfe.heads import FinetuneHead, finetune, head_class
 from vfe.heads.finetune import RECIPES, CompareModel, fit_on_augmix, top_block_parameters

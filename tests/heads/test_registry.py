@@ -117,7 +117,7 @@ def test_listing_heads_does_not_load_torch():
 def test_a_users_parameter_overrides_a_presets_own_and_reaches_the_fitted_head(digits_features):
     """--head-param vfe-k8.n_samples=3 must win over the preset's 8, and a parameter given for the base head
     ("linear") must reach its presets as the run's fit stage builds them (fit_one)."""
-    from vfe.benchmark.fit import fit_one
+    from vfe.experiment.fit import fit_one
 
     assert make_head("vfe-k8", n_samples=3).get_params()["n_samples"] == 3
     assert make_head("vfe-k8").get_params()["n_samples"] == 8

@@ -74,8 +74,8 @@ def test_corrupted_views_come_from_the_training_family_only(tmp_path, monkeypatc
     from sklearn.datasets import load_digits
 
     from vfe.backbones import create_backbone
-    from vfe.benchmark import augment
     from vfe.data.types import ImageSet
+    from vfe.experiment import augment
     from vfe.features.cache import FeatureCache
     from vfe.features.source import BackboneFeatures
     from vfe.robustness.corruptions.registry import families

@@ -4,7 +4,7 @@ Real heads (linear and VFE, 3 replicates, each on its own training subset with i
 64-d digit features; clean metrics come from the clean stage; the corruption numbers come from the heads on
 noised features; adversarial (per-image correctness on each replicate's own attacked images) and OOD numbers
 are generated here. Everything then goes through the real summary functions (corruption_summary,
-attack_intervals, summarise), as in `vfe.benchmark.run.run`, and the results carry `report_inputs` as the run
+attack_intervals, summarise), as in `vfe.experiment.run.run`, and the results carry `report_inputs` as the run
 stores them: the report sees only the results.
 """
 from __future__ import annotations
@@ -16,16 +16,16 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from vfe.benchmark.clean import evaluate_clean
-from vfe.benchmark.config import BackboneSettings, DataSettings, HeadSettings
-from vfe.benchmark.fit import fit_heads
-from vfe.benchmark.replicates import FIXED, REDRAWN, replicates
-from vfe.benchmark.run_settings import RunSettings
-from vfe.benchmark.stages.adversarial.settings import AttackSettings
-from vfe.benchmark.stages.corruptions.stage import corruption_summary
-from vfe.benchmark.summary import summarise
-from vfe.benchmark.sweep import summarise_cells
 from vfe.data.types import ImageSet
+from vfe.experiment.clean import evaluate_clean
+from vfe.experiment.config import BackboneSettings, DataSettings, HeadSettings
+from vfe.experiment.fit import fit_heads
+from vfe.experiment.replicates import FIXED, REDRAWN, replicates
+from vfe.experiment.run_settings import RunSettings
+from vfe.experiment.stages.adversarial.settings import AttackSettings
+from vfe.experiment.stages.corruptions.stage import corruption_summary
+from vfe.experiment.summary import summarise
+from vfe.experiment.sweep import summarise_cells
 from vfe.io import read_json, write_json
 from vfe.report.inputs import report_inputs
 from vfe.robustness.calibration import probability_metrics
@@ -64,7 +64,7 @@ def _corrupted_metrics(models: dict, X: np.ndarray, y: np.ndarray, names: list[s
 
 
 def _adversarial(clean: dict, rng: np.random.Generator) -> dict:
-    """Per-replicate attack results shaped like vfe.benchmark.stages.adversarial.stage's, with per-image correctness: each
+    """Per-replicate attack results shaped like vfe.experiment.stages.adversarial.stage's, with per-image correctness: each
     replicate attacks its own N_ATTACKED images (a hardness per image), which every head of the replicate
     shares; a head gets an image right while its hardness is below the head's accuracy under the attack. The
     sampling VFE head keeps part of its accuracy under the naive attack only (gradient masking); for the

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from vfe.benchmark.stages.sections import SECTIONS
-from vfe.benchmark.summary import summarise
+from vfe.experiment.stages.sections import SECTIONS
+from vfe.experiment.summary import summarise
 from vfe.io import write_json
 from vfe.report import write_report
 
@@ -148,21 +148,21 @@ def test_the_report_needs_no_stage_head_or_backbone_code(report_run, tmp_path):
     """Written in a fresh process from results.json alone, the report loads none of the run's machinery."""
     write_json(tmp_path / "results.json", report_run)
     code = ("import sys; from vfe.io import read_json; from vfe.report import write_report; "
-            "from vfe.benchmark.stages.sections import SECTIONS; "
+            "from vfe.experiment.stages.sections import SECTIONS; "
             f"write_report({str(tmp_path)!r}, read_json({str(tmp_path / 'results.json')!r}), SECTIONS); "
-            "print(sorted(m for m in sys.modules if m.startswith(('vfe.benchmark', 'vfe.experiment', 'vfe.heads', "
+            "print(sorted(m for m in sys.modules if m.startswith(('vfe.experiment', 'vfe.heads', "
             "'vfe.backbones'))))")
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
     stages = ("corruptions", "selective", "adversarial", "ood")  # each stage's package and section alone
-    assert done.stdout.strip() == str(sorted(["vfe.benchmark", "vfe.benchmark.stages", "vfe.benchmark.stages.sections",
-                                              *(f"vfe.benchmark.stages.{s}" for s in stages),
-                                              *(f"vfe.benchmark.stages.{s}.section" for s in stages)]))
+    assert done.stdout.strip() == str(sorted(["vfe.experiment", "vfe.experiment.stages", "vfe.experiment.stages.sections",
+                                              *(f"vfe.experiment.stages.{s}" for s in stages),
+                                              *(f"vfe.experiment.stages.{s}.section" for s in stages)]))
     assert (tmp_path / "figures" / "corruption_grid.png").exists() and (tmp_path / "figures" / "reliability.png").exists()
 
 
 @pytest.mark.slow
 def test_each_corruption_is_marked_seen_or_held_out_for_augmented_heads(report_run, tmp_path):
-    from vfe.benchmark.augment import augmentation_record
+    from vfe.experiment.augment import augmentation_record
 
     results = {**report_run, "augmentation": augmentation_record("noise", (1, 2, 3, 4, 5))}
     md = write_report(tmp_path, results, SECTIONS)["markdown"].read_text()

@@ -1,4 +1,4 @@
-"""The local engine attacks heads x replicates in worker processes (vfe.benchmark.processes), one thread each: the
+"""The local engine attacks heads x replicates in worker processes (vfe.experiment.processes), one thread each: the
 results must be those of the same attacks run here, bit for bit, on Fashion-MNIST through EfficientNet-Lite0 with
 its ImageNet weights. Here they run at one thread too, whatever the process's count: a backward pass's sums follow
 the thread count, and in the full main job one image in 100 flipped in 5 of 108 attack cells at two threads."""
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vfe.benchmark.stages.adversarial import stage as adversarial
-from vfe.benchmark.stages.adversarial.settings import AttackSettings
-from vfe.benchmark.stages.adversarial.stage import AttackDraw, attack_draws
+from vfe.experiment.stages.adversarial import stage as adversarial
+from vfe.experiment.stages.adversarial.settings import AttackSettings
+from vfe.experiment.stages.adversarial.stage import AttackDraw, attack_draws
 
 HEADS = ["linear", "vfe"]
 

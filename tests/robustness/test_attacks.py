@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from vfe.benchmark.stages.adversarial.settings import AttackSettings
-from vfe.benchmark.stages.adversarial.stage import run_attacks
+from vfe.experiment.stages.adversarial.settings import AttackSettings
+from vfe.experiment.stages.adversarial.stage import run_attacks
 from vfe.heads import make_head
 from vfe.report.names import parse_attack
 from vfe.robustness.attacks import (

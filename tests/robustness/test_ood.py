@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from vfe.benchmark.stages.ood.stage import far_ood_set, match_shape, texture_crops, uniform_noise_set
 from vfe.data.types import ImageSet
+from vfe.experiment.stages.ood.stage import far_ood_set, match_shape, texture_crops, uniform_noise_set
 from vfe.heads import make_head
 from vfe.robustness.ood import (
     MahalanobisScore,
@@ -119,7 +119,7 @@ def test_match_shape_resizes_and_converts_channels():
 
 @pytest.mark.slow
 def test_ood_stage_end_to_end(fashion_mnist, small_backbone, fashion_heads, tmp_path):
-    from vfe.benchmark.stages.ood.stage import run_ood
+    from vfe.experiment.stages.ood.stage import run_ood
     from vfe.features.cache import FeatureCache
     from vfe.features.source import BackboneFeatures
 

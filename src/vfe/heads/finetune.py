@@ -1,7 +1,7 @@
 """Fine-tuning: the top of a pretrained backbone trained together with Dropout -> Dense, in one of two recipes.
 
 vfe's one fine-tuning implementation: `vfe fit --head finetune` (FinetuneHead) and stage 0 of
-`vfe run --protocol reference` (vfe.benchmark.reference) both build their model, choose what trains, set the
+`vfe run --protocol reference` (vfe.experiment.reference) both build their model, choose what trains, set the
 BatchNorm mode and train with the code here. A `Recipe` says how; two are named (`RECIPES`):
 
 - "reference": the reference's compare model. Every layer from the cut point on trains

@@ -1,5 +1,5 @@
 """The leaderboard section: every head and strategy ranked on held-out corruptions (results.json
-"leaderboard", computed by `vfe.benchmark.leaderboard`), this run's and, with --compare-with, the other
+"leaderboard", computed by `vfe.experiment.leaderboard`), this run's and, with --compare-with, the other
 protocol's.
 
 Each verdict against the linear head is printed with its paired interval and its test, so a reader sees how

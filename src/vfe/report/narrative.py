@@ -1,7 +1,7 @@
 """"What this says": sentences generated from the summary's numbers and paired verdicts, nothing else.
 
 Every "better" or "worse" quotes the paired 95 % interval of (head − baseline) it rests on, as the summary
-computed it (`vfe.benchmark.summary`): the Student-t interval over replicates, or for an attack the paired
+computed it (`vfe.experiment.summary`): the Student-t interval over replicates, or for an attack the paired
 bootstrap over the replicates and each replicate's attacked images. Attacked accuracies also quote each
 head's own 95 % interval ("adversarial_intervals": a bootstrap over replicates, then their own images).
 EOT sentences appear only for heads that sample at prediction time: for the others the EOT number is a copy

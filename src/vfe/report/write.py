@@ -1,6 +1,6 @@
 """Build the report's document from a run's results and write report.md, report.html and figures/*.png.
 
-The robustness stages' sections come from the stages themselves (vfe.benchmark.stages.sections.SECTIONS: each
+The robustness stages' sections come from the stages themselves (vfe.experiment.stages.sections.SECTIONS: each
 stage's folder holds its section), handed in by the caller, since the stages sit above the report.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ tensor), at about 1/n_eot of the cost. (torchattacks.EOTPGD would re-run the bac
 A head that adapts at test time (registry `adapts`, e.g. T3A, or a "+bn" head on a backbone whose BatchNorm
 adapts to the batch) is also attacked through its non-adapting path (`base_probability_module()`, the plain
 backbone): by transfer (`LogProbabilities` on it) and by BPDA (`StraightThroughLogProbabilities`); the attack
-stage (`vfe.benchmark.stages.adversarial.stage`) reports the worst case.
+stage (`vfe.experiment.stages.adversarial.stage`) reports the worst case.
 """
 from __future__ import annotations
 
