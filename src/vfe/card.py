@@ -31,7 +31,6 @@ SOURCES = {
                           "ood.selection.detector_mahalanobis[r][<OOD set>].auroc",
     "detector.selective": "selective.per_head[h][r][group][detector]: risk_80, risk_90, aurc",
 }
-_OOD_SCORES = {"msp": "msp", "vfe-recon": "recon", "vfe-elbo": "elbo"}  # a head's scores in the OOD stage
 
 
 class CardError(VfeError):
@@ -122,7 +121,9 @@ def detector_card(results: dict, head: str, replicate: int | str, detector, how:
         sets = ((ood.get("selection") or {}).get("detector_mahalanobis") or {}).get(r) or {}
         auroc = {ood_set: values["auroc"] for ood_set, values in sets.items()}
     else:
-        prefix = f"{_OOD_SCORES[name]}_auroc_"
+        from vfe.robustness.detectors import OOD_SCORE_OF
+
+        prefix = f"{OOD_SCORE_OF[name]}_auroc_"
         values = ((ood.get("per_head") or {}).get(head) or {}).get(r) or {}
         auroc = {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
     groups = (((results.get("selective") or {}).get("per_head") or {}).get(head) or {}).get(r) or {}

@@ -43,7 +43,13 @@ from vfe.experiment.stages.corruptions.adapted_bn import SUFFIX as BN_SUFFIX
 from vfe.experiment.summary import BASELINE
 from vfe.heads.registry import adapts_at_test_time, head_class_of
 from vfe.io import write_text
-from vfe.robustness.detectors import DETECTORS, VFE_METHODS, fit_detector, validation_size_needed
+from vfe.robustness.detectors import (
+    DETECTORS,
+    OOD_SCORE_OF,
+    VFE_METHODS,
+    fit_detector,
+    validation_size_needed,
+)
 
 MARGIN = 0.005  # 0.5 points of clean accuracy below the linear head's
 PIPELINE_FILE = "best.safetensors"
@@ -149,7 +155,7 @@ def check_detector_room(detector: BestDetector, seed: int) -> None:
                             "--best-detector none")
 
 
-_OOD_SCORES = {"msp": "msp", "recon": "vfe-recon", "elbo": "vfe-elbo"}  # the OOD stage's score -> detector
+_DETECTOR_OF = {score: detector for detector, score in OOD_SCORE_OF.items()}  # the OOD stage's score -> detector
 
 
 def auto_detector(results: dict, head: str, replicate: int | str) -> tuple[str, str]:
@@ -163,8 +169,8 @@ def auto_detector(results: dict, head: str, replicate: int | str) -> tuple[str, 
     auroc: dict[str, list[float]] = {}
     for choice in selection["per_head"][head][r].values():
         for score, value in choice["validation_auroc"].items():
-            if score in _OOD_SCORES:
-                auroc.setdefault(_OOD_SCORES[score], []).append(value)
+            if score in _DETECTOR_OF:
+                auroc.setdefault(_DETECTOR_OF[score], []).append(value)
     for choice in (selection.get("detector_mahalanobis") or {}).get(r, {}).values():
         auroc.setdefault("mahalanobis", []).append(choice["validation_auroc"])
     rank = {name: (min(values), sum(values) / len(values)) for name, values in auroc.items()}

@@ -37,6 +37,9 @@ DETECTORS = {
     "vfe-elbo": "the VFE head's negative ELBO of the features (--head vfe)",
 }
 VFE_METHODS = {"vfe-recon": "reconstruction_error", "vfe-elbo": "negative_elbo"}
+# the OOD stage's name of each head-offered detector's score (vfe.robustness.ood.head_scores); Mahalanobis is the
+# stage's head-free baseline instead
+OOD_SCORE_OF = {"msp": "msp", "vfe-recon": "recon", "vfe-elbo": "elbo"}
 MIN_VALIDATION = 20  # fewer validation images than this give a threshold that is mostly chance
 DEFAULT_VALIDATION = 1000  # validation images drawn for the threshold when the caller does not say
 
