@@ -108,7 +108,7 @@ class Backbone(nn.Module):
         if candidate is None:
             return "fp32", None
         with torch.inference_mode():
-            x = torch.cat([self.normalise(photo) for photo in check_photos()])
+            x = self.check_batch()
             reference = self._pooled(x)
             with autocast_for(self.device, candidate):
                 reduced = self._pooled(x)  # eager; a trace is checked again on its own first batch
@@ -184,6 +184,11 @@ class Backbone(nn.Module):
         return super().train(False)
 
     # -- differentiable path ----------------------------------------------------------------------------
+
+    def check_batch(self) -> torch.Tensor:
+        """The check photos (vfe.backbones.precision.check_photos) as one batch of this network's input: what
+        every faithfulness check (the precision, a runtime, a cut's storage and parts) feeds it."""
+        return torch.cat([self.normalise(photo) for photo in check_photos()])
 
     def normalise(self, x01: torch.Tensor) -> torch.Tensor:
         """[0, 1] float images at any size -> the network's input (resized, cropped, normalised)."""

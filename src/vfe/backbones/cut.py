@@ -243,24 +243,19 @@ class TopFeatures:
 
 def _cosine_through(backbone: Backbone, cut: CutModel, pooled) -> float:
     """Min cosine of `pooled(x)` to the cut network's fp32 torch features, x the check photos."""
-    from vfe.backbones.precision import check_photos, min_cosine
+    from vfe.backbones.precision import min_cosine
 
     with torch.inference_mode():
-        x = torch.cat([backbone.normalise(photo) for photo in check_photos()])
+        x = backbone.check_batch()
         return min_cosine(pooled(x).float().cpu(), cut(x).float().cpu())
 
 
 def faithful_storage(backbone: Backbone, cut: CutModel) -> tuple[str, float]:
     """'fp16' when pooled features from float16-rounded activations keep cosine >= FAITHFUL_COSINE with
     those from fp32 activations on the check photos, else 'fp32'; and the cosine measured."""
-    from vfe.backbones.precision import FAITHFUL_COSINE, check_photos, min_cosine
+    from vfe.backbones.precision import FAITHFUL_COSINE
 
-    with torch.inference_mode():
-        x = torch.cat([backbone.normalise(photo) for photo in check_photos()])
-        a = cut.bottom(x)
-        exact = cut.top(a)
-        rounded = cut.top(a.half().float())
-    cosine = min_cosine(rounded.cpu(), exact.cpu())
+    cosine = _cosine_through(backbone, cut, lambda x: cut.top(cut.bottom(x).half().float()))
     return ("fp16" if cosine >= FAITHFUL_COSINE else "fp32"), cosine
 
 

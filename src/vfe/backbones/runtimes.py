@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from vfe.backbones.exported import INPUT_NAME, exported_model, exported_part
-from vfe.backbones.precision import FAITHFUL_COSINE, check_photos, min_cosine
+from vfe.backbones.precision import FAITHFUL_COSINE, min_cosine
 from vfe.backbones.registry import RUNTIME_CHOICES
 from vfe.errors import SettingsError
 
@@ -110,8 +110,6 @@ def _openvino_run(path: Path, precision: str, threads: int) -> RunFn:
 
 
 _COMPILERS = {"onnxruntime": _onnxruntime_run, "openvino": _openvino_run}
-
-
 
 
 @functools.cache
@@ -199,7 +197,7 @@ def _try(backbone: Any, runtime: str, candidates: list[str], model_dir, warn: bo
     try:
         path = exported_model(backbone, model_dir)
         with torch.inference_mode():
-            x = torch.cat([backbone.normalise(photo) for photo in check_photos()])
+            x = backbone.check_batch()
             reference = backbone.pooled(x)
         for precision in candidates:
             features = RuntimeFeatures(runtime, precision, path)
