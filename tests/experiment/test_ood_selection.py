@@ -14,6 +14,7 @@ from vfe.experiment.stages.ood.settings import OODSettings
 from vfe.report.document import Table
 from vfe.report.narrative import what_this_says
 from vfe.report.sections import Context
+from vfe.robustness.detectors import mahalanobis_scorer, shrunk_precision
 from vfe.robustness.ood import MahalanobisScore, select_score, validation_split
 
 
@@ -259,7 +260,8 @@ def test_run_stage_splits_each_replicate_by_its_own_seed_not_the_data_seed(monke
                                 train=SimpleNamespace(labels=np.repeat([0, 1], 50)), X_test=X_test, test=test,
                                 dataset="stub", seed=seed)
     ctx = SimpleNamespace(replicates=[replicate], models_of=lambda r: {("vfe", r): _StubHead()}, clean_probs={},
-                          data_seed=0, corruption_params="auto", noise_seed=lambda r: 0)
+                          data_seed=0, corruption_params="auto", noise_seed=lambda r: 0,
+                          mahalanobis=lambda r: mahalanobis_scorer(*shrunk_precision(X_train, replicate.train.labels)))
     out = ood_stage.run_stage(OODSettings(), ctx)["ood"]
     row = out["per_head"]["vfe"]["0"]
     for ood_set in ("far", "gaussian_noise_s5", "uniform_noise"):

@@ -28,6 +28,7 @@ from vfe.heads import make_head
 from vfe.report.document import Document
 from vfe.report.sections import Context
 from vfe.report.to_markdown import to_markdown
+from vfe.robustness.detectors import mahalanobis_scorer, shrunk_precision
 
 CORRUPTIONS = ["gaussian_noise", "shot_noise", "defocus_blur", "speckle_noise"]  # speckle: not a benchmark one
 SEVERITIES = [1, 3]
@@ -63,7 +64,8 @@ def stage():
         models[("vfe", r)] = make_head("vfe", encoder_units=32, latent_dim=8, decoder_units=32, vae_epochs=15,
                                        epochs=15, random_state=seed).fit(X[rows], y[rows])
     ctx = SimpleNamespace(replicates=replicates, heads=["linear", "vfe"], models=models, progress=False,
-                          noise_seed=lambda r: 0)
+                          noise_seed=lambda r: 0, mahalanobis=lambda r: mahalanobis_scorer(
+                              *shrunk_precision(replicates[r].X_train, replicates[r].train.labels)))
     settings = CorruptionSettings(corruptions=CORRUPTIONS, severities=SEVERITIES)
     return ctx, run_stage(SelectiveSettings(), settings, ctx)["selective"]
 

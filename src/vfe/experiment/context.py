@@ -14,6 +14,7 @@ from vfe.data.types import ImageSet
 from vfe.experiment.config import BackboneSettings, EngineSettings
 from vfe.experiment.prepare import Prepared
 from vfe.experiment.timer import StageTimer
+from vfe.robustness.detectors import mahalanobis_scorer, shrunk_precision
 
 
 @dataclass
@@ -34,6 +35,7 @@ class RunContext:
     # written by the corruption stage with --test-time-bn, for the attacks: {replicate: (its AdaptedFeatures,
     # {(head + "+bn", replicate): fitted head})}
     adapted: dict = field(default_factory=dict)
+    _mahalanobis: dict = field(default_factory=dict, repr=False)  # {replicate: its fitted scorer}, see `mahalanobis`
 
     @property
     def test(self) -> ImageSet:
@@ -43,6 +45,15 @@ class RunContext:
     def noise_seed(self, replicate: int) -> int:
         """The seed of replicate `replicate`'s corruption noise: the base seed (one draw for all), or its own."""
         return self.replicates[replicate].seed if self.noise_per_replicate else self.data_seed
+
+    def mahalanobis(self, replicate: int):
+        """Replicate `replicate`'s Mahalanobis detector score (the covariance shrunk, on its training features; a
+        pipeline's detector): fitted once (a Ledoit-Wolf fit of 10,000 x 1,280 features takes seconds), read by
+        the selective-classification and OOD stages."""
+        if replicate not in self._mahalanobis:
+            p = self.replicates[replicate]
+            self._mahalanobis[replicate] = mahalanobis_scorer(*shrunk_precision(p.X_train, p.train.labels))
+        return self._mahalanobis[replicate]
 
     def models_of(self, replicate: int) -> dict:
         """{(head, replicate): fitted head} of one replicate."""

@@ -74,7 +74,7 @@ def run_stage(settings: OODSettings, ctx: RunContext) -> dict:
     for r, p in enumerate(ctx.replicates):
         one = run_ood(p.features, ctx.models_of(r), p.X_train, p.train.labels, p.X_test, ctx.clean_probs, p.test,
                       p.dataset, ctx.data_seed, ctx.corruption_params, split_seed=p.seed,
-                      noise_seed=ctx.noise_seed(r))
+                      noise_seed=ctx.noise_seed(r), mahalanobis=ctx.mahalanobis(r))
         if not merged:
             merged = {**one, "per_head": {}, "feature_baselines": {},
                       "selection": {**one["selection"], "per_head": {}, "feature_baselines": {}, "seed": {},
@@ -92,10 +92,12 @@ def run_stage(settings: OODSettings, ctx: RunContext) -> dict:
 
 def run_ood(features: FeatureSource, models: dict, X_train: np.ndarray, y_train: np.ndarray,
             X_test: np.ndarray, clean_probs: dict, test: ImageSet, dataset: str, data_seed: int,
-            corruption_params: str, split_seed: int | None = None, noise_seed: int | None = None) -> dict:
+            corruption_params: str, split_seed: int | None = None, noise_seed: int | None = None,
+            mahalanobis=None) -> dict:
     """Every head's OOD scores, test features (in) vs each OOD set's (out); see the module docstring. The OOD
     images are drawn with `data_seed`, the validation/test halves with `split_seed` and the noisy set's noise with
-    `noise_seed` (both default: `data_seed`)."""
+    `noise_seed` (both default: `data_seed`). `mahalanobis`: the pipeline detector's Mahalanobis scorer on
+    X_train (RunContext.mahalanobis), fitted here when not given."""
     split_seed = data_seed if split_seed is None else split_seed
     noise_seed = data_seed if noise_seed is None else noise_seed
     name, far = far_ood_set(dataset, test, data_seed)
@@ -137,8 +139,9 @@ def run_ood(features: FeatureSource, models: dict, X_train: np.ndarray, y_train:
         baselines.update(_flat(picked, ood_name))
         baseline_choice[ood_name] = _choice(picked)
     selection = {"per_head": chosen, "feature_baselines": baseline_choice, "seed": split_seed,
-                 "detector_mahalanobis": detector_mahalanobis(X_train, y_train, X_test, ood_features, split_in,
-                                                              splits),
+                 "detector_mahalanobis": detector_mahalanobis(
+                     mahalanobis or mahalanobis_scorer(*shrunk_precision(X_train, y_train)), X_test, ood_features,
+                     split_in, splits),
                  "n_validation": {"in": len(split_in[0]), **{k: len(v[0]) for k, v in splits.items()}},
                  "n_test": {"in": len(split_in[1]), **{k: len(v[1]) for k, v in splits.items()}},
                  "protocol": "per head, replicate and OOD set, the score with the best AUROC on a seeded "
@@ -151,13 +154,13 @@ def run_ood(features: FeatureSource, models: dict, X_train: np.ndarray, y_train:
                           "all figures on the test halves, the score chosen on the validation halves"}
 
 
-def detector_mahalanobis(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
-                         ood_features: dict[str, np.ndarray], split_in: tuple, splits: dict) -> dict:
+def detector_mahalanobis(scorer, X_test: np.ndarray, ood_features: dict[str, np.ndarray], split_in: tuple,
+                         splits: dict) -> dict:
     """{ood set: {"validation_auroc", "auroc", "fpr95"}} of the Mahalanobis score a pipeline's detector uses (the
     covariance shrunk, vfe.robustness.detectors.shrunk_precision), on the same halves as every other score: not
     among the scores chosen from (the reported baseline is Lee et al.'s), but what `vfe run --save-best` chooses
-    a detector by, since at a few hundred training images the two differ (vfe.experiment.best)."""
-    scorer = mahalanobis_scorer(*shrunk_precision(X_train, y_train))
+    a detector by, since at a few hundred training images the two differ (vfe.experiment.best). `scorer`: that
+    score fitted on the replicate's training features (vfe.robustness.detectors.mahalanobis_scorer)."""
     score_in = {"mahalanobis": scorer.score(X_test)}
     out = {}
     for ood_name, X_out in ood_features.items():

@@ -38,14 +38,13 @@ from vfe.experiment.stages.selective.settings import SelectiveSettings, check_se
 from vfe.heads.registry import is_augmented
 from vfe.robustness.corruptions import BENCHMARK_CORRUPTIONS
 from vfe.robustness.corruptions.registry import families
-from vfe.robustness.detectors import mahalanobis_scorer, shrunk_precision
+from vfe.robustness.detectors import VFE_METHODS
 from vfe.robustness.ood import max_softmax_score
 from vfe.robustness.selective import COVERAGES, aurc, risk_key, selective_risk
 from vfe.robustness.stats import mean_std, paired_comparison
 
 REFERENCE_DETECTOR = "msp"
 VFE_HEAD = "vfe"  # whose reconstruction error and ELBO the VFE detectors are
-_VFE_SCORES = {"vfe-recon": "reconstruction_error", "vfe-elbo": "negative_elbo"}
 
 
 METRICS = (*(risk_key(c) for c in COVERAGES), "aurc")
@@ -81,7 +80,7 @@ def run_stage(settings: SelectiveSettings, corruptions: CorruptionSettings, ctx:
     for r, p in enumerate(ctx.replicates):
         models = {h: ctx.models[(h, r)] for h in heads}
         vfe = ctx.models.get((VFE_HEAD, r))
-        score_features = _feature_detectors(p.X_train, p.train.labels, vfe)
+        score_features = _feature_detectors(ctx.mahalanobis(r), vfe)
         keys = ["clean", *((name, severity) for name in names for severity in severities)]
         per_set: dict = {h: {} for h in heads}  # {head: {set: (errors, {detector: scores})}}, one set at a time
         with torch.random.fork_rng(devices=[]):  # the ELBO samples z: seeded by the replicate
@@ -111,12 +110,13 @@ def run_stage(settings: SelectiveSettings, corruptions: CorruptionSettings, ctx:
                           "detectors": detectors, "coverages": list(COVERAGES), "n_images": n_images}}
 
 
-def _feature_detectors(X_train: np.ndarray, y_train: np.ndarray, vfe) -> dict:
+def _feature_detectors(mahalanobis, vfe) -> dict:
     """{detector: features -> scores} of the detectors that read the features alone (the head's max softmax is
-    added per head): Mahalanobis, and the VFE's where the replicate has a VFE head."""
-    out = {"mahalanobis": mahalanobis_scorer(*shrunk_precision(X_train, y_train)).score}
+    added per head): Mahalanobis (the replicate's fitted scorer), and the VFE's where the replicate has a VFE
+    head."""
+    out = {"mahalanobis": mahalanobis.score}
     if vfe is not None:
-        out.update({name: getattr(vfe, method) for name, method in _VFE_SCORES.items()})
+        out.update({name: getattr(vfe, method) for name, method in VFE_METHODS.items()})
     return out
 
 
