@@ -74,6 +74,7 @@ def run_setting(setting: str, extra: list[str], runs_dir: str | None, keep_cache
             "peak_rss_mb_run": results["peak_rss_mb"],
             "peak_rss_mb_after_stage": results.get("peak_rss_mb_after_stage", {}),
             "cpu_percent_per_stage": results.get("cpu_percent_per_stage", {}),
+            "background": results.get("background", []),
             # the children's maximum is only this child's when it exceeds every earlier child's
             "peak_rss_mb_process": round(child_peak / 1024, 1) if child_peak > before else None,
             "heads": setting["heads"], "n_test": n_test, "corruptions": per_corruption,
@@ -105,6 +106,9 @@ def print_table(rows: dict[str, dict]) -> None:
             print(f"{stage:58} {seconds:9.1f} {cpu if cpu is not None else '':>6} {rss if rss is not None else '':>19}")
         proc = f"{r['peak_rss_mb_process']:.0f} MB" if r["peak_rss_mb_process"] else "n/a"
         print(f"peak RSS: {r['peak_rss_mb_run']:.0f} MB up to the report, {proc} for the whole process")
+        for window in r.get("background", []):
+            print(f"background during {window['window']}: {window['ready']} of {window['entries']} cache entries "
+                  f"ready, {window['cpu_seconds']:.0f} CPU-s in {window['seconds']:.0f} s")
         if r["corruptions"]:
             rates = sorted(r["corruptions"].items(), key=lambda kv: kv[1]["images_per_second"])
             print(f"corruption images/s (n_test {r['n_test']} x 5 severities; slowest first): "

@@ -8,13 +8,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-from colour_data import colour_splits
 
-from vfe.backbones import create_backbone
 from vfe.backbones.cut import CutActivations, CutModel, TopFeatures, reference_cut
-from vfe.data import load_train_test
-from vfe.data.split import balanced_subset
-from vfe.data.types import ImageSet
 from vfe.experiment.config import BackboneSettings
 from vfe.experiment.stages.corruptions import stage as corruption
 from vfe.experiment.stages.corruptions.stage import cache_workers, corrupted_features, fill_cache
@@ -22,19 +17,6 @@ from vfe.features.cache import FeatureCache
 from vfe.features.source import BackboneFeatures, CutFeatures
 
 NAMES, SEVERITIES, SEED, PARAMS = ["gaussian_noise", "fog"], [1, 5], 7, "auto"
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    return create_backbone("efficientnet_lite0", image_size=32, device="cpu")  # the default fast path (bf16, traced)
-
-
-@pytest.fixture(scope="module", params=["digits", "colour"])
-def test_set(request):
-    if request.param == "digits":
-        return balanced_subset(load_train_test("digits")[1], 60, 0, "test")
-    images, labels = colour_splits(n_train=1, n_test=6)["test"]
-    return ImageSet(images, labels, [str(c) for c in sorted(set(labels.tolist()))], "colour crops")
 
 
 def _source(protocol: str, backbone, cache: FeatureCache):

@@ -53,6 +53,15 @@ class Shared:
     test: ImageSet  # the fixed test subset (drawn with the run's base seed)
     backbone: Backbone  # the ImageNet backbone (fine-tuned per replicate under the reference protocol)
     cache: FeatureCache
+    # the reference protocol's frozen bottom and its storage cosine (vfe.experiment.reference.frozen_bottom),
+    # built once for every replicate; None under the frozen protocol
+    bottom: tuple | None = None
+
+    def common_features(self) -> FeatureSource:
+        """The part of every replicate's features that no replicate changes: the whole backbone's features under
+        the frozen protocol, the activations at the cut under the reference protocol. Their cache entries are the
+        ones the replicates' feature sources read first (vfe.experiment.background computes them ahead)."""
+        return BackboneFeatures(self.cache, self.backbone if self.bottom is None else self.bottom[0])
 
 
 def load_data(data: DataSettings, log=print) -> tuple[ImageSet, ImageSet, str]:
@@ -69,8 +78,9 @@ def load_data(data: DataSettings, log=print) -> tuple[ImageSet, ImageSet, str]:
 
 
 def load_shared(data: DataSettings, backbone: BackboneSettings, cache_dir: str | None,
-                timer: StageTimer | None = None, log=print) -> Shared:
-    """Load the data and build the backbone, once for all replicates."""
+                timer: StageTimer | None = None, log=print, finetune: FinetuneSettings | None = None) -> Shared:
+    """Load the data and build the backbone (and under the reference protocol its frozen bottom), once for all
+    replicates."""
     timer = timer or StageTimer(log=log)
     with timer.timed("load data"):
         pool, test, dataset = load_data(data, log)
@@ -78,7 +88,12 @@ def load_shared(data: DataSettings, backbone: BackboneSettings, cache_dir: str |
     with timer.timed("load backbone"):
         bb = create_backbone(backbone.backbone, weights=backbone.weights, image_size=backbone.image_size,
                              device=backbone.device, runtime=backbone.runtime, model_dir=cache.root / "_models")
-    return Shared(dataset, pool, test, bb, cache)
+        bottom = None
+        if finetune is not None and finetune.protocol == "reference":
+            from vfe.experiment.reference import frozen_bottom  # loads torchvision only when fine-tuning
+
+            bottom = frozen_bottom(cache, bb, finetune)
+    return Shared(dataset, pool, test, bb, cache, bottom)
 
 
 def prepare(data: DataSettings, backbone: BackboneSettings, cache_dir: str | None, *,
@@ -87,7 +102,7 @@ def prepare(data: DataSettings, backbone: BackboneSettings, cache_dir: str | Non
             timer: StageTimer | None = None, log=print) -> Prepared:
     """One draw (seeded by `data.data_seed`) of everything a job needs: `load_shared`, then `prepare_replicate`.
     `vfe sweep` prepares this way; `vfe run` prepares one draw per replicate."""
-    shared = load_shared(data, backbone, cache_dir, timer, log)
+    shared = load_shared(data, backbone, cache_dir, timer, log, finetune)
     return prepare_replicate(shared, data.n_train, data.data_seed, finetune=finetune, augment_family=augment_family,
                              corruption_params=corruption_params, augmix_views=augmix_views, progress=progress,
                              timer=timer, log=log)
@@ -115,7 +130,7 @@ def prepare_replicate(shared: Shared, n_train: int | None, seed: int, *, finetun
         from vfe.experiment.reference import fine_tune  # loads torchvision only when fine-tuning
 
         with timer.timed(f"{prefix}fine-tune (reference protocol)"):
-            tuned = fine_tune(cache, bb, train, test, finetune, seed, progress, log)
+            tuned = fine_tune(cache, bb, train, test, finetune, seed, progress, log, shared.bottom)
         bb, features, record = tuned.backbone, tuned.features, tuned.record
     else:
         features = BackboneFeatures(cache, bb, progress)

@@ -38,7 +38,7 @@ _SHARED: dict[str, Any] = {}  # in a worker: the arrays every job reads, receive
 _JOB_MODULES = ["vfe.experiment.fit", "vfe.experiment.stages.adversarial.stage"]  # what the fork server imports for its workers
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def worker_context() -> multiprocessing.context.BaseContext:
     """A fork server where the platform has one (Linux, macOS), else fresh interpreters (spawn)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
@@ -50,7 +50,7 @@ def _context() -> multiprocessing.context.BaseContext:
 def start_early(workers: int) -> None:
     """Start the fork server now, when jobs will run in worker processes later: it imports the job modules while
     this process does other work, so the first pool starts at once."""
-    if workers > 1 and _context().get_start_method() == "forkserver":  # the context names the modules to import
+    if workers > 1 and worker_context().get_start_method() == "forkserver":  # the context names the modules to import
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
@@ -81,7 +81,7 @@ def map_local(function: Callable[..., Any], items: Sequence, shared: dict[str, A
                 bar.update()
                 yield i, result
             return
-        pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=_context(),
+        pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=worker_context(),
                                    initializer=_receive, initargs=(pickle.dumps(shared, protocol=5),))
         pending = {pool.submit(_job, function, item): i for i, item in enumerate(items)}
         try:
@@ -129,4 +129,4 @@ def _result(future, desc: str) -> Any:
     return result
 
 
-__all__ = ["local_workers", "map_local", "start_early"]
+__all__ = ["local_workers", "map_local", "start_early", "worker_context"]

@@ -67,17 +67,27 @@ class FineTuned:
     record: dict  # results.json's "finetune"
 
 
-def fine_tune(cache: FeatureCache, base: Backbone, train: ImageSet, test: ImageSet, settings: FinetuneSettings,
-              seed: int, progress: bool = True, log=print) -> FineTuned:
-    """Fine-tune (or load the cached fine-tuned weights), then build the fine-tuned backbone and its features.
-
-    `test` is used only to report the compare model's own test accuracy, after training."""
-    started = time.perf_counter()
+def frozen_bottom(cache: FeatureCache, base: Backbone, settings: FinetuneSettings) -> tuple[CutActivations, float]:
+    """The frozen bottom every replicate shares: the base network up to the cut, its activations stored in the
+    faithful type, on the base backbone's runtime (its exported part under the cache's `_models`); and the cosine
+    `faithful_storage` measured for that type."""
     point = settings.cut_point or reference_cut(base.model, base.arch)
     frozen = CutModel(base.model, point)  # the base network itself, for the bottom only
     storage, cosine = faithful_storage(base, frozen)
+    return CutActivations(base, frozen, storage, model_dir=cache.root / "_models"), cosine
+
+
+def fine_tune(cache: FeatureCache, base: Backbone, train: ImageSet, test: ImageSet, settings: FinetuneSettings,
+              seed: int, progress: bool = True, log=print, bottom: tuple[CutActivations, float] | None = None
+              ) -> FineTuned:
+    """Fine-tune (or load the cached fine-tuned weights), then build the fine-tuned backbone and its features.
+
+    `test` is used only to report the compare model's own test accuracy, after training. `bottom`: the run's
+    `frozen_bottom`, built once for every replicate (built here when not given)."""
+    started = time.perf_counter()
+    bottom, cosine = bottom or frozen_bottom(cache, base, settings)
+    point, storage = bottom.cut.point, bottom.storage
     models = cache.root / "_models"  # exported parts for the base backbone's runtime, fine-tuned weights
-    bottom = CutActivations(base, frozen, storage, model_dir=models)
     A_train = cache.extract(bottom, train, progress=progress, desc="train (to the cut)").array()
 
     trainable = clone_for_finetuning(base, point)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from vfe.backbones import resolve_device
 from vfe.experiment.augment import training_record
+from vfe.experiment.background import Ahead, Background, Entry
 from vfe.experiment.best import BestDetector, check_detector_room, save_best
 from vfe.experiment.clean import evaluate_clean
 from vfe.experiment.config import check_run_dir, check_trainable, compared_results
@@ -96,63 +98,74 @@ def measure(settings: RunSettings, heads: list[str], device: str, out: Path, tim
     model}, each replicate's prepared draw (--save-best saves one of them) and the detector --save-best fits."""
     augmented = any(is_augmented(h) for h in heads)
     draws = replicates(settings.data.data_seed, settings.heads.replicates)
-    shared = load_shared(settings.data, settings.backbone, settings.cache_dir, timer, log)
+    shared = load_shared(settings.data, settings.backbone, settings.cache_dir, timer, log, settings.finetune)
     check_trainable(shared.pool, shared.dataset, settings.data.n_train)  # before any feature is extracted
     detector = None
     if settings.save_best and settings.best_detector != "none":
         detector = BestDetector(settings.best_detector, settings.best_coverage, shared.pool, settings.data.n_train)
         check_detector_room(detector, draws[0].seed)
-    if settings.cluster.engine == "local":
-        start_early(local_workers(device))  # the fitting and attacking worker processes' imports, meanwhile
-    prepared, training = [], []
-    for rep in draws:
-        p = prepare_replicate(shared, settings.data.n_train, rep.seed, finetune=settings.finetune,
-                              augment_family=settings.heads.augment_family if augmented else None,
-                              corruption_params=settings.corruptions.corruption_params,
-                              augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
-                              progress=settings.progress, timer=timer, log=log,
-                              label=rep.label if len(draws) > 1 else "")
-        training.append(TrainingDraw(rep.index, rep.seed, p.X_train, p.train.labels, p.X_aug, p.X_views))
-        p.X_aug = p.X_views = None  # the draw holds the views' features (hundreds of MB) until the heads are fitted
-        prepared.append(p)
-    # every replicate's heads at once: two fits side by side keep both cores busy (vfe.experiment.processes)
-    with timer.timed("fit heads"):
-        models, fit_seconds = fit_replicates(settings.heads, heads, training, device=device,
-                                             progress=settings.progress, cluster=settings.cluster,
-                                             workers=local_workers(device))
-    del training
-    skipped = skipped_files(shared.pool, shared.test)
-    write_skipped(out / "skipped_files.txt", skipped, log=lambda _: None)  # `out` is staged: logged with its place
-    if skipped:
-        log(f"[vfe] skipped {len(skipped)} unreadable file(s); the list is in "
-            f"{settings.run_dir / 'skipped_files.txt'}")
-    with timer.timed("clean evaluation"):
-        clean, clean_probs = {}, {}
-        for p, rep in zip(prepared, draws):
-            c, probs = evaluate_clean({k: m for k, m in models.items() if k[1] == rep.index}, p.X_test,
-                                      p.test.labels)
-            clean.update(c)
-            clean_probs.update(probs)
+    workers = local_workers(device) if settings.cluster.engine == "local" else 1
+    start_early(workers)  # the worker processes' imports, meanwhile
+    stages = [(stage, own) for stage in STAGES if stage.enabled(*(own := stage.settings_of(settings)))]
+    noise_seeds = [rep.seed if settings.corruptions.noise_per_replicate else settings.data.data_seed for rep in draws]
+    ahead = Ahead(shared, [], noise_seeds, settings.data.data_seed)
+    with Background(enabled=workers > 1, log=log) as background:  # idle cores compute what later stages read
+        background.start(entries_ahead(stages, ahead), "fine-tuning and fitting")
+        prepared, training = [], []
+        for rep in draws:
+            p = prepare_replicate(shared, settings.data.n_train, rep.seed, finetune=settings.finetune,
+                                  augment_family=settings.heads.augment_family if augmented else None,
+                                  corruption_params=settings.corruptions.corruption_params,
+                                  augmix_views=settings.heads.augmix_views if any(map(is_augmix, heads)) else None,
+                                  progress=settings.progress, timer=timer, log=log,
+                                  label=rep.label if len(draws) > 1 else "")
+            training.append(TrainingDraw(rep.index, rep.seed, p.X_train, p.train.labels, p.X_aug, p.X_views))
+            p.X_aug = p.X_views = None  # the draw holds the views' features (hundreds of MB) until the heads are fit
+            prepared.append(p)
+        # every replicate's heads at once: two fits side by side keep both cores busy (vfe.experiment.processes)
+        with timer.timed("fit heads"):
+            models, fit_seconds = fit_replicates(settings.heads, heads, training, device=device,
+                                                 progress=settings.progress, cluster=settings.cluster, workers=workers)
+        del training
+        skipped = skipped_files(shared.pool, shared.test)
+        write_skipped(out / "skipped_files.txt", skipped, log=lambda _: None)  # `out` is staged: logged with its place
+        if skipped:
+            log(f"[vfe] skipped {len(skipped)} unreadable file(s); the list is in "
+                f"{settings.run_dir / 'skipped_files.txt'}")
+        with timer.timed("clean evaluation"):
+            clean, clean_probs = {}, {}
+            for p, rep in zip(prepared, draws):
+                c, probs = evaluate_clean({k: m for k, m in models.items() if k[1] == rep.index}, p.X_test,
+                                          p.test.labels)
+                clean.update(c)
+                clean_probs.update(probs)
 
-    results = {"setting": setting_of(settings, heads, prepared, draws, device), "config": settings.to_dict(),
-               "clean": by_head(clean), "fit_seconds": fit_seconds,
-               "histories": {f"{h}/replicate{r}": getattr(m, "history_", None) for (h, r), m in models.items()}}
-    augmentation = training_record(heads, prepared[0].augmentation, prepared[0].augmix)
-    if augmentation is not None:
-        results["augmentation"] = augmentation
-    if prepared[0].finetune is not None:
-        results["finetune"] = {str(rep.index): p.finetune for p, rep in zip(prepared, draws)}
+        results = {"setting": setting_of(settings, heads, prepared, draws, device), "config": settings.to_dict(),
+                   "clean": by_head(clean), "fit_seconds": fit_seconds,
+                   "histories": {f"{h}/replicate{r}": getattr(m, "history_", None) for (h, r), m in models.items()}}
+        augmentation = training_record(heads, prepared[0].augmentation, prepared[0].augmix)
+        if augmentation is not None:
+            results["augmentation"] = augmentation
+        if prepared[0].finetune is not None:
+            results["finetune"] = {str(rep.index): p.finetune for p, rep in zip(prepared, draws)}
 
-    ctx = RunContext(prepared, heads, models, clean, clean_probs, device, settings.data.data_seed,
-                     settings.corruptions.corruption_params, settings.progress, timer, settings.cluster,
-                     settings.backbone, settings.corruptions.noise_per_replicate)
-    for stage in STAGES:
-        own = stage.settings_of(settings)
-        if stage.enabled(*own):
+        ctx = RunContext(prepared, heads, models, clean, clean_probs, device, settings.data.data_seed,
+                         settings.corruptions.corruption_params, settings.progress, timer, settings.cluster,
+                         settings.backbone, settings.corruptions.noise_per_replicate)
+        ahead = replace(ahead, replicates=prepared)
+        for i, (stage, own) in enumerate(stages):
+            background.start(entries_ahead(stages[i + 1:], ahead), stage.name)  # what the stages after it read
             with timer.timed(stage.label(*own)):
                 results.update(stage.run(*own, ctx))
+    results["background"] = background.record
     results.update(report_inputs(models, shared.test, clean_probs))  # the report reads results.json only
     return results, models, prepared, detector
+
+
+def entries_ahead(stages: list, ahead: Ahead) -> list[Entry]:
+    """The cache entries the given (stage, its settings) pairs will read that the background may compute, in the
+    order the stages run."""
+    return [entry for stage, own in stages if stage.ahead is not None for entry in stage.ahead(*own, ahead)]
 
 
 def setting_of(settings: RunSettings, heads: list[str], prepared: list[Prepared], draws: list[Replicate],

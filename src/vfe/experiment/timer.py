@@ -2,12 +2,15 @@
 idle, which raised the RSS."""
 from __future__ import annotations
 
+import os
 import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _worker_cpu = [0.0]  # CPU seconds of the jobs this process ran in worker processes (vfe.experiment.processes)
+_running: set[int] = set()  # helper processes whose CPU seconds are read live (vfe.experiment.background)
 
 
 def add_worker_cpu(seconds: float) -> None:
@@ -16,11 +19,31 @@ def add_worker_cpu(seconds: float) -> None:
     _worker_cpu[0] += seconds
 
 
+def count_process(pid: int) -> None:
+    """Count a running helper process's CPU seconds as they accrue (Linux's /proc; elsewhere from its end)."""
+    _running.add(pid)
+
+
+def process_ended(pid: int, cpu: float) -> None:
+    """The helper process `pid` ended having used `cpu` seconds: counted from now on as a finished job's."""
+    _running.discard(pid)
+    add_worker_cpu(cpu)
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process (utime and stime of /proc/PID/stat), 0 where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name, in (), may hold spaces
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds() -> float:
-    """CPU seconds this process has used so far, every thread, user and system, and the jobs it ran in worker
-    processes."""
+    """CPU seconds this process has used so far, every thread, user and system, the jobs it ran in worker
+    processes, and its running helper processes."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime + _worker_cpu[0]
+    return usage.ru_utime + usage.ru_stime + _worker_cpu[0] + sum(_process_cpu(pid) for pid in _running)
 
 
 def peak_rss_mb() -> float:

@@ -338,6 +338,16 @@ class ComparedRun(TypedDict):
     leaderboard: list[LeaderboardRow]
 
 
+class BackgroundWindow(TypedDict):
+    """What the idle-priority background process computed while one step ran (vfe.experiment.background)."""
+
+    window: Annotated[str, 'the step it ran beside: "fine-tuning and fitting", or a stage\'s name']
+    entries: Annotated[int, "cache entries the later stages will read, asked of it"]
+    ready: Annotated[int, "of those, how many were in the cache when it stopped (computed by it or found there)"]
+    cpu_seconds: Annotated[float, "its CPU seconds (cpu_percent_per_stage counts them too)"]
+    seconds: Seconds
+
+
 class Results(TypedDict):
     """results.json, written by `vfe run` into runs/<name>/: every number of the run, and all its report needs."""
 
@@ -367,6 +377,7 @@ class Results(TypedDict):
     peak_rss_mb: Annotated[float, "the run's peak resident memory, MB"]
     peak_rss_mb_after_stage: ByStage[float]
     cpu_percent_per_stage: ByStage[Annotated[float, "CPU seconds / wall seconds, %: 200 = two cores busy"]]
+    background: NotRequired[list[BackgroundWindow]]
 
 
 @cache

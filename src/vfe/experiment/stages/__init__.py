@@ -31,6 +31,9 @@ class Stage:
     enabled: Callable[..., bool]  # enabled(*settings): e.g. `--n-attack 0` skips the attacks
     label: Callable[..., str]  # label(*settings): the timer's name for it (results.json "timings")
     check: Callable[..., None] | None = None  # check(*settings, heads): a SettingsError before any work
+    # ahead(*settings, ahead: vfe.experiment.background.Ahead) -> the cache entries it will read that the run may
+    # compute in the background, on idle cores, while earlier steps run (vfe.experiment.background)
+    ahead: Callable[..., list] | None = None
 
     def settings_of(self, run_settings) -> tuple:
         """This stage's settings out of a RunSettings."""

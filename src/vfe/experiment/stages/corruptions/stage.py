@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from vfe.backbones import resolve_device
 from vfe.data.types import ImageSet
+from vfe.experiment.background import Ahead, Entry
 from vfe.experiment.clean import evaluate_clean
 from vfe.experiment.config import BackboneSettings
 from vfe.experiment.context import RunContext
@@ -141,6 +142,16 @@ def fill_cache(features: FeatureSource, test: ImageSet, names: list[str], severi
     return seconds
 
 
+def entries_ahead(settings: CorruptionSettings, ahead: Ahead) -> list[Entry]:
+    """The corrupted test sets' part that no replicate changes (the reference protocol's activations at the cut,
+    the frozen protocol's features), every noise draw the replicates use: what the background computes while the
+    replicates are fine-tuned and their heads fitted."""
+    common = ahead.shared.common_features()
+    return [Entry(common, ahead.shared.test, corruption_transform, (name, severity, seed, settings.corruption_params))
+            for seed in dict.fromkeys(ahead.noise_seeds)
+            for name in corruption_names(settings) for severity in settings.severities]
+
+
 def corruption_transform(name: str, severity: int, seed: int, params: str) -> tuple[ImageTransform, str]:
     """The image transform of one corruption x severity and the cache key naming it."""
 
@@ -217,4 +228,4 @@ def error_table(per_corruption: dict) -> dict[str, dict[int, float]]:
 STAGE = Stage("corruptions", ("corruptions",), run_stage, corruption_section,
               enabled=lambda own: own.corruptions != [],
               label=lambda own: f"corruptions ({len(corruption_names(own))} x {len(own.severities)} severities)",
-              check=check_corruptions)
+              check=check_corruptions, ahead=entries_ahead)

@@ -50,6 +50,7 @@ from sklearn.datasets import load_digits
 
 from vfe.data import available_fashion_mnist, load_dataset
 from vfe.data.types import ImageSet
+from vfe.experiment.background import Ahead, Entry
 from vfe.experiment.context import RunContext
 from vfe.experiment.stages import Stage
 from vfe.experiment.stages.corruptions.stage import corrupted_features
@@ -245,5 +246,15 @@ def match_shape(images: np.ndarray, like: ImageSet, n: int, seed: int, source: s
     return ImageSet(images, np.full(len(images), -1), [], source=f"{source}->{height}x{width}x{channels}")
 
 
+def entries_ahead(settings: OODSettings, ahead: Ahead) -> list[Entry]:
+    """The far and the pure-noise OOD sets' features through each prepared replicate's backbone (before any is
+    prepared: their part no replicate changes), for the background to compute while earlier stages run. The
+    noised test set is the corruption stage's."""
+    far, noise = far_ood_set(ahead.shared.dataset, ahead.shared.test, ahead.data_seed)[1], \
+        uniform_noise_set(ahead.shared.test, ahead.data_seed)
+    sources = [p.features for p in ahead.replicates] or [ahead.shared.common_features()]
+    return [Entry(source, images) for source in sources for images in (far, noise)]
+
+
 STAGE = Stage("ood", ("ood",), run_stage, ood_section, enabled=lambda own: own.ood,
-              label=lambda own: "out-of-distribution detection")
+              label=lambda own: "out-of-distribution detection", ahead=entries_ahead)

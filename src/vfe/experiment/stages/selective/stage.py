@@ -21,7 +21,7 @@ Every detector is compared with max softmax of the same head, replicate by repli
 replicates: `vfe.robustness.stats.paired_comparison`, lower risk is better): "vs_msp".
 
 The corrupted test sets' features come from the feature cache, which the corruption stage filled: this
-stage extracts nothing.
+stage extracts nothing. Only the sets some group pools are scored: the 4 extra corruptions belong to none.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def run_stage(settings: SelectiveSettings, corruptions: CorruptionSettings, ctx:
         models = {h: ctx.models[(h, r)] for h in heads}
         vfe = ctx.models.get((VFE_HEAD, r))
         score_features = _feature_detectors(ctx.mahalanobis(r), vfe)
-        keys = ["clean", *((name, severity) for name in names for severity in severities)]
+        scored = {c for groups in head_groups.values() for cs in groups.values() for c in cs}  # the 4 extra: none
+        keys = ["clean", *((name, severity) for name in names if name in scored for severity in severities)]
         per_set: dict = {h: {} for h in heads}  # {head: {set: (errors, {detector: scores})}}, one set at a time
         with torch.random.fork_rng(devices=[]):  # the ELBO samples z: seeded by the replicate
             torch.manual_seed(p.seed)
