@@ -46,3 +46,20 @@ def test_attacks_in_worker_processes_equal_attacks_here_whatever_its_thread_coun
         assert there[key]["images"] == here[key]["images"], key
     # each replicate attacks its own draw of test images
     assert here[("linear", 0)]["images"] != here[("linear", 1)]["images"]
+
+
+def test_heads_that_sample_are_attacked_first_and_the_generator_is_left_alone(fashion_mnist, small_backbone,
+                                                                              fashion_heads):
+    """The VFE head samples, so its EOT attacks draw n_eot times a step: its jobs start first on the workers."""
+    _, test = fashion_mnist
+    _, _, models = fashion_heads
+    draws = [AttackDraw(small_backbone, {(h, r): models[(h, 0)] for h in HEADS}, test, seed)
+             for r, seed in enumerate((5, 6))]
+    items = [(key, k) for k, d in enumerate(draws) for key in d.models]
+    torch.manual_seed(3)
+    want = torch.rand(4)
+    torch.manual_seed(3)
+    assert adversarial.longest_first(items, draws, n_eot=3) == [1, 3, 0, 2]  # vfe 0, vfe 1, linear 0, linear 1
+    assert torch.equal(torch.rand(4), want)  # the sampling head's draws came from a forked generator
+    deterministic = [(key, k) for key, k in items if key[0] == "linear"]
+    assert adversarial.longest_first(deterministic, draws, n_eot=3) == [0, 1]  # equal costs: their own order
