@@ -253,7 +253,8 @@ def test_vfe_run_on_ray_sends_corruptions_and_attacks_and_gets_the_local_numbers
                 only_reads_corrupted_features(patch)
             with sent_to_ray(adversarial) as attacked:
                 assert main(args) == 0, engine
-        assert [key for key, _ in attacked] == ([("linear", 0), ("vfe", 0)] if engine == "ray" else [])
+        # the VFE head samples (EOT draws n_eot times a step): its attacks are sent first (longest_first)
+        assert [key for key, _ in attacked] == ([("vfe", 0), ("linear", 0)] if engine == "ray" else [])
         results[engine] = json.loads((world["runs"] / f"robust-{name}-{protocol}-{engine}" / "results.json")
                                      .read_text())
     local, remote = results["local"], results["ray"]
