@@ -101,19 +101,23 @@ class _Probe:
 
     def __init__(self, path: Path):
         self.path = path
+        self.progress = True
 
     def __call__(self, data, transform=None, transform_key=None, desc=None):
-        self.path.write_text(json.dumps({"policy": os.sched_getscheduler(0), "threads": torch.get_num_threads()}))
+        self.path.write_text(json.dumps({"policy": os.sched_getscheduler(0), "threads": torch.get_num_threads(),
+                                         "progress": self.progress}))
 
 
-def test_the_process_runs_at_idle_priority_and_one_thread(tmp_path):
+def test_the_process_runs_at_idle_priority_one_thread_and_no_progress_bar(tmp_path):
+    probe = _Probe(tmp_path / "probe.json")
     background = Background(log=lambda _: None)
-    background.start([Entry(_Probe(tmp_path / "probe.json"), ImageSet(np.zeros((1, 8, 8, 1), np.uint8),
-                                                                       np.zeros(1, int), ["a"], "one"))], "a test")
+    background.start([Entry(probe, ImageSet(np.zeros((1, 8, 8, 1), np.uint8), np.zeros(1, int), ["a"], "one"))],
+                     "a test")
     assert background.finished(timeout=120)
     background.stop()
     seen = json.loads((tmp_path / "probe.json").read_text())
-    assert seen == {"policy": os.SCHED_IDLE, "threads": 1}
+    assert seen == {"policy": os.SCHED_IDLE, "threads": 1, "progress": False}
+    assert probe.progress  # the run's own source keeps its bars: only the process's copy is silenced
 
 
 class _Failing:

@@ -5,8 +5,8 @@ core idle for the last one, and the selective-classification and attack stages s
 `make run`'s CPU time was idle. The corrupted test sets' common part (their activations at the cut, the same for
 every replicate) and the OOD sets' features are known before those stages run, so a process at Linux's SCHED_IDLE
 priority computes them meanwhile. SCHED_IDLE, not nice 19: the kernel preempts an idle-policy task as soon as any
-normal task wakes, so the run's own threads are not delayed (a fine-tuning measured 79.0 s beside it against
-79.2 s alone), where a nice-19 process slowed the same fine-tuning 1.5x (`benchmarks/bench_background.py`).
+normal task wakes, so the run's own threads wait only for the caches and memory bandwidth the two share (one
+fine-tuning took 1.07x as long beside it, 1.55x beside a nice-19 process: `benchmarks/bench_background.py`).
 
 The numbers do not change: the process computes each entry exactly as the stage would, through the same feature
 source at one intra-op thread (extraction returns one thread's bits at any count: `OneThreadBits`), into the same
@@ -81,9 +81,6 @@ class Background:
 
         context = worker_context()
         receive, send = context.Pipe(duplex=False)
-        for entry in entries:  # the process shows no progress bars: they belong to the stage running here
-            if hasattr(entry.source, "progress"):
-                entry.source.progress = False
         payload = pickle.dumps(entries, protocol=5)  # not through multiprocessing: it would send tensors as fds
         self._process = context.Process(target=_work, args=(payload, send), daemon=True, name="vfe-background")
         self._process.start()
@@ -146,6 +143,8 @@ def _work(payload: bytes, conn) -> None:
     try:
         with threadpool_limits(limits=1):
             for i, entry in enumerate(pickle.loads(payload)):  # bytes this run's own process pickled, not a file
+                if hasattr(entry.source, "progress"):  # its own copy: the bars belong to the stage running meanwhile
+                    entry.source.progress = False
                 entry.compute()
                 conn.send(("done", i, time.process_time()))
     except Exception as err:  # noqa: BLE001 - the stage computes what is missing itself: say why

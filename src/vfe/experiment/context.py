@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from vfe.data.types import ImageSet
 from vfe.experiment.config import BackboneSettings, EngineSettings
 from vfe.experiment.prepare import Prepared
+from vfe.experiment.replicates import noise_seed
 from vfe.experiment.timer import StageTimer
 from vfe.robustness.detectors import mahalanobis_scorer, shrunk_precision
 
@@ -44,7 +45,7 @@ class RunContext:
 
     def noise_seed(self, replicate: int) -> int:
         """The seed of replicate `replicate`'s corruption noise: the base seed (one draw for all), or its own."""
-        return self.replicates[replicate].seed if self.noise_per_replicate else self.data_seed
+        return noise_seed(self.replicates[replicate].seed, self.data_seed, self.noise_per_replicate)
 
     def mahalanobis(self, replicate: int):
         """Replicate `replicate`'s Mahalanobis detector score (the covariance shrunk, on its training features; a

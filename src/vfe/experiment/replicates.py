@@ -46,6 +46,12 @@ def replicate_seed(base: int, index: int) -> int:
     return int(np.random.SeedSequence([int(base), int(index)]).generate_state(1)[0] >> 1)
 
 
+def noise_seed(replicate_seed: int, base: int, per_replicate: bool) -> int:
+    """The seed of a replicate's corruption noise: the run's base seed (one draw for all replicates), or with
+    `--noise-per-replicate` the replicate's own."""
+    return replicate_seed if per_replicate else base
+
+
 def replicates(base: int, n: int) -> list[Replicate]:
     """The first `n` replicates of a run with base seed `base`."""
     return [Replicate(i, replicate_seed(base, i)) for i in range(n)]

@@ -30,7 +30,7 @@ from vfe.experiment.fit import TrainingDraw, fit_replicates
 from vfe.experiment.leaderboard import leaderboard
 from vfe.experiment.prepare import Prepared, load_shared, prepare_replicate, skipped_files, write_skipped
 from vfe.experiment.processes import local_workers, start_early
-from vfe.experiment.replicates import FIXED, NOISE, REDRAWN, Replicate, replicates
+from vfe.experiment.replicates import FIXED, NOISE, REDRAWN, Replicate, noise_seed, replicates
 from vfe.experiment.run_settings import RunSettings, check
 from vfe.experiment.stages.corruptions.adapted_bn import base_head
 from vfe.experiment.stages.registry import STAGES
@@ -107,7 +107,8 @@ def measure(settings: RunSettings, heads: list[str], device: str, out: Path, tim
     workers = local_workers(device) if settings.cluster.engine == "local" else 1
     start_early(workers)  # the worker processes' imports, meanwhile
     stages = [(stage, own) for stage in STAGES if stage.enabled(*(own := stage.settings_of(settings)))]
-    noise_seeds = [rep.seed if settings.corruptions.noise_per_replicate else settings.data.data_seed for rep in draws]
+    noise_seeds = [noise_seed(rep.seed, settings.data.data_seed, settings.corruptions.noise_per_replicate)
+                   for rep in draws]
     ahead = Ahead(shared, [], noise_seeds, settings.data.data_seed)
     with Background(enabled=workers > 1, log=log) as background:  # idle cores compute what later stages read
         background.start(entries_ahead(stages, ahead), "fine-tuning and fitting")

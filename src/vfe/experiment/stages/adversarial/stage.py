@@ -176,16 +176,15 @@ def longest_first(items: list, draws: list[AttackDraw], n_eot: int) -> list[int]
     to fill the last minutes on two workers, where in the order heads x replicates one worker idled 45 s of the
     stage's 196 s. The order changes when each job runs, never its numbers: each seeds its own generator."""
     def cost(position: int) -> int:
-        (head, replicate), k = items[position]
-        module = draws[k].models[(head, replicate)].probability_module().eval()
-        n_features = int(getattr(draws[k].models[(head, replicate)], "n_features_in_", 0) or 0)
+        key, k = items[position]
+        model = draws[k].models[key]
+        n_features = getattr(model, "n_features_in_", None)
         if not n_features:
             return 1
         with torch.random.fork_rng(devices=[]):  # a sampling head draws: this process's generator is left as it was
-            return n_eot if samples_randomly(module, torch.zeros(8, n_features)) else 1
+            return n_eot if samples_randomly(model.probability_module(), torch.zeros(8, n_features)) else 1
 
-    costs = {i: cost(i) for i in range(len(items))}
-    return sorted(range(len(items)), key=lambda i: -costs[i])
+    return sorted(range(len(items)), key=lambda i: -cost(i))
 
 
 def _attacked_images(settings: AttackSettings, test: ImageSet, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

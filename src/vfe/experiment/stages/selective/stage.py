@@ -74,6 +74,7 @@ def run_stage(settings: SelectiveSettings, corruptions: CorruptionSettings, ctx:
     heads = selective_heads(settings, ctx)
     seen = list((ctx.replicates[0].augmentation or {}).get("train_corruptions", []))
     head_groups = {h: groups_of(names, seen if is_augmented(h) else []) for h in heads}
+    scored = {c for groups in head_groups.values() for cs in groups.values() for c in cs}  # the 4 extra: none
     per_head: dict = {h: {} for h in heads}
     detectors: list[str] = []
     n_images: dict = {h: {} for h in heads}
@@ -81,7 +82,6 @@ def run_stage(settings: SelectiveSettings, corruptions: CorruptionSettings, ctx:
         models = {h: ctx.models[(h, r)] for h in heads}
         vfe = ctx.models.get((VFE_HEAD, r))
         score_features = _feature_detectors(ctx.mahalanobis(r), vfe)
-        scored = {c for groups in head_groups.values() for cs in groups.values() for c in cs}  # the 4 extra: none
         keys = ["clean", *((name, severity) for name in names if name in scored for severity in severities)]
         per_set: dict = {h: {} for h in heads}  # {head: {set: (errors, {detector: scores})}}, one set at a time
         with torch.random.fork_rng(devices=[]):  # the ELBO samples z: seeded by the replicate
