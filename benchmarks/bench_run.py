@@ -108,7 +108,7 @@ def print_table(rows: dict[str, dict]) -> None:
         print(f"peak RSS: {r['peak_rss_mb_run']:.0f} MB up to the report, {proc} for the whole process")
         for window in r.get("background", []):
             print(f"background during {window['window']}: {window['ready']} of {window['entries']} cache entries "
-                  f"ready, {window['cpu_seconds']:.0f} CPU-s in {window['seconds']:.0f} s")
+                  f"done, {window['cpu_seconds']:.0f} CPU-s in {window['seconds']:.0f} s")
         if r["corruptions"]:
             rates = sorted(r["corruptions"].items(), key=lambda kv: kv[1]["images_per_second"])
             print(f"corruption images/s (n_test {r['n_test']} x 5 severities; slowest first): "

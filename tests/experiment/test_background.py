@@ -62,7 +62,7 @@ def test_entries_computed_in_the_background_have_the_bits_the_stage_computes(tmp
         assert background.finished(timeout=300)
     window = background.record[0]
     assert (window["window"], window["entries"], window["ready"]) == ("a test", 6, 6) and window["cpu_seconds"] > 0
-    assert logs[-1].startswith("[vfe] background, during a test: 6 of 6 cache entries ready ahead")
+    assert logs[-1].startswith("[vfe] background, during a test: 6 of 6 cache entries done (computed, or found in the cache)")
     monkeypatch.setattr(corruption, "corrupt", _not_again)  # from here on, every corrupted image is read
     for key, features in want.items():
         np.testing.assert_array_equal(corrupted_features(stage_source, test_set, *key, SEED, PARAMS), features)
@@ -133,7 +133,7 @@ def test_a_failing_entry_is_one_log_line_and_leaves_the_rest_to_the_stage():
     assert background.finished(timeout=120)
     background.stop()
     assert background.record[0]["ready"] == 0 and len(logs) == 1
-    assert logs[0].startswith("[vfe] background, during a test: 0 of 2 cache entries ready ahead, ")
+    assert logs[0].startswith("[vfe] background, during a test: 0 of 2 cache entries done (computed, or found in the cache), ")
     assert logs[0].endswith("; it stopped early: ValueError: two blank images: cannot read these images")
 
 

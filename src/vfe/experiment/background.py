@@ -60,8 +60,8 @@ class Ahead:
 class Background:
     """At most one background process at a time: `start(entries, window)` begins one, `stop()` ends it and logs
     what it computed. `enabled=False` (one usable core, a GPU, the Ray engine) makes both do nothing. `record`
-    is results.json's "background": per window, the entries asked for, those ready when it stopped (found in the
-    cache or computed) and the process's CPU seconds."""
+    is results.json's "background": per window, the entries asked for, those it got through before it stopped
+    (computed, or found in the cache) and the process's CPU seconds."""
 
     enabled: bool = True
     log: Callable[[str], None] = print
@@ -112,7 +112,7 @@ class Background:
         process_ended(self._process.pid, cpu)
         self.record.append({"window": self._window, "entries": self._asked, "ready": done,
                             "cpu_seconds": round(cpu, 1), "seconds": round(time.perf_counter() - self._started, 1)})
-        self.log(f"[vfe] background, during {self._window}: {done} of {self._asked} cache entries ready ahead, "
+        self.log(f"[vfe] background, during {self._window}: {done} of {self._asked} cache entries done (computed, or found in the cache), "
                  f"{cpu:.0f} CPU-seconds on idle cores" + (f"; it stopped early: {error}" if error else ""))
         self._process = self._conn = None
 

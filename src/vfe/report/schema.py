@@ -343,7 +343,8 @@ class BackgroundWindow(TypedDict):
 
     window: Annotated[str, 'the step it ran beside: "fine-tuning and fitting", or a stage\'s name']
     entries: Annotated[int, "cache entries the later stages will read, asked of it"]
-    ready: Annotated[int, "of those, how many were in the cache when it stopped (computed by it or found there)"]
+    ready: Annotated[int, "of those, how many it had got through when it stopped (computed, or found in the cache); one it had "
+                         "not reached may be in the cache too"]
     cpu_seconds: Annotated[float, "its CPU seconds (cpu_percent_per_stage counts them too)"]
     seconds: Seconds
 
